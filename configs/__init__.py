@@ -1,0 +1,1 @@
+"""Shipped training recipes (installed as the ``memae_dist.configs`` package)."""

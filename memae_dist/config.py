@@ -1,0 +1,199 @@
+"""The experiment configuration: one typed tree, loaded from YAML, overridden from the CLI.
+
+Each component owns its config (``ModelConfig`` in ``models/``, ``DataConfig`` in ``data/``,
+``TrainConfig`` in ``train/``...) and validates itself in ``__post_init__``. This module only
+composes them, turns YAML into dataclasses (refusing unknown keys and wrong types with the key's
+full dotted name) and applies ``--set key=value`` overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memae_dist.data.config import DataConfig
+from memae_dist.data.storage import StorageConfig
+from memae_dist.errors import UserError
+from memae_dist.evaluate.config import EvalConfig
+from memae_dist.models.config import ModelConfig
+from memae_dist.train.config import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    # Stable run name; rerunning with the same name and storage resumes from the last checkpoint.
+    name: str = "memae"
+    # Where checkpoints and history go: a local folder, file:// or s3://bucket/prefix.
+    storage: str = "runs"
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise UserError(f"run.name must be a non-empty name without '/', got {self.name!r}")
+        if not self.storage:
+            raise UserError("run.storage must be a local path or URI, got an empty string")
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_plain(self)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists: what YAML/JSON and Ray's config passing want."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except UserError as exc:
+                errors.append(str(exc))
+        raise UserError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-4" (no dot) as a string; it is meant as a number.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, naming the dotted key of any bad entry."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise UserError(
+            f"unknown config key '{where}{unknown[0]}' (valid keys: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` to a plain dict tree; the value is parsed as YAML (1e-4, true, [1])."""
+    if "=" not in assignment:
+        raise UserError(f"--set expects key=value, got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {key}: '{part}' is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{where}: invalid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict[str, Any] | None = None,
+) -> ExperimentConfig:
+    """YAML file (optional) + ``key=value`` overrides -> a validated ``ExperimentConfig``."""
+    tree: dict[str, Any] = dict(base or {})
+    if path is not None:
+        tree = _merge(tree, read_yaml(path))
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return from_dict(ExperimentConfig, tree)
+    except UserError as exc:
+        if path is not None:
+            raise UserError(f"{path}: {exc}") from None
+        raise
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,224 @@
+"""UCSD Anomaly Detection (Ped1 / Ped2) -> memae-dist dataset.
+
+Two layouts are accepted, at the dataset folder or its parent:
+
+- "frames" (MNAD / HF2-VAD code bases): ``training/frames/NN/NNN.jpg``,
+  ``testing/frames/NN/NNN.jpg``; labels in ``<variant>.mat`` (variable ``gt``: one
+  ``[first; last]`` 1-based inclusive column per range, one cell per test video) or in
+  ``frame_labels_<variant>.npy`` (all test frames concatenated in video order).
+- original UCSD: ``UCSDped2/Train/TrainNNN/NNN.tif`` and ``UCSDped2/Test/TestNNN/NNN.tif``
+  (numbered from 001) with pixel masks ``Test/TestNNN_gt/NNN.bmp``; a frame is abnormal iff its
+  mask has a non-zero pixel. Test videos without masks take their ranges from ``UCSDped2.m``.
+
+Video names are the two-digit video numbers ("01", "02", ...) in both layouts, so the same
+footage gives the same dataset whichever layout it came in.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from memae_dist.data.writer import VideoSpec, ranges_from_labels, write_dataset
+from memae_dist.errors import UserError
+
+VARIANTS = ("ped1", "ped2")
+_FRAME_EXT = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
+
+
+def ucsd_videos(src: str | Path, variant: str = "ped2") -> list[VideoSpec]:
+    """Train and test VideoSpecs of a UCSD variant found at ``src`` (or one folder below)."""
+    if variant not in VARIANTS:
+        raise UserError(f"UCSD variant must be one of {VARIANTS}, got {variant!r}")
+    root, layout = _find_root(Path(src), variant)
+    if layout == "frames":
+        return _frames_layout(root, variant)
+    return _original_layout(root, variant)
+
+
+def import_ucsd(src: str | Path, dst: str, size: tuple[int, int] = (256, 256),
+                variant: str = "ped2", workers: int | None = None, skip_bad: bool = False,
+                progress: bool = True) -> dict:
+    """Import a UCSD variant into ``dst``; returns the manifest."""
+    videos = ucsd_videos(src, variant)
+    return write_dataset(videos, dst, tuple(size), name=f"ucsd-{variant}",
+                         source=f"ucsd-{variant}", workers=workers, skip_bad=skip_bad,
+                         progress=progress)
+
+
+# ------------------------------------------------------------------------------ layout search
+
+
+def _find_root(src: Path, variant: str) -> tuple[Path, str]:
+    if not src.is_dir():
+        raise UserError(f"UCSD source folder not found: {src}")
+    children = sorted(p for p in src.iterdir() if p.is_dir() and variant in p.name.lower())
+    for cand in [src, *children]:
+        if (cand / "training" / "frames").is_dir() and (cand / "testing" / "frames").is_dir():
+            return cand, "frames"
+        if (cand / "Train").is_dir() and (cand / "Test").is_dir():
+            return cand, "original"
+    raise UserError(
+        f"no UCSD {variant} dataset in {src}: expected training/frames + testing/frames "
+        f"(frames layout) or Train + Test (original UCSD{variant} layout) there or in a "
+        f"sub-folder named like '{variant}'"
+    )
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """Frame images sorted by their number (skips '._*' and other non-numbered files)."""
+    files = [p for p in folder.iterdir()
+             if p.suffix.lower() in _FRAME_EXT and p.stem.isdigit() and p.is_file()]
+    if not files:
+        raise UserError(f"no numbered frame images in {folder}")
+    return sorted(files, key=lambda p: int(p.stem))
+
+
+def _numbered_dirs(folder: Path, pattern: str) -> list[tuple[str, Path]]:
+    """(two-digit name, dir) for sub-folders matching ``pattern`` (one group: the number)."""
+    found = []
+    for p in folder.iterdir():
+        m = re.fullmatch(pattern, p.name)
+        if m and p.is_dir():
+            found.append((f"{int(m.group(1)):02d}", p))
+    if not found:
+        raise UserError(f"no video folders in {folder}")
+    return sorted(found, key=lambda item: int(item[0]))
+
+
+# ------------------------------------------------------------------------------ frames layout
+
+
+def _frames_layout(root: Path, variant: str) -> list[VideoSpec]:
+    train = _numbered_dirs(root / "training" / "frames", r"(\d+)")
+    test = _numbered_dirs(root / "testing" / "frames", r"(\d+)")
+    counts = [len(_frame_files(d)) for _, d in test]
+    ranges = _frames_labels(root, variant, counts)
+    specs = [VideoSpec("train", name, functools.partial(load_frames, str(d), None))
+             for name, d in train]
+    specs += [VideoSpec("test", name, functools.partial(load_frames, str(d), r))
+              for (name, d), r in zip(test, ranges, strict=True)]
+    return specs
+
+
+def _frames_labels(root: Path, variant: str, counts: list[int]) -> list[list[list[int]]]:
+    mat, npy = root / f"{variant}.mat", root / f"frame_labels_{variant}.npy"
+    if mat.is_file():
+        return _mat_ranges(mat, counts)
+    if npy.is_file():
+        return _npy_ranges(npy, counts)
+    raise UserError(f"no test labels in {root}: expected {mat.name} or {npy.name}")
+
+
+def _mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+    import scipy.io
+
+    try:
+        gt = scipy.io.loadmat(str(path))["gt"]
+    except (KeyError, ValueError, OSError, NotImplementedError) as exc:
+        raise UserError(f"{path}: cannot read variable 'gt' ({exc})") from None
+    cells = np.asarray(gt, dtype=object).ravel()
+    if len(cells) != len(counts):
+        raise UserError(f"{path}: gt has {len(cells)} entries for {len(counts)} test videos")
+    out = []
+    for i, (cell, n) in enumerate(zip(cells, counts, strict=True)):
+        arr = np.asarray(cell, dtype=np.int64)
+        if arr.size == 0:
+            out.append([])
+            continue
+        if arr.size % 2:
+            raise UserError(f"{path}: gt entry {i + 1} is not [first; last] pairs")
+        cols = arr.reshape(2, -1) if arr.ndim == 2 and arr.shape[0] == 2 else arr.reshape(-1, 2).T
+        ranges = [[int(a) - 1, int(b) - 1] for a, b in zip(cols[0], cols[1], strict=True)]
+        _check_ranges(ranges, n, path, i)
+        out.append(ranges)
+    return out
+
+
+def _npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+    try:
+        labels = np.load(path).reshape(-1)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+    if len(labels) != sum(counts):
+        raise UserError(
+            f"{path}: {len(labels)} frame labels, but the test videos have {sum(counts)} frames"
+        )
+    bounds = np.cumsum([0, *counts])
+    return [ranges_from_labels(labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _check_ranges(ranges: list[list[int]], n: int, path: Path, index: int) -> None:
+    for first, last in ranges:
+        if not 0 <= first <= last < n:
+            raise UserError(
+                f"{path}: range [{first + 1}, {last + 1}] of test video {index + 1} is outside "
+                f"its {n} frames (label length mismatch)"
+            )
+
+
+# ------------------------------------------------------------------------------ original layout
+
+
+def _original_layout(root: Path, variant: str) -> list[VideoSpec]:
+    train = _numbered_dirs(root / "Train", r"Train(\d+)")
+    test = _numbered_dirs(root / "Test", r"Test(\d+)")
+    m_file = root / f"UCSD{variant}.m"
+    m_ranges = _m_file_ranges(m_file) if m_file.is_file() else None
+    specs = [VideoSpec("train", name, functools.partial(load_frames, str(d), None))
+             for name, d in train]
+    for i, (name, d) in enumerate(test):
+        masks = d.parent / f"{d.name}_gt"
+        if masks.is_dir():
+            load = functools.partial(load_frames_with_masks, str(d), str(masks))
+        elif m_ranges is not None and i < len(m_ranges):
+            load = functools.partial(load_frames, str(d), m_ranges[i])
+        else:
+            raise UserError(f"no labels for {d}: expected masks in {masks.name}/ or {m_file}")
+        specs.append(VideoSpec("test", name, load))
+    return specs
+
+
+def _m_file_ranges(path: Path) -> list[list[list[int]]]:
+    """0-based ranges from ``TestVideoFile{end+1}.gt_frame = [61:180, ...];`` lines."""
+    text = path.read_text(errors="replace")
+    out = []
+    for body in re.findall(r"gt_frame\s*=\s*\[([^\]]*)\]", text):
+        pairs = re.findall(r"(\d+)\s*:\s*(\d+)", body)
+        out.append([[int(a) - 1, int(b) - 1] for a, b in pairs])
+    if not out:
+        raise UserError(f"{path}: no 'gt_frame = [...]' entries found")
+    return out
+
+
+# ------------------------------------------------------------------------------ loaders (tasks)
+
+
+def load_frames(folder: str, ranges: list[list[int]] | None):
+    """Frames of one video folder as a list of (H0, W0) uint8 grayscale arrays, plus ranges."""
+    return [_read_gray(p) for p in _frame_files(Path(folder))], ranges
+
+
+def load_frames_with_masks(folder: str, mask_folder: str):
+    """Frames plus ranges derived from per-frame masks (abnormal iff any non-zero pixel)."""
+    files = _frame_files(Path(folder))
+    masks = _frame_files(Path(mask_folder))
+    if [int(p.stem) for p in masks] != [int(p.stem) for p in files]:
+        raise UserError(
+            f"{mask_folder}: {len(masks)} masks do not match the {len(files)} frames of "
+            f"{folder} (label length mismatch)"
+        )
+    labels = np.array([_read_gray(p).any() for p in masks], dtype=np.uint8)
+    return [_read_gray(p) for p in files], ranges_from_labels(labels)
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L"))  # (H0, W0) uint8
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None

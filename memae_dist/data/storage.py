@@ -1,0 +1,340 @@
+"""One place that turns a dataset/run URI into filesystems.
+
+URIs: a local path, ``file:///abs/path`` or ``s3://bucket/prefix``. S3 settings (endpoint,
+region) come from :class:`StorageConfig` or the standard AWS environment variables
+(``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``).
+Credentials are never part of any config: they come only from the environment or the standard
+AWS chain, and their values are scrubbed from every error message this module raises.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
+
+import pyarrow.fs as pafs
+
+from memae_dist.errors import UserError
+
+DEFAULT_REGION = "us-east-1"
+# A down endpoint should fail in seconds, not minutes: short connect timeout, few attempts.
+CONNECT_TIMEOUT_S = 3.0
+REQUEST_TIMEOUT_S = 30.0
+MAX_ATTEMPTS = 3
+_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where S3 lives. Unset fields fall back to the standard AWS environment variables."""
+
+    # S3-compatible endpoint, e.g. "http://127.0.0.1:9000" (MinIO); None = AWS / environment.
+    endpoint_url: str | None = None
+    # Region name; None = AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
+    region: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url is not None:
+            parts = urlsplit(self.endpoint_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UserError(
+                    "storage.endpoint_url must look like http(s)://host[:port], "
+                    f"got {_redact_url(self.endpoint_url)!r}"
+                )
+            if parts.username or parts.password:
+                # Credentials belong in the environment, never in a config that gets logged.
+                raise UserError(
+                    "storage.endpoint_url must not contain credentials; "
+                    "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+                )
+        if self.region is not None and not re.fullmatch(r"[a-z0-9-]+", self.region):
+            raise UserError(f"storage.region must be a region name, got {self.region!r}")
+
+    def resolved(self) -> StorageConfig:
+        """This config with unset fields filled from the environment (what workers should get)."""
+        endpoint = (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+            or None
+        )
+        region = (
+            self.region
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or DEFAULT_REGION
+        )
+        return replace(self, endpoint_url=endpoint, region=region)
+
+
+def is_remote(uri: str) -> bool:
+    """True for object-store URIs (s3://), False for local paths and file:// URIs."""
+    scheme = _scheme(uri)
+    if scheme == "s3":
+        return True
+    if scheme in ("", "file"):
+        return False
+    raise UserError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Append path components to a URI or local path, keeping its kind."""
+    clean = [p.strip("/") for p in parts if p and p.strip("/")]
+    if not clean:
+        return uri
+    if _scheme(uri) == "":
+        return os.path.join(uri, *clean)
+    return posixpath.join(uri.rstrip("/"), *clean)
+
+
+def local_path(uri: str) -> str:
+    """Absolute local path of a plain path or file:// URI."""
+    scheme = _scheme(uri)
+    if scheme == "file":
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise UserError(f"file:// URI must be local (file:///abs/path), got {uri!r}")
+        return os.path.abspath(parts.path)
+    if scheme == "":
+        return os.path.abspath(os.path.expanduser(uri))
+    raise UserError(f"{uri!r} is not a local path")
+
+
+def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path inside it) for ``uri``."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), local_path(uri)
+    cfg = (cfg or StorageConfig()).resolved()
+    return _s3_pyarrow(cfg.endpoint_url, cfg.region, _cred_key()), _s3_path(uri)
+
+
+def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
+    """(fsspec filesystem, path inside it) for ``uri``; s3fs instances are cached by s3fs."""
+    import fsspec
+
+    if not is_remote(uri):
+        return fsspec.filesystem("file"), local_path(uri)
+    import s3fs
+
+    cfg = (cfg or StorageConfig()).resolved()
+    fs = s3fs.S3FileSystem(
+        client_kwargs={"endpoint_url": cfg.endpoint_url, "region_name": cfg.region},
+        config_kwargs={
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "read_timeout": REQUEST_TIMEOUT_S,
+            "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+        },
+    )
+    return fs, _s3_path(uri)
+
+
+def describe(uri: str, cfg: StorageConfig | None = None) -> str:
+    """The URI plus, for S3, the endpoint it resolves to (for messages; never secrets)."""
+    if not is_remote(uri):
+        return uri
+    cfg = (cfg or StorageConfig()).resolved()
+    endpoint = _redact_url(cfg.endpoint_url) if cfg.endpoint_url else f"AWS ({cfg.region})"
+    return f"{uri} (S3 endpoint {endpoint})"
+
+
+@contextmanager
+def user_errors(uri: str, action: str, cfg: StorageConfig | None = None) -> Iterator[None]:
+    """Turn storage OSErrors inside the block into a one-line UserError naming ``uri``."""
+    try:
+        yield
+    except UserError:
+        raise
+    except OSError as exc:
+        raise UserError(f"cannot {action} {describe(uri, cfg)}: {_reason(exc)}") from None
+
+
+def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "read", cfg):
+        _require(fs, path, uri, cfg, pafs.FileType.File)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes, cfg: StorageConfig | None = None) -> None:
+    """Readers see the old content or the new one, never a partial file."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "write", cfg):
+        if is_remote(uri):
+            _check_bucket(fs, path, uri, cfg)
+        write_atomic_fs(fs, path, data)
+
+
+def write_atomic_fs(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Atomic write given a filesystem and a path inside it (OSErrors propagate)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    elif isinstance(fs, pafs.S3FileSystem):
+        # An S3 object only becomes visible when its (single or multipart) upload completes.
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    else:
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+
+
+def display_uri(fs: pafs.FileSystem, path: str) -> str:
+    """A URI naming ``path`` inside ``fs`` for messages (s3://... for S3, else the path)."""
+    return f"s3://{path}" if isinstance(fs, pafs.S3FileSystem) else path
+
+
+def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "check", cfg):
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Create a local directory; on S3 (no real directories) check that the bucket exists."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "create", cfg):
+        if is_remote(uri):
+            _check_bucket(fs, path, uri, cfg)
+        else:
+            os.makedirs(path, exist_ok=True)
+
+
+def listdir(uri: str, cfg: StorageConfig | None = None) -> list[str]:
+    """Sorted names (not paths) of the direct children of a directory / prefix."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "list", cfg):
+        _require(fs, path, uri, cfg, pafs.FileType.Directory)
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    return sorted(info.base_name for info in infos)
+
+
+def delete(uri: str, cfg: StorageConfig | None = None) -> None:
+    """Delete a file or a directory tree; a missing target is not an error."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "delete", cfg):
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            fs.delete_file(path)
+        elif kind == pafs.FileType.Directory:
+            if is_remote(uri) and "/" not in path.strip("/"):
+                fs.delete_dir_contents(path)  # never the bucket itself
+            else:
+                fs.delete_dir(path)
+
+
+# --------------------------------------------------------------------------------- internals
+
+
+def _scheme(uri: str) -> str:
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    return match.group(1).lower() if match else ""
+
+
+def _s3_path(uri: str) -> str:
+    path = uri[len("s3://") :].strip("/")
+    if not path:
+        raise UserError(f"S3 URI must name a bucket: {uri!r}")
+    return path
+
+
+def _cred_key() -> str | None:
+    # Cache filesystems per access key id so a changed identity gets a fresh client.
+    return os.environ.get("AWS_ACCESS_KEY_ID")
+
+
+_S3_CACHE: dict[tuple[str | None, str | None, str | None], pafs.S3FileSystem] = {}
+
+
+def _s3_pyarrow(endpoint: str | None, region: str | None, cred_key: str | None):
+    key = (endpoint, region, cred_key)
+    if key not in _S3_CACHE:
+        kwargs = {}
+        if endpoint:
+            parts = urlsplit(endpoint)
+            kwargs = {"endpoint_override": parts.netloc, "scheme": parts.scheme}
+        _S3_CACHE[key] = pafs.S3FileSystem(
+            region=region or DEFAULT_REGION,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            request_timeout=REQUEST_TIMEOUT_S,
+            retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS),
+            **kwargs,
+        )
+    return _S3_CACHE[key]
+
+
+def _check_bucket(fs, path: str, uri: str, cfg: StorageConfig | None) -> None:
+    bucket = path.split("/", 1)[0]
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise UserError(f"S3 bucket {bucket!r} does not exist: {describe(uri, cfg)}")
+
+
+def _require(fs, path: str, uri: str, cfg: StorageConfig | None, kind: pafs.FileType) -> None:
+    info = fs.get_file_info(path)
+    if info.type == kind:
+        return
+    if is_remote(uri) and info.type == pafs.FileType.NotFound:
+        _check_bucket(fs, path, uri, cfg)
+    what = "file" if kind == pafs.FileType.File else "directory"
+    state = "not found" if info.type == pafs.FileType.NotFound else f"not a {what}"
+    raise UserError(f"{what} {state}: {describe(uri, cfg)}")
+
+
+_REASONS = (
+    (("NO_SUCH_BUCKET", "NoSuchBucket"), "bucket does not exist"),
+    (("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
+     "access denied (check the AWS credentials in the environment)"),
+    (("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Could not connect",
+      "Connection refused", "Failed to connect", "timed out", "curlCode: 28"),
+     "endpoint unreachable"),
+)
+
+
+def _reason(exc: OSError) -> str:
+    text = _scrub(str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    for needles, reason in _REASONS:
+        if any(n in text for n in needles):
+            return reason
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
+def _scrub(text: str) -> str:
+    for var in _SECRET_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url

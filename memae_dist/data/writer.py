@@ -1,0 +1,262 @@
+"""Write a dataset: one Ray task per video -> one Parquet shard each, then the manifest.
+
+Restartable: after its shard, each video gets a small ``<split>/<video>.done.json`` marker; a
+rerun with the same settings skips videos whose marker and shard agree. The manifest is written
+last and atomically, so a dataset with a manifest is always complete. The source data itself is
+not fingerprinted: after changing the source, write to a fresh destination.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+from memae_dist.data import storage
+from memae_dist.data.manifest import (
+    SPLITS,
+    Manifest,
+    ShardEntry,
+    VideoEntry,
+    save_manifest,
+)
+from memae_dist.data.shards import write_video_shard
+from memae_dist.errors import UserError
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
+RAY_OBJECT_STORE_BYTES = 256 * 2**20  # tasks return small dicts; frames never go through it
+
+
+@dataclass(frozen=True)
+class VideoSpec:
+    split: str  # "train" | "test" | "val"
+    name: str  # unique within the split, safe as a file name
+    # Picklable (module-level function or functools.partial); returns frames as uint8
+    # (N, H0, W0) grayscale or (N, H0, W0, 3) RGB (or a list of such frames) plus abnormal
+    # ranges (0-based inclusive [first, last]) or None when the video is unlabelled.
+    load: Callable[[], tuple[np.ndarray, list[list[int]] | None]]
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise UserError(f"video split must be one of {SPLITS}, got {self.split!r}")
+        if not _NAME.fullmatch(self.name) or self.name.endswith(".done.json"):
+            raise UserError(f"video name {self.name!r} is not safe as a file name")
+
+    @property
+    def key(self) -> str:
+        return f"{self.split}/{self.name}"
+
+
+def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
+    """(N, H, W) uint8: grayscale, Pillow bilinear (antialiased) resize to ``size`` = (H, W)."""
+    seq = list(frames) if not isinstance(frames, np.ndarray) else frames
+    if len(seq) == 0:
+        raise UserError(f"video {where} has no frames")
+    shapes = {np.shape(f) for f in seq}
+    if len(shapes) > 1:
+        shown = ", ".join("x".join(map(str, s)) for s in sorted(shapes)[:3])
+        raise UserError(f"video {where} has frames of mixed sizes ({shown})")
+    shape = next(iter(shapes))
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+        raise UserError(f"video {where}: frames must be HxW or HxWx3, got shape {shape}")
+    height, width = size
+    out = np.empty((len(seq), height, width), dtype=np.uint8)  # (N, H, W)
+    for i, frame in enumerate(seq):
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8:
+            raise UserError(f"video {where}: frames must be uint8, got {frame.dtype}")
+        img = Image.fromarray(frame[..., 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame)
+        if img.mode != "L":
+            img = img.convert("L")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        out[i] = np.asarray(img)
+    return out
+
+
+def labels_from_ranges(ranges, num_frames: int, where: str) -> np.ndarray:
+    """(N,) uint8 frame labels; validates 0-based inclusive [first, last] ranges."""
+    labels = np.zeros(num_frames, dtype=np.uint8)
+    for rng in ranges or []:
+        if len(rng) != 2 or not 0 <= int(rng[0]) <= int(rng[1]) < num_frames:
+            raise UserError(
+                f"video {where}: abnormal range {list(rng)} is outside 0..{num_frames - 1}"
+            )
+        labels[int(rng[0]) : int(rng[1]) + 1] = 1
+    return labels
+
+
+def ranges_from_labels(labels: np.ndarray) -> list[list[int]]:
+    """Inverse of labels_from_ranges: maximal runs of non-zero labels as [first, last]."""
+    flags = np.concatenate([[0], (np.asarray(labels) != 0).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flags))
+    return [[int(a), int(b) - 1] for a, b in zip(edges[::2], edges[1::2])]
+
+
+@dataclass(frozen=True)
+class _Job:
+    dst: str
+    size: tuple[int, int]
+    segment_frames: int
+    segment_overlap: int
+    storage: storage.StorageConfig  # resolved in the driver so workers agree on the endpoint
+
+    def marker(self, spec: VideoSpec) -> dict:
+        """The settings a finished shard must match to be reused."""
+        return {"size": list(self.size), "segment_frames": self.segment_frames,
+                "segment_overlap": self.segment_overlap, "split": spec.split, "video": spec.name}
+
+
+def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
+    """Load, convert and store one video; runs inside a Ray task.
+
+    Returns {"video": ..., "shard": ...} or, with ``skip_bad``, {"skipped": reason} for a video
+    that cannot be loaded. Storage errors always propagate.
+    """
+    try:
+        frames, ranges = spec.load()
+        frames = to_gray_resized(frames, job.size, spec.key)  # (N, H, W)
+        labels = labels_from_ranges(ranges, len(frames), spec.key)
+    except Exception as exc:
+        if not skip_bad:
+            if isinstance(exc, UserError):
+                return {"error": str(exc)}
+            raise
+        return {"skipped": f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError)
+                else str(exc)}
+    rel = f"{spec.split}/{spec.name}.parquet"
+    fs, path = storage.pyarrow_fs(storage.join(job.dst, rel), job.storage)
+    info = write_video_shard(fs, path, spec.name, spec.split, frames, labels,
+                             job.segment_frames, job.segment_overlap)
+    # Canonical ranges (sorted, merged); None stays None: "unlabelled" differs from "normal".
+    video = VideoEntry(spec.name, len(frames), rel,
+                       None if ranges is None else ranges_from_labels(labels))
+    shard = ShardEntry(rel, spec.split, spec.name, info["bytes"], info["sha256"], info["rows"])
+    record = {"settings": job.marker(spec), "video": asdict(video), "shard": asdict(shard)}
+    storage.write_bytes_atomic(_marker_uri(job.dst, spec), json.dumps(record).encode(),
+                               job.storage)
+    return record
+
+
+def write_dataset(
+    videos: list[VideoSpec],
+    dst: str,
+    size: tuple[int, int],
+    *,
+    name: str,
+    source: str,
+    workers: int | None = None,
+    segment_frames: int = 128,
+    segment_overlap: int = 15,
+    skip_bad: bool = False,
+    progress: bool = True,
+    storage_cfg: storage.StorageConfig | None = None,
+) -> dict:
+    """Write every video's shard (one Ray task each), then the manifest; returns the manifest."""
+    job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
+    storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
+    done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None}
+    todo = [spec for spec in videos if spec.key not in done]
+    manifest_uri = storage.join(dst, "manifest.json")
+    if todo and storage.exists(manifest_uri, job.storage):
+        storage.delete(manifest_uri, job.storage)  # shards are about to change under it
+    results = dict(done)
+    if todo:
+        results.update(_run_tasks(todo, job, workers, skip_bad, progress, len(videos)))
+    manifest = _assemble(videos, results, job, name, source)
+    save_manifest(dst, manifest, job.storage)
+    return manifest.to_dict()
+
+
+def _validate(videos: Sequence[VideoSpec], dst, size, segment_frames, segment_overlap,
+              workers, storage_cfg) -> _Job:
+    if not videos:
+        raise UserError(f"no videos to write to {dst}")
+    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+        raise UserError(f"size must be two positive integers (H, W), got {size!r}")
+    if not 0 <= segment_overlap < segment_frames:
+        raise UserError(
+            f"need 0 <= segment_overlap < segment_frames, got {segment_overlap}, {segment_frames}"
+        )
+    if workers is not None and workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    keys = [v.key for v in videos]
+    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    if dupes:
+        raise UserError(f"duplicate video names: {', '.join(dupes)}")
+    cfg = (storage_cfg or storage.StorageConfig()).resolved()
+    return _Job(dst, (int(size[0]), int(size[1])), segment_frames, segment_overlap, cfg)
+
+
+def _marker_uri(dst: str, spec: VideoSpec) -> str:
+    return storage.join(dst, spec.split, f"{spec.name}.done.json")
+
+
+def _valid_marker(spec: VideoSpec, job: _Job) -> dict | None:
+    """The marker's record when it matches the settings and its shard has the recorded size."""
+    uri = _marker_uri(job.dst, spec)
+    if not storage.exists(uri, job.storage):
+        return None
+    try:
+        record = json.loads(storage.read_bytes(uri, job.storage))
+        if record["settings"] != job.marker(spec):
+            return None
+        fs, path = storage.pyarrow_fs(storage.join(job.dst, record["shard"]["path"]), job.storage)
+        info = fs.get_file_info(path)
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # unreadable marker: redo the video
+    return record if info.size == record["shard"]["bytes"] else None
+
+
+def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: bool,
+               progress: bool, total: int) -> dict:
+    import ray
+    from tqdm import tqdm
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=workers, object_store_memory=RAY_OBJECT_STORE_BYTES,
+                 include_dashboard=False, logging_level="WARNING")
+    limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    task = ray.remote(num_cpus=1, max_retries=1)(convert_video)
+    pending: dict = {}
+    results: dict = {}
+    queue = list(todo)
+    with tqdm(total=total, initial=total - len(todo), desc="videos", unit="video",
+              disable=not progress) as bar:
+        try:
+            while queue or pending:
+                while queue and len(pending) < limit:  # bounded in flight: bounded memory
+                    spec = queue.pop(0)
+                    pending[task.remote(spec, job, skip_bad)] = spec
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                spec = pending.pop(ready[0])
+                record = ray.get(ready[0])
+                if "error" in record:
+                    raise UserError(record["error"])
+                results[spec.key] = record
+                bar.update(1)
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+    return results
+
+
+def _assemble(videos: list[VideoSpec], results: dict, job: _Job, name: str,
+              source: str) -> Manifest:
+    present = {v.split for v in videos}
+    splits: dict[str, list[VideoEntry]] = {s: [] for s in SPLITS if s in present}
+    shards, skipped = [], []
+    for spec in videos:
+        record = results[spec.key]
+        if "skipped" in record:
+            skipped.append({"split": spec.split, "video": spec.name, "reason": record["skipped"]})
+            continue
+        splits[spec.split].append(VideoEntry(**record["video"]))
+        shards.append(ShardEntry(**record["shard"]))
+    return Manifest(name=name, source=source, size=job.size, segment_frames=job.segment_frames,
+                    segment_overlap=job.segment_overlap, splits=splits, shards=shards,
+                    skipped=skipped)

@@ -1,0 +1,9 @@
+"""Errors meant for the person at the keyboard.
+
+A ``UserError`` is bad input (a file, a URI, a setting): the CLI prints its message on one line
+and exits non-zero without a traceback. Everything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input from the user; the message names the offending file, URI or setting."""

@@ -1,0 +1,23 @@
+"""How a trained model is scored: which split, which error, how many clips per forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memae_dist.errors import UserError
+
+
+@dataclass
+class EvalConfig:
+    # Split scored for the test metrics.
+    split: str = "test"
+    # Window error: "mse" (the paper) or "mae" (an option of the official evaluation script).
+    error: str = "mse"
+    # Windows per forward pass when scoring.
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.error not in ("mse", "mae"):
+            raise UserError(f"eval.error must be 'mse' or 'mae', got {self.error!r}")
+        if self.batch_size < 1:
+            raise UserError(f"eval.batch_size must be >= 1, got {self.batch_size}")

@@ -1,0 +1,117 @@
+"""Figures for an evaluation run: per-video regularity curves and the pooled ROC curve.
+
+Uses matplotlib's object API with the Agg canvas rather than pyplot, so plotting never touches
+a global backend or window state (safe inside Ray workers and threads). matplotlib is imported
+lazily so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from memae_dist.evaluate.protocol import VideoScores, abnormality, regularity
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path) -> Path:
+    """Save ``fig`` as PNG at ``path`` via a temp name and ``os.replace``."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=100)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def _abnormal_runs(frames: np.ndarray, labels: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of consecutive abnormal frames as (first, last) frame indices."""
+    runs: list[tuple[int, int]] = []
+    for f, lab in zip(frames.tolist(), labels.tolist()):
+        if not lab:
+            continue
+        if runs and f == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], f)
+        else:
+            runs.append((f, f))
+    return runs
+
+
+def plot_score_curves(videos: Sequence[VideoScores], path, max_videos: int = 12) -> Path:
+    """Grid of per-video regularity curves with ground-truth abnormal frames shaded red.
+
+    Only the first ``max_videos`` videos are drawn. Returns the PNG path.
+    """
+    if max_videos < 1:
+        raise ValueError(f"max_videos must be >= 1, got {max_videos}")
+    shown = list(videos)[:max_videos]
+    if not shown:
+        raise ValueError("plot_score_curves needs at least one video")
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.4 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, v in zip(axes.flat, shown):
+        for first, last in _abnormal_runs(v.frames, v.labels):
+            ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.25, lw=0)
+        ax.plot(v.frames, regularity(v.scores), color="tab:blue", lw=1)
+        ax.set_title(str(v.name), fontsize=9)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("frame", fontsize=8)
+        ax.set_ylabel("regularity", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    return _save_png(fig, path)
+
+
+def plot_roc(videos: Sequence[VideoScores], path) -> Path:
+    """Pooled frame-level ROC: per-video normalised scores (the paper) and raw scores.
+
+    When the pooled labels hold a single class the ROC is undefined; the figure says so.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if not videos:
+        raise ValueError("plot_roc needs at least one video")
+    labels = np.concatenate([v.labels for v in videos])
+    curves = {
+        "per-video normalised (paper)": np.concatenate([abnormality(v.scores) for v in videos]),
+        "raw pooled": np.concatenate([v.scores for v in videos]),
+    }
+    fig = _new_figure(4.5, 4.5)
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    if 0 < labels.sum() < labels.size:
+        for (name, scores), style in zip(curves.items(), ("-", "--")):
+            fpr, tpr, _ = roc_curve(labels, scores)
+            auc = roc_auc_score(labels, scores)
+            ax.plot(fpr, tpr, ls=style, lw=1.2, label=f"{name}: AUC {auc:.3f}")
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "ROC undefined: one class only", ha="center", va="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(f"frame-level ROC ({len(videos)} videos, {labels.size} frames)", fontsize=9)
+    return _save_png(fig, path)

@@ -1,0 +1,50 @@
+"""The paper's 3D-conv encoder/decoder for video clips (official ``AutoEncoderCov3DMem``).
+
+Input ``(B, C, T, H, W)`` with T = 16 and H, W multiples of 16; the encoding is
+``(B, 256, T/8, H/16, W/16)`` and the decoder restores the input shape exactly.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from memae_dist.models.init import init_weights
+
+FEATURES = 256  # channels of the encoding, i.e. the memory slot size C
+_WIDTHS = (96, 128, 256, FEATURES)  # encoder output channels, first layer first
+
+
+def _block(conv: nn.Module, channels: int) -> list[nn.Module]:
+    return [conv, nn.BatchNorm3d(channels), nn.LeakyReLU(0.2, inplace=True)]
+
+
+def video_encoder(in_channels: int = 1) -> nn.Sequential:
+    """``(B, C, T, H, W) -> (B, 256, T/8, H/16, W/16)``."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for i, width in enumerate(_WIDTHS):
+        # The first layer keeps time: a 16-frame clip only has room for three temporal halvings.
+        stride = (1, 2, 2) if i == 0 else (2, 2, 2)
+        layers += _block(nn.Conv3d(prev, width, 3, stride=stride, padding=1), width)
+        prev = width
+    net = nn.Sequential(*layers)
+    net.apply(init_weights)
+    return net
+
+
+def video_decoder(in_channels: int = 1) -> nn.Sequential:
+    """``(B, 256, T/8, H/16, W/16) -> (B, C, T, H, W)``, linear output (no activation)."""
+    widths = (FEATURES, 128, 96)  # 256 -> 256 -> 128 -> 96, then 96 -> C
+    layers: list[nn.Module] = []
+    prev = FEATURES
+    for width in widths:
+        up = nn.ConvTranspose3d(prev, width, 3, stride=2, padding=1, output_padding=1)
+        layers += _block(up, width)
+        prev = width
+    layers.append(
+        nn.ConvTranspose3d(prev, in_channels, 3, stride=(1, 2, 2), padding=1,
+                           output_padding=(0, 1, 1))
+    )
+    net = nn.Sequential(*layers)
+    net.apply(init_weights)
+    return net

@@ -1,0 +1,130 @@
+"""Per-epoch statistics: accumulated on each worker, summed across workers, turned into metrics.
+
+Memory health is tracked here because the paper's known failure mode is silent: attention
+collapses onto a few slots, or shrinkage zeroes every weight, and the loss still looks fine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger("memae_dist.train")
+
+# Scalar fields summed across workers, in their packed order.
+_SUMS = ("clips", "loss", "recon", "entropy", "batches", "skipped", "data_wait", "wall")
+
+
+@dataclass
+class EpochStats:
+    clips: float = 0.0
+    loss: float = 0.0        # sum over batches of the batch-mean loss, weighted by batch size
+    recon: float = 0.0
+    entropy: float = 0.0
+    batches: float = 0.0
+    skipped: float = 0.0
+    data_wait: float = 0.0   # seconds blocked waiting for the next batch
+    wall: float = 0.0
+    first_batch_s: float | None = None
+    slot_mass: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+
+    @classmethod
+    def zeros(cls, num_slots: int) -> EpochStats:
+        return cls(slot_mass=torch.zeros(num_slots, dtype=torch.float64))
+
+    def add(self, n: int, loss: torch.Tensor, parts: dict, mass: torch.Tensor | None) -> None:
+        self.clips += n
+        self.batches += 1
+        self.loss += float(loss) * n
+        self.recon += float(parts["recon"].detach()) * n
+        self.entropy += float(parts["entropy"].detach()) * n
+        if mass is not None:
+            self.slot_mass += mass.detach().double().cpu()
+
+    def pack(self) -> torch.Tensor:
+        scalars = [getattr(self, name) for name in _SUMS]
+        return torch.cat([torch.tensor(scalars, dtype=torch.float64), self.slot_mass])
+
+    def unpack(self, packed: torch.Tensor) -> EpochStats:
+        n = len(_SUMS)
+        values = packed[:n].tolist()
+        out = EpochStats(**dict(zip(_SUMS, values)), first_batch_s=self.first_batch_s)
+        out.slot_mass = packed[n:].clone()
+        return out
+
+
+def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
+                  min_used_slots: int) -> dict:
+    """Reduced statistics -> the metrics row reported to Ray and kept in the history."""
+    clips = max(stats.clips, 1.0)
+    # Walls are summed over workers; the epoch took the mean of them.
+    wall = stats.wall / max(world, 1)
+    metrics = {
+        "epoch": epoch,
+        "step": step,
+        "loss": stats.loss / clips if stats.clips else math.nan,
+        "recon": stats.recon / clips if stats.clips else math.nan,
+        "entropy": stats.entropy / clips if stats.clips else math.nan,
+        "clips": int(stats.clips),
+        "clips_per_s": stats.clips / wall if wall > 0 else 0.0,
+        "data_wait_frac": stats.data_wait / max(stats.wall, 1e-9),
+        "time_to_first_batch_s": stats.first_batch_s or 0.0,
+        "epoch_s": wall,
+        "skipped_batches": int(stats.skipped),
+        "workers": world,
+    }
+    metrics.update(memory_health(stats, min_used_slots))
+    return metrics
+
+
+def memory_health(stats: EpochStats, min_used_slots: int) -> dict:
+    mass = stats.slot_mass
+    if mass.numel() == 0:
+        return {}
+    total = float(mass.sum())
+    used = int((mass > 0).sum())
+    if total > 0:
+        p = mass / total
+        nz = p[p > 0]
+        usage_entropy = float(-(nz * nz.log()).sum())
+        top_share = float(p.max())
+    else:
+        usage_entropy, top_share = 0.0, 0.0
+    health = {
+        "slots_used": used,
+        "slots_used_frac": used / mass.numel(),
+        "slot_usage_entropy": usage_entropy,
+        "slot_usage_perplexity": math.exp(usage_entropy),
+        "top_slot_share": top_share,
+        "memory_collapse": bool(used < min_used_slots or total == 0),
+    }
+    if health["memory_collapse"]:
+        log.warning(
+            "memory collapse: %d of %d slots received weight this epoch (threshold %d); "
+            "try a shrink threshold between 1/N and 3/N (model.shrink_threshold)",
+            used, mass.numel(), min_used_slots,
+        )
+    return health
+
+
+def write_history(run_uri: str, history: list[dict], storage=None) -> None:
+    """The run's metrics beside its checkpoints, as JSON and CSV, each replaced atomically."""
+    import csv
+    import io
+    import json
+
+    from memae_dist.data.storage import join, write_bytes_atomic
+
+    write_bytes_atomic(join(run_uri, "history.json"),
+                       json.dumps(history, indent=2).encode(), storage)
+    columns: list[str] = []
+    for row in history:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    write_bytes_atomic(join(run_uri, "history.csv"), buf.getvalue().encode(), storage)

@@ -1,0 +1,120 @@
+import os
+import socket
+import time
+
+import pyarrow.fs as pafs
+import pytest
+
+from memae_dist.data import storage
+from memae_dist.errors import UserError
+from tests.data.conftest import DUMMY_SECRET
+
+
+def test_uri_kinds_and_join(tmp_path):
+    assert not storage.is_remote(str(tmp_path))
+    assert not storage.is_remote(f"file://{tmp_path}")
+    assert storage.is_remote("s3://bucket/prefix")
+    with pytest.raises(UserError, match="gs://"):
+        storage.is_remote("gs://bucket/x")
+    assert storage.join("s3://b/p/", "train", "01.parquet") == "s3://b/p/train/01.parquet"
+    assert storage.join("s3://b", "x") == "s3://b/x"
+    assert storage.join(f"file://{tmp_path}", "a") == f"file://{tmp_path}/a"
+    assert storage.join(str(tmp_path), "a/", "b") == os.path.join(str(tmp_path), "a", "b")
+    assert storage.local_path(f"file://{tmp_path}/a") == f"{tmp_path}/a"
+    with pytest.raises(UserError):
+        storage.local_path("s3://b/x")
+
+
+def test_storage_config_validation():
+    with pytest.raises(UserError, match="storage.endpoint_url"):
+        storage.StorageConfig(endpoint_url="localhost:9000")
+    with pytest.raises(UserError, match="credentials") as err:
+        storage.StorageConfig(endpoint_url="http://user:hunter22@host:9000")
+    assert "hunter22" not in str(err.value)
+    with pytest.raises(UserError, match="storage.region"):
+        storage.StorageConfig(region="US East")
+
+
+def test_storage_config_resolves_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-specific:2")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    cfg = storage.StorageConfig().resolved()
+    assert (cfg.endpoint_url, cfg.region) == ("http://s3-specific:2", "eu-west-1")
+    explicit = storage.StorageConfig(endpoint_url="http://mine:3", region="us-west-2").resolved()
+    assert (explicit.endpoint_url, explicit.region) == ("http://mine:3", "us-west-2")
+
+
+@pytest.mark.parametrize("form", ["path", "file"])
+def test_local_round_trip(tmp_path, form):
+    root = str(tmp_path / "ds") if form == "path" else f"file://{tmp_path}/ds"
+    uri = storage.join(root, "sub", "blob.bin")
+    assert not storage.exists(uri)
+    storage.write_bytes_atomic(uri, b"one")
+    storage.write_bytes_atomic(uri, b"two")  # replaces in place
+    assert storage.read_bytes(uri) == b"two"
+    assert storage.exists(uri) and storage.exists(storage.join(root, "sub"))
+    assert storage.listdir(storage.join(root, "sub")) == ["blob.bin"]  # no temp files left
+    fs, path = storage.pyarrow_fs(uri)
+    assert isinstance(fs, pafs.LocalFileSystem) and path == str(tmp_path / "ds/sub/blob.bin")
+    ffs, fpath = storage.fsspec_fs(uri)
+    assert ffs.cat_file(fpath) == b"two"
+    storage.delete(root)
+    assert not storage.exists(root)
+    storage.delete(root)  # deleting twice is fine
+
+
+def test_local_errors_name_the_path(tmp_path):
+    missing = str(tmp_path / "nope.bin")
+    with pytest.raises(UserError, match="nope.bin"):
+        storage.read_bytes(missing)
+    with pytest.raises(UserError, match="not found"):
+        storage.listdir(str(tmp_path / "nodir"))
+
+
+def test_s3_round_trip(s3_bucket, s3_server):
+    uri = storage.join(s3_bucket, "train", "blob.bin")
+    storage.makedirs(s3_bucket)
+    assert not storage.exists(uri)
+    storage.write_bytes_atomic(uri, b"x" * 1000)
+    assert storage.read_bytes(uri) == b"x" * 1000
+    assert storage.exists(storage.join(s3_bucket, "train"))
+    assert storage.listdir(s3_bucket) == ["train"]
+    assert storage.listdir(storage.join(s3_bucket, "train")) == ["blob.bin"]
+    fs, path = storage.pyarrow_fs(uri)
+    assert isinstance(fs, pafs.S3FileSystem) and path == uri[len("s3://"):]
+    ffs, fpath = storage.fsspec_fs(uri)
+    assert ffs.cat_file(fpath) == b"x" * 1000
+    storage.delete(s3_bucket)
+    assert not storage.exists(uri)
+
+
+def test_s3_missing_bucket_and_key(s3_server):
+    with pytest.raises(UserError) as err:
+        storage.read_bytes("s3://no-such-bucket-here/x.bin")
+    msg = str(err.value)
+    assert "no-such-bucket-here" in msg and s3_server in msg and DUMMY_SECRET not in msg
+    with pytest.raises(UserError, match="does not exist"):
+        storage.makedirs("s3://no-such-bucket-here/prefix")
+
+
+def test_s3_missing_key_names_uri(s3_bucket):
+    uri = storage.join(s3_bucket, "missing.bin")
+    with pytest.raises(UserError, match="not found") as err:
+        storage.read_bytes(uri)
+    assert uri in str(err.value)
+
+
+def test_unreachable_endpoint_fails_fast_without_secrets(s3_server):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = storage.StorageConfig(endpoint_url=f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        storage.write_bytes_atomic("s3://bucket/x.bin", b"1", cfg)
+    assert time.monotonic() - start < 20
+    msg = str(err.value)
+    assert f"127.0.0.1:{port}" in msg and "s3://bucket/x.bin" in msg
+    assert "unreachable" in msg and DUMMY_SECRET not in msg

@@ -1,0 +1,126 @@
+import functools
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from memae_dist.data import storage
+from memae_dist.data.manifest import load_manifest
+from memae_dist.data.shards import read_video_frames, verify_shard
+from memae_dist.data.writer import VideoSpec, to_gray_resized, write_dataset
+from memae_dist.errors import UserError
+
+SIZE = (16, 24)
+
+
+def make_video(n: int, seed: int, rgb: bool = False, ranges=None):
+    """A random (n, 20, 30[, 3]) uint8 video; module level so Ray can pickle it."""
+    rng = np.random.default_rng(seed)
+    shape = (n, 20, 30, 3) if rgb else (n, 20, 30)
+    return rng.integers(0, 256, size=shape, dtype=np.uint8), ranges
+
+
+def broken_video():
+    raise OSError("disk says no")
+
+
+def mixed_sizes():
+    return [np.zeros((20, 30), np.uint8), np.zeros((10, 30), np.uint8)], None
+
+
+def _specs(load_test=None):
+    return [
+        VideoSpec("train", "a", functools.partial(make_video, 40, 1)),
+        VideoSpec("train", "b", functools.partial(make_video, 20, 2, True)),
+        VideoSpec("test", "c", load_test or functools.partial(make_video, 30, 3, False,
+                                                               [[20, 29], [2, 4]])),
+    ]
+
+
+def _expected(n, seed, rgb=False):
+    frames, _ = make_video(n, seed, rgb)
+    out = []
+    for f in frames:  # the documented conversion: Pillow grayscale, then bilinear resize
+        img = Image.fromarray(f).convert("L").resize(SIZE[::-1], Image.Resampling.BILINEAR)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def test_to_gray_resized_rejects_mixed_sizes():
+    with pytest.raises(UserError, match="train/x.*mixed sizes"):
+        to_gray_resized(mixed_sizes()[0], SIZE, "train/x")
+
+
+def test_write_read_and_restart(tmp_path, ray_local):
+    dst = str(tmp_path / "ds")
+    manifest = write_dataset(_specs(), dst, SIZE, name="toy", source="unit", segment_frames=16,
+                             progress=False)
+    assert manifest == load_manifest(dst).to_dict()
+    m = load_manifest(dst)
+    assert m.size == SIZE and m.segment_frames == 16 and m.skipped == []
+    assert [v.name for v in m.videos("train")] == ["a", "b"]
+    test_video = m.videos("test")[0]
+    assert test_video.abnormal == [[2, 4], [20, 29]]  # sorted, canonical
+    for video, (n, seed, rgb) in zip(m.videos("train") + [test_video],
+                                     [(40, 1, False), (20, 2, True), (30, 3, False)]):
+        entry = m.shard_entry(video)
+        fs, path = storage.pyarrow_fs(m.shard_uri(dst, video))
+        verify_shard(fs, path, entry.bytes, entry.sha256)
+        frames, labels = read_video_frames(m.shard_uri(dst, video))
+        np.testing.assert_array_equal(frames, _expected(n, seed, rgb))
+        np.testing.assert_array_equal(labels, m.frame_labels(video))
+    assert json.loads((tmp_path / "ds" / "test" / "c.done.json").read_text())["shard"][
+        "sha256"] == m.shard_entry(test_video).sha256
+
+    # A rerun must not load anything: a failing loader would raise if it were called.
+    before = (tmp_path / "ds" / "train" / "a.parquet").stat().st_mtime_ns
+    again = write_dataset(_specs(load_test=broken_video), dst, SIZE, name="toy", source="unit",
+                          segment_frames=16, progress=False)
+    assert again == manifest
+    assert (tmp_path / "ds" / "train" / "a.parquet").stat().st_mtime_ns == before
+
+    # Different settings invalidate the markers: the failing loader now runs, and the stale
+    # manifest is gone because shards were about to change.
+    with pytest.raises(UserError, match="test/c") as err:
+        write_dataset(_specs(load_test=functools.partial(make_video, 12, 9, False, [[5, 40]])),
+                      dst, (8, 8), name="toy", source="unit", progress=False)
+    assert "outside 0..11" in str(err.value)
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_failure_writes_no_manifest_and_skip_bad_records_it(tmp_path, ray_local):
+    dst = str(tmp_path / "ds")
+    specs = _specs() + [VideoSpec("test", "mixed", mixed_sizes)]
+    with pytest.raises(UserError, match="test/mixed.*mixed sizes"):
+        write_dataset(specs, dst, SIZE, name="toy", source="unit", progress=False)
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    specs.append(VideoSpec("train", "broken", broken_video))
+    manifest = write_dataset(specs, dst, SIZE, name="toy", source="unit", skip_bad=True,
+                             progress=False)
+    assert [(s["split"], s["video"]) for s in manifest["skipped"]] == [
+        ("test", "mixed"), ("train", "broken")]
+    assert "disk says no" in manifest["skipped"][1]["reason"]
+    assert [v["name"] for v in manifest["splits"]["test"]["videos"]] == ["c"]
+    assert load_manifest(dst).skipped == manifest["skipped"]
+
+
+def test_invalid_arguments(tmp_path):
+    with pytest.raises(UserError, match="duplicate video names: train/a"):
+        write_dataset(_specs() + _specs()[:1], str(tmp_path), SIZE, name="x", source="y")
+    with pytest.raises(UserError, match="segment_overlap"):
+        write_dataset(_specs(), str(tmp_path), SIZE, name="x", source="y", segment_frames=15)
+    with pytest.raises(UserError, match="safe as a file name"):
+        VideoSpec("train", "../up", broken_video)
+    with pytest.raises(UserError, match="split"):
+        VideoSpec("validation", "a", broken_video)
+
+
+def test_write_to_s3(s3_bucket, ray_local):
+    specs = _specs()[:1]
+    manifest = write_dataset(specs, s3_bucket, SIZE, name="toy", source="unit", progress=False)
+    m = load_manifest(s3_bucket)
+    assert m.to_dict() == manifest
+    frames, _ = read_video_frames(m.shard_uri(s3_bucket, m.videos("train")[0]))
+    np.testing.assert_array_equal(frames, _expected(40, 1))
+    assert storage.listdir(storage.join(s3_bucket, "train")) == ["a.done.json", "a.parquet"]

@@ -1,0 +1,58 @@
+"""Evaluation figures: non-empty, valid PNG files written atomically."""
+
+import numpy as np
+import pytest
+
+from memae_dist.evaluate.protocol import VideoScores
+
+pytest.importorskip("matplotlib")
+PIL_Image = pytest.importorskip("PIL.Image")
+
+from memae_dist.evaluate.plots import _abnormal_runs, plot_roc, plot_score_curves  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _videos(n):
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(n):
+        frames = np.arange(8, 48)
+        labels = np.zeros(40, dtype=np.uint8)
+        labels[10 + i:20 + i] = 1
+        out.append(VideoScores(f"{i:02d}", frames, rng.random(40) + labels, labels))
+    return out
+
+
+def _check_png(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 1000
+    with PIL_Image.open(path) as img:
+        return img.size
+
+
+def test_abnormal_runs_merge_consecutive_frames():
+    frames = np.array([8, 9, 10, 11, 12, 13])
+    assert _abnormal_runs(frames, np.array([1, 1, 0, 1, 0, 1])) == [(8, 9), (11, 11), (13, 13)]
+    assert _abnormal_runs(frames, np.zeros(6)) == []
+
+
+def test_plot_score_curves_writes_png(tmp_path):
+    path = plot_score_curves(_videos(5), tmp_path / "figs" / "curves.png")
+    w5, h5 = _check_png(path)
+    # 5 videos -> 4 columns x 2 rows; 2 videos -> 2 x 1: the grid follows the count.
+    w2, h2 = _check_png(plot_score_curves(_videos(2), tmp_path / "two.png"))
+    assert w5 > w2 and h5 > h2
+    # max_videos caps the grid: 20 videos limited to 2 draw the same size as 2 videos.
+    assert _check_png(plot_score_curves(_videos(20), tmp_path / "cap.png", max_videos=2)) == (
+        w2, h2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.png", "figs", "two.png"]
+    with pytest.raises(ValueError, match="max_videos"):
+        plot_score_curves(_videos(1), tmp_path / "x.png", max_videos=0)
+
+
+def test_plot_roc_writes_png(tmp_path):
+    _check_png(plot_roc(_videos(3), tmp_path / "roc.png"))
+    # One class only: still a figure (with a note), no crash.
+    normal = [VideoScores("n", [8, 9, 10], [0.1, 0.3, 0.2], [0, 0, 0])]
+    _check_png(plot_roc(normal, tmp_path / "roc_one_class.png"))
