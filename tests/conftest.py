@@ -57,7 +57,10 @@ def s3_bucket(s3_server):
 
 @pytest.fixture(scope="session")
 def ray_local(s3_server):
-    """A small local Ray (4 logical CPUs on any machine: training workers plus read tasks), started after the S3 environment so workers see it."""
+    """A small local Ray, started after the S3 environment so workers inherit it.
+
+    4 logical CPUs on any machine: two training workers plus Ray Data's read tasks.
+    """
     import ray
 
     if not ray.is_initialized():

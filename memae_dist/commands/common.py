@@ -1,0 +1,72 @@
+"""Small helpers shared by CLI verbs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from memae_dist.errors import UserError
+
+
+def frame_size(values: list[int] | None) -> tuple[int, int] | None:
+    if values is None:
+        return None
+    h, w = values
+    if h < 16 or w < 16 or h % 16 or w % 16:
+        raise UserError(f"--size must be two multiples of 16 (>= 16), got {h} {w}")
+    return h, w
+
+
+def resolve_config_path(name: str | None) -> Path | None:
+    """A YAML path, or the name of a shipped recipe (``demo``, ``ped2``, ``ped2_lite``)."""
+    if name is None:
+        return None
+    path = Path(name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    from importlib.resources import files
+
+    shipped = files("memae_dist.configs") / f"{name}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise UserError(f"config not found: {name} (a YAML file or a shipped recipe name)")
+
+
+def add_experiment_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``train`` and ``tune``: recipe, data, scale, storage, overrides."""
+    p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite)")
+    p.add_argument("--data", help="prepared dataset URI (data.path)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--workers", type=int, help="0 = in-process debug mode")
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--storage", help="run storage URI (default: runs)")
+    p.add_argument("--name", help="run name; rerun with the same name to resume")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+
+
+def experiment_config(args: argparse.Namespace):
+    """The validated config from ``--config`` plus the flags above and ``--set`` overrides."""
+    from memae_dist.config import load_config
+
+    overrides = []
+    for flag, key in (("data", "data.path"), ("epochs", "train.epochs"),
+                      ("workers", "train.workers"), ("storage", "run.storage"),
+                      ("name", "run.name"), ("cpus_per_worker", "train.cpus_per_worker"),
+                      ("gpus_per_worker", "train.gpus_per_worker")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    overrides.extend(args.set or [])
+    return load_config(resolve_config_path(args.config), overrides)
+
+
+def print_metrics(metrics: dict) -> None:
+    keys = ("auc_paper", "auc_micro", "auc_per_video_mean", "average_precision", "eer",
+            "n_frames_scored", "n_abnormal")
+    width = max(len(k) for k in keys)
+    for key in keys:
+        value = metrics.get(key)
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"  {key:<{width}}  {text}")
