@@ -14,7 +14,8 @@ import sys
 from memae_dist.errors import UserError
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
-COMMANDS = ("demo", "prepare", "train", "evaluate")
+COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "report", "export",
+            "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,11 @@ def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
 
     from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
     from memae_dist.evaluate.run import evaluate_checkpoint
+    from memae_dist.runtime import ensure_ray
     from memae_dist.train.trainer import fit
 
     out = out.resolve()
+    ensure_ray(cpus_needed=workers)  # before the generator, which would start a smaller Ray
     data = str(out / "data")
     synthetic = SyntheticConfig(seed=0)
     if not Path(join(data, MANIFEST_FILE)).exists():

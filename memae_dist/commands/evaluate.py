@@ -1,29 +1,72 @@
-"""``memae-dist evaluate``: paper-protocol metrics of a checkpoint on a prepared split."""
+"""``memae-dist evaluate``: AUC / AP / EER of a checkpoint (or of a scores file), per video too."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from memae_dist.commands.common import print_metrics
+from memae_dist.commands.score import add_scoring_flags, score_config, storage_config
+
+
+def _protocol_help() -> str:
+    from memae_dist.evaluate.protocol import PROTOCOL_HELP, PROTOCOLS
+
+    lines = [f"{name}: {text} [{', '.join(PROTOCOLS[name])}]"
+             for name, text in PROTOCOL_HELP.items()]
+    return ("which numbers are the headline AUC / AP / EER (all are computed and written): "
+            + "; ".join(lines) + ". Default: paper")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="paper-protocol AUC of a checkpoint on a test split")
-    p.add_argument("--checkpoint", required=True, help="checkpoint URI or run URI")
-    p.add_argument("--data", required=True, help="prepared dataset URI")
+    p = sub.add_parser("evaluate", help="AUC, AP and EER of a checkpoint on a labelled split")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint URI or run URI (scores it first)")
+    src.add_argument("--scores", help="an existing 'memae-dist score' file: no model needed")
+    p.add_argument("--data", help="prepared dataset URI (with --checkpoint)")
     p.add_argument("--out", required=True, help="folder for metrics.json, frames.csv, plots")
-    p.add_argument("--split", default="test")
-    p.add_argument("--error", default="mse", choices=["mse", "mae"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--protocol", default="paper", choices=["paper", "micro", "per-video"],
+                   help=_protocol_help())
+    add_scoring_flags(p, workers_default=1)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.evaluate.run import evaluate_checkpoint
+    from memae_dist.errors import UserError
+    from memae_dist.evaluate.batch_score import score_dataset
+    from memae_dist.evaluate.run import SCORES_FILE, evaluate_scores, evaluate_table
 
-    metrics = evaluate_checkpoint(args.checkpoint, args.data, Path(args.out), split=args.split,
-                                  error=args.error, batch_size=args.batch_size)
-    print_metrics(metrics)
-    print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    out = Path(args.out)
+    storage = storage_config(args)
+    if args.scores:
+        metrics = evaluate_scores(args.scores, out, args.protocol, storage)
+    else:
+        if not args.data:
+            raise UserError("--checkpoint needs --data (the prepared dataset to score)")
+        out.mkdir(parents=True, exist_ok=True)
+        result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
+                               score_config(args), storage=storage, address=args.address)
+        metrics = evaluate_table(result.table, result.meta, out, args.protocol)
+    print_evaluation(metrics)
+    print(f"metrics: {out / 'metrics.json'}")
     return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("-" if value is None else str(value))
+
+
+def print_evaluation(metrics: dict) -> None:
+    """Headline of the chosen protocol, every number with its meaning, then per video."""
+    head = metrics["headline"]
+    print(f"protocol {head['protocol']}: {metrics['protocol_meaning']}")
+    print(f"  AUC {_fmt(head['auc'])}   AP {_fmt(head['ap'])}   EER {_fmt(head['eer'])}")
+    print("all numbers:")
+    width = max(len(k) for k in metrics["definitions"])
+    for key, meaning in metrics["definitions"].items():
+        print(f"  {key:<{width}}  {_fmt(metrics.get(key)):>8}  {meaning}")
+    print("per video:")
+    print(f"  {'video':<12} {'frames':>7} {'abnormal':>8} {'AUC':>8} {'AP':>8} {'EER':>8}")
+    for v in metrics["per_video"]:
+        print(f"  {v['name']:<12} {v['n_frames']:>7} {v['n_abnormal']:>8} {_fmt(v['auc']):>8} "
+              f"{_fmt(v['ap']):>8} {_fmt(v['eer']):>8}")

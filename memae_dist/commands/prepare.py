@@ -8,26 +8,39 @@ from memae_dist.commands.common import frame_size
 
 
 def register(sub) -> None:
+    from memae_dist.data.prepare import KINDS
+
     p = sub.add_parser("prepare", help="import a dataset into the sharded frame format")
-    p.add_argument("kind", help="ucsd-ped2, ucsd-ped1, synthetic, ...")
+    p.add_argument("kind", help=", ".join(KINDS))
     p.add_argument("--src", help="source folder (not for synthetic)")
     p.add_argument("--dst", required=True, help="dataset URI: path, file:// or s3://")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="frame size")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="stored frame size (default 256 256)")
     p.add_argument("--workers", type=int, default=None, help="parallel import tasks")
+    p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
+    p.add_argument("--split", default="train", choices=("train", "test", "val"),
+                   help="folder: split of sources outside train/test/val folders")
     p.add_argument("--seed", type=int, default=0, help="seed (synthetic)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos, list them")
+    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
+                                    "to use; default: the AWS_* environment")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from memae_dist.commands.data import storage_config
     from memae_dist.data import prepare
 
     manifest = prepare.run_import(
         args.kind, src=args.src, dst=args.dst, size=frame_size(args.size), workers=args.workers,
-        seed=args.seed, skip_bad=args.skip_bad,
+        seed=args.seed, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
+        progress=not args.no_progress, storage_cfg=storage_config(args),
     )
     print(f"prepared {args.kind} -> {args.dst}")
     for split, info in prepare.summarize(manifest).items():
         print(f"  {split}: {info['videos']} videos, {info['frames']} frames, "
               f"{info['abnormal']} abnormal")
+    for item in manifest.get("skipped", []):
+        print(f"  skipped {item['split']}/{item['video']}: {item['reason']}")
     return 0

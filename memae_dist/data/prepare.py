@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
+from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 
-KINDS = ("ucsd-ped2", "ucsd-ped1", "synthetic")
+KINDS = ("ucsd-ped2", "ucsd-ped1", "avenue", "shanghaitech", "folder", "synthetic")
+DEFAULT_SIZE = (256, 256)  # the MemAE paper's input size
 
 
 def run_import(kind: str, *, src: str | None, dst: str, size: tuple[int, int] | None,
-               workers: int | None = None, seed: int = 0, skip_bad: bool = False) -> dict:
+               workers: int | None = None, seed: int = 0, skip_bad: bool = False,
+               labels: str | None = None, split: str = "train", progress: bool = True,
+               storage_cfg: StorageConfig | None = None) -> dict:
+    """Import dataset ``kind`` from ``src`` into ``dst``; returns the manifest.
+
+    ``labels`` and ``split`` apply to ``folder`` only: a labels file / folder, and the split of
+    sources that are not inside train/test/val folders. ``storage_cfg`` is the experiment
+    config's ``storage:`` section (S3 endpoint, region); unset fields come from AWS_* variables.
+    """
+    if kind not in KINDS:
+        raise UserError(f"unknown dataset kind {kind!r} (choose from: {', '.join(KINDS)})")
+    if kind != "folder" and labels:
+        raise UserError(f"--labels is for 'prepare folder'; {kind} finds its own labels")
     if kind == "synthetic":
         from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
 
         cfg = SyntheticConfig(seed=seed, **({"size": size} if size else {}))
-        return generate_synthetic(dst, cfg, workers=workers)
+        if storage_cfg is not None and storage_cfg != StorageConfig():
+            raise UserError("prepare synthetic takes its S3 endpoint from AWS_ENDPOINT_URL only")
+        return generate_synthetic(dst, cfg, workers=workers, progress=progress)
+    if not src:
+        raise UserError(f"prepare {kind} needs --src (the dataset folder)")
+    size = size or DEFAULT_SIZE
+    common = {"workers": workers, "skip_bad": skip_bad, "progress": progress,
+              "storage_cfg": storage_cfg}
     if kind in ("ucsd-ped2", "ucsd-ped1"):
         from memae_dist.data.importers.ucsd import import_ucsd
 
-        if not src:
-            raise UserError(f"prepare {kind} needs --src (the dataset folder)")
-        return import_ucsd(src, dst, size or (256, 256), variant=kind.split("-")[1],
-                           workers=workers, skip_bad=skip_bad)
-    raise UserError(f"unknown dataset kind {kind!r} (choose from: {', '.join(KINDS)})")
+        return import_ucsd(src, dst, size, variant=kind.split("-")[1], **common)
+    if kind == "avenue":
+        from memae_dist.data.importers.avenue import import_avenue
+
+        return import_avenue(src, dst, size, **common)
+    if kind == "shanghaitech":
+        from memae_dist.data.importers.shanghaitech import import_shanghaitech
+
+        return import_shanghaitech(src, dst, size, **common)
+    from memae_dist.data.importers.folder import import_folder
+
+    return import_folder(src, dst, size, labels=labels, split=split, **common)
 
 
 def summarize(manifest: dict) -> dict[str, dict[str, int]]:

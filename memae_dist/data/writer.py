@@ -28,7 +28,6 @@ from memae_dist.data.shards import write_video_shard
 from memae_dist.errors import UserError
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-RAY_OBJECT_STORE_BYTES = 256 * 2**20  # tasks return small dicts; frames never go through it
 
 
 @dataclass(frozen=True)
@@ -217,9 +216,9 @@ def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: 
     import ray
     from tqdm import tqdm
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, object_store_memory=RAY_OBJECT_STORE_BYTES,
-                 include_dashboard=False, logging_level="WARNING")
+    from memae_dist.runtime import ensure_ray
+
+    ensure_ray()
     limit = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     task = ray.remote(num_cpus=1, max_retries=1)(convert_video)
     pending: dict = {}

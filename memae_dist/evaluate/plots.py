@@ -115,3 +115,64 @@ def plot_roc(videos: Sequence[VideoScores], path) -> Path:
     ax.set_ylabel("true positive rate")
     ax.set_title(f"frame-level ROC ({len(videos)} videos, {labels.size} frames)", fontsize=9)
     return _save_png(fig, path)
+
+
+def plot_video(v: VideoScores, path, labelled: bool = True, title: str | None = None) -> Path:
+    """One video's regularity score over time; ground-truth abnormal frames shaded red."""
+    fig = _new_figure(7.0, 2.4)
+    ax = fig.add_subplot()
+    if labelled:
+        for first, last in _abnormal_runs(v.frames, v.labels):
+            ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.25, lw=0)
+    ax.plot(v.frames, regularity(v.scores), color="tab:blue", lw=1)
+    ax.set_ylim(-0.05, 1.05)
+    if v.frames.size:
+        ax.set_xlim(int(v.frames[0]) - 1, int(v.frames[-1]) + 1)
+    ax.set_xlabel("frame", fontsize=8)
+    ax.set_ylabel("regularity", fontsize=8)
+    ax.tick_params(labelsize=7)
+    note = "" if labelled else " (unlabelled)"
+    ax.set_title(title or f"{v.name}{note}", fontsize=9)
+    return _save_png(fig, path)
+
+
+def plot_triptych(clip, recon, path, title: str) -> Path:
+    """Input, reconstruction and squared-error heatmap of one frame; values in [-1, 1].
+
+    ``clip`` and ``recon`` are (H, W) arrays of the frame the score belongs to.
+    """
+    err = (np.asarray(recon, np.float64) - np.asarray(clip, np.float64)) ** 2
+    fig = _new_figure(9.0, 3.3)
+    axes = fig.subplots(1, 3)
+    for ax, img, name in zip(axes[:2], (clip, recon), ("input", "reconstruction")):
+        ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    im = axes[2].imshow(err, cmap="inferno", vmin=0, interpolation="nearest")
+    axes[2].set_title(f"squared error (mean {err.mean():.4f})", fontsize=9)
+    fig.colorbar(im, ax=axes[2], shrink=0.8)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    return _save_png(fig, path)
+
+
+def plot_slots(images, captions: Sequence[str], path, title: str) -> Path:
+    """Grid of decoded memory slots: ``images`` (K, H, W) in [-1, 1], one caption each."""
+    k = len(images)
+    if k == 0:
+        raise ValueError("plot_slots needs at least one slot")
+    ncols = min(8, k)
+    nrows = math.ceil(k / ncols)
+    fig = _new_figure(1.6 * ncols, 1.8 * nrows + 0.4)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax, img, cap in zip(axes.flat, images, captions):
+        ax.imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(cap, fontsize=7)
+    for ax in list(axes.flat)[k:]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    return _save_png(fig, path)

@@ -174,10 +174,15 @@ def equal_error_rate(labels, scores) -> float | None:
     return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
 
 
+def _mean(values) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def evaluate_videos(videos: Sequence[VideoScores]) -> dict[str, Any]:
     """Frame-level metrics over the test videos (see the module docstring for the protocol).
 
-    Undefined metrics (a single class) are None, never NaN.
+    Undefined metrics (a single class) are None, never NaN. ``METRICS`` says what each key means.
     """
     if not videos:
         raise ValueError("evaluate_videos needs at least one video")
@@ -193,19 +198,70 @@ def evaluate_videos(videos: Sequence[VideoScores]) -> dict[str, Any]:
             "n_abnormal": int(v.labels.sum()),
             "auc": _auc(v.labels, s),
             "ap": _ap(v.labels, s),
+            "eer": equal_error_rate(v.labels, s),
         })
-    video_aucs = [p["auc"] for p in per_video if p["auc"] is not None]
     return {
         "auc_paper": _auc(labels, norm),
         "auc_micro": _auc(labels, raw),
-        "auc_per_video_mean": float(np.mean(video_aucs)) if video_aucs else None,
+        "auc_per_video_mean": _mean(p["auc"] for p in per_video),
         "average_precision": _ap(labels, norm),
+        "average_precision_micro": _ap(labels, raw),
+        "ap_per_video_mean": _mean(p["ap"] for p in per_video),
         "eer": equal_error_rate(labels, norm),
+        "eer_micro": equal_error_rate(labels, raw),
+        "eer_per_video_mean": _mean(p["eer"] for p in per_video),
         "n_frames_scored": int(labels.size),
         "n_videos": len(videos),
         "n_abnormal": int(labels.sum()),
         "per_video": per_video,
     }
+
+
+# What each number of ``evaluate_videos`` means; printed by ``memae-dist evaluate`` and stored in
+# metrics.json, so a reader of the numbers never has to guess the protocol.
+METRICS = {
+    "auc_paper": "frame-level ROC AUC over the pooled frames of all videos, each video's errors "
+                 "min-max normalised to [0, 1] first (the MemAE paper's number)",
+    "auc_micro": "frame-level ROC AUC over the pooled raw errors (no per-video normalisation; "
+                 "penalises scores that are not comparable across videos)",
+    "auc_per_video_mean": "mean of the per-video ROC AUCs (videos with one class only are "
+                          "left out)",
+    "average_precision": "average precision (area under precision-recall, abnormal = positive) "
+                         "over the pooled per-video normalised scores",
+    "average_precision_micro": "average precision over the pooled raw errors",
+    "ap_per_video_mean": "mean of the per-video average precisions (videos without an "
+                         "abnormal frame are left out)",
+    "eer": "equal-error rate (where false-positive rate = miss rate) over the pooled per-video "
+           "normalised scores; lower is better",
+    "eer_micro": "equal-error rate over the pooled raw errors; lower is better",
+    "eer_per_video_mean": "mean of the per-video equal-error rates; lower is better",
+    "n_frames_scored": "frames with a score: every frame but the first 8 and last 7 of a video",
+    "n_abnormal": "scored frames labelled abnormal",
+}
+
+# ``--protocol``: which family of numbers is the headline (``auc``, ``ap``, ``eer`` keys).
+PROTOCOLS = {
+    "paper": ("auc_paper", "average_precision", "eer"),
+    "micro": ("auc_micro", "average_precision_micro", "eer_micro"),
+    "per-video": ("auc_per_video_mean", "ap_per_video_mean", "eer_per_video_mean"),
+}
+PROTOCOL_HELP = {
+    "paper": "per-video min-max normalised scores, frames of all videos pooled (Gong et al. "
+             "2019 and most follow-up work)",
+    "micro": "raw errors pooled over all videos, no normalisation (what a deployed threshold "
+             "sees)",
+    "per-video": "each video scored on its own, then averaged (robust to videos of very "
+                 "different lengths)",
+}
+
+
+def headline(metrics: dict[str, Any], protocol: str = "paper") -> dict[str, Any]:
+    """``{"protocol", "auc", "ap", "eer"}`` picked from ``metrics`` for ``protocol``."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    auc, ap, eer = PROTOCOLS[protocol]
+    return {"protocol": protocol, "auc": metrics.get(auc), "ap": metrics.get(ap),
+            "eer": metrics.get(eer)}
 
 
 def window_error(recon, clip, kind: str = "mse"):

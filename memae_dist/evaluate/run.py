@@ -1,14 +1,31 @@
-"""``memae-dist evaluate``: score a split with a checkpoint, apply the paper's protocol, write."""
+"""``memae-dist evaluate``: score a split (or reuse a scores file), apply the protocol, write.
+
+Writes into the output folder: ``scores.parquet`` (when it scored), ``metrics.json`` (every
+number, what it means, and the headline of the chosen ``--protocol``), ``frames.csv``,
+``scores.png`` and ``roc.png``.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pyarrow as pa
+
 from memae_dist.data.storage import StorageConfig
+from memae_dist.errors import UserError
+from memae_dist.evaluate.batch_score import ScoreConfig, read_scores, score_dataset, video_scores
 from memae_dist.evaluate.plots import plot_roc, plot_score_curves
-from memae_dist.evaluate.protocol import evaluate_videos, frame_table, write_metrics
-from memae_dist.evaluate.score import load_model, score_split
+from memae_dist.evaluate.protocol import (
+    METRICS,
+    PROTOCOL_HELP,
+    evaluate_videos,
+    frame_table,
+    headline,
+    write_metrics,
+)
+
+SCORES_FILE = "scores.parquet"
 
 
 def evaluate_checkpoint(
@@ -20,14 +37,53 @@ def evaluate_checkpoint(
     error: str = "mse",
     batch_size: int = 32,
     storage: StorageConfig | None = None,
+    workers: int = 0,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: float | None = None,
+    protocol: str = "paper",
+    address: str | None = None,
+    progress: bool = False,
 ) -> dict:
-    """Writes ``metrics.json``, ``frames.csv``, ``scores.png`` and ``roc.png`` into ``out_dir``."""
-    loaded = load_model(checkpoint, storage)
-    videos = score_split(loaded, data_uri, split, error=error, batch_size=batch_size,
-                         storage=storage)
+    """Score ``split`` with ``checkpoint`` (``workers=0``: in this process; N: N Ray actors)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = ScoreConfig(split=split, error=error, batch_size=batch_size, workers=workers,
+                      gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                      progress=progress)
+    result = score_dataset(checkpoint, data_uri, str(out_dir / SCORES_FILE), cfg,
+                           storage=storage, address=address)
+    return evaluate_table(result.table, result.meta, out_dir, protocol)
+
+
+def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str = "paper",
+                    storage: StorageConfig | None = None) -> dict:
+    """The same metrics from an existing ``memae-dist score`` file (no model needed)."""
+    table, meta = read_scores(scores_uri, storage)
+    return evaluate_table(table, meta, Path(out_dir), protocol, scores_uri=scores_uri)
+
+
+def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str = "paper",
+                   scores_uri: str | None = None) -> dict:
+    """metrics.json, frames.csv and the figures for the labelled videos of a scores table."""
+    if protocol not in PROTOCOL_HELP:
+        raise UserError(f"--protocol must be one of {', '.join(PROTOCOL_HELP)}, got {protocol!r}")
+    videos = video_scores(table, labelled_only=True)
+    if not videos:
+        raise UserError(
+            f"no labelled video in split '{meta.get('split')}' of {meta.get('data')}: "
+            "there is nothing to evaluate against (use 'memae-dist report' to look at the scores)")
     metrics = evaluate_videos(videos)
-    metrics.update(checkpoint=loaded.checkpoint_uri, data=data_uri, split=split, error=error,
-                   variant=loaded.config.model.variant)
+    n_all = len(set(table.column("video").to_pylist()))
+    metrics.update(
+        headline=headline(metrics, protocol),
+        protocol=protocol,
+        protocol_meaning=PROTOCOL_HELP[protocol],
+        definitions=METRICS,
+        n_unlabelled_videos=n_all - len(videos),
+        checkpoint=meta.get("checkpoint"), data=meta.get("data"), split=meta.get("split"),
+        error=meta.get("error"), variant=meta.get("variant"),
+        scores=scores_uri or str(out_dir / SCORES_FILE),
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(out_dir, metrics, frame_table(videos))
     plot_score_curves(videos, out_dir / "scores.png")

@@ -1,21 +1,29 @@
 """What a checkpoint holds, and how it is written, found and read back.
 
 A checkpoint is a folder ``checkpoint_epoch_NNNN`` in the run's storage with:
-- ``state.pt``: model, optimizer, scaler, epoch, step, RNG state and data position, saved as
-  tensors and plain values so ``torch.load(weights_only=True)`` reads it (no pickled code runs);
+- ``state.pt``: model, optimizer, scaler, epoch, step, RNG states (torch, CUDA, numpy, Python),
+  data position and the best metric so far, saved as tensors and plain values so
+  ``torch.load(weights_only=True)`` reads it (no pickled code runs);
 - ``config.json``: the experiment configuration (no secrets: credentials never enter it);
 - ``history.json``: the per-epoch metrics up to this checkpoint, so a resumed run continues one
   history without gaps or duplicates.
+
+Ray keeps the newest ``train.keep_checkpoints`` of them. The best one by
+``train.checkpoint_metric`` is copied to ``RUN/best/checkpoint_epoch_NNNN`` with a pointer
+``RUN/best.json``: Ray's own score-based retention keeps the best K *plus the latest*, which
+would drop the recent checkpoints a restart may need.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from memae_dist.data.storage import StorageConfig, exists, join, listdir, read_bytes
@@ -24,6 +32,11 @@ from memae_dist.errors import UserError
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
+CHECKPOINT_FILES = (CONFIG_FILE, HISTORY_FILE, STATE_FILE)
+BEST_DIR = "best"
+BEST_POINTER = "best.json"
+# Written by Ray Train beside the checkpoints: which of them Ray restores on a restart.
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
 
 
@@ -40,6 +53,11 @@ class TrainState:
     # Seconds the last checkpoint took to reach storage (reported with the next epoch).
     last_report_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # Times training (re)started on this run: driver reruns and worker-group restarts.
+    starts: int = 0
+    # Best value of train.checkpoint_metric so far and its epoch (None: no best yet).
+    best_value: float | None = None
+    best_epoch: int = 0
 
 
 def save_checkpoint(
@@ -56,13 +74,42 @@ def save_checkpoint(
         "scaler": scaler_state or {},
         "epoch": state.epoch,
         "step": state.step,
-        "rng": {"torch": torch.get_rng_state()},
+        "starts": state.starts,
+        "best": {"value": state.best_value, "epoch": state.best_epoch},
+        "rng": rng_state(),
         # Batches of the next epoch already consumed: checkpoints are taken at epoch ends.
         "data_position": {"epoch": state.epoch, "batch": 0},
     }
     torch.save(payload, folder / STATE_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     (folder / HISTORY_FILE).write_text(json.dumps(state.history, indent=2))
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG, as tensors and plain values (``weights_only`` loading accepts them)."""
+    np_state = np.random.get_state()
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if "numpy" in rng:
+        kind, keys, *rest = rng["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "cuda" in rng and torch.cuda.is_available():
+        cuda = rng["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def load_state(folder: Path) -> dict[str, Any]:
@@ -78,15 +125,20 @@ def restore(
     folder: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
-) -> TrainState:
+) -> tuple[TrainState, dict[str, Any]]:
+    """Load weights (and optimizer) into place; returns the progress and the scaler state."""
     payload = load_state(folder)
     model.load_state_dict(payload["model"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
-    torch.set_rng_state(payload["rng"]["torch"])
+    set_rng_state(payload["rng"])
     history = json.loads((folder / HISTORY_FILE).read_text()) if (
         folder / HISTORY_FILE).exists() else []
-    return TrainState(epoch=int(payload["epoch"]), step=int(payload["step"]), history=history)
+    best = payload.get("best") or {}
+    state = TrainState(epoch=int(payload["epoch"]), step=int(payload["step"]), history=history,
+                       starts=int(payload.get("starts", 0)), best_value=best.get("value"),
+                       best_epoch=int(best.get("epoch") or 0))
+    return state, payload.get("scaler") or {}
 
 
 def latest_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str | None:
@@ -99,8 +151,8 @@ def latest_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str
         if not match:
             continue
         uri = join(run_uri, name)
-        if not exists(join(uri, STATE_FILE), storage):
-            continue  # an upload that never finished
+        if not all(exists(join(uri, f), storage) for f in CHECKPOINT_FILES):
+            continue  # an upload that never finished (files may land in any order)
         epoch = int(match.group(1))
         if best is None or epoch > best[0]:
             best = (epoch, uri)
@@ -156,3 +208,61 @@ def prune(run_uri: str, keep: int, storage: StorageConfig | None = None) -> None
     names = sorted(n for n in listdir(run_uri, storage) if CHECKPOINT_RE.match(n))
     for name in names[:-keep]:
         delete(join(run_uri, name), storage)
+
+
+def checkpoint_epoch(uri: str) -> int:
+    match = CHECKPOINT_RE.match(uri.rstrip("/").rsplit("/", 1)[-1])
+    if not match:
+        raise UserError(f"{uri} is not a checkpoint folder (checkpoint_epoch_NNNN)")
+    return int(match.group(1))
+
+
+def restore_point(run_uri: str, storage: StorageConfig | None = None,
+                  use_ray_snapshot: bool = True) -> str | None:
+    """The checkpoint a (re)started run continues from.
+
+    Ray Train restores the latest checkpoint *it registered* (its snapshot file); one whose
+    upload finished just before a crash may exist without being registered. The data order of
+    the next epoch must follow the checkpoint Ray hands the workers, so Ray's record wins.
+    """
+    snapshot = join(run_uri, RAY_SNAPSHOT)
+    if use_ray_snapshot and exists(snapshot, storage):
+        try:
+            latest = json.loads(read_bytes(snapshot, storage)).get("latest_checkpoint_result")
+            name = (latest or {}).get("checkpoint_dir_name", "")
+        except (ValueError, AttributeError):
+            name = ""
+        if CHECKPOINT_RE.match(name) and exists(join(run_uri, name, STATE_FILE), storage):
+            return join(run_uri, name)
+    return latest_checkpoint(run_uri, storage)
+
+
+def save_best(local: Path, run_uri: str, epoch: int, metric: str, value: float,
+              storage: StorageConfig | None = None) -> str:
+    """Copy a finished checkpoint folder to ``RUN/best/``, then point ``RUN/best.json`` at it.
+
+    The copy is complete before the pointer moves, and older copies go only after that, so a
+    crash at any moment leaves the pointer on a whole checkpoint.
+    """
+    from memae_dist.data.storage import delete, write_bytes_atomic
+
+    best_root = join(run_uri, BEST_DIR)
+    uri = join(best_root, checkpoint_dir_name(epoch))
+    upload_dir(local, uri, storage)
+    pointer = {"checkpoint": f"{BEST_DIR}/{checkpoint_dir_name(epoch)}", "epoch": epoch,
+               "metric": metric, "value": value}
+    write_bytes_atomic(join(run_uri, BEST_POINTER), json.dumps(pointer, indent=2).encode(),
+                       storage)
+    for name in listdir(best_root, storage):
+        if CHECKPOINT_RE.match(name) and name != checkpoint_dir_name(epoch):
+            delete(join(best_root, name), storage)
+    return uri
+
+
+def best_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str | None:
+    """The run's best checkpoint by ``train.checkpoint_metric``, or None without one."""
+    pointer = join(run_uri, BEST_POINTER)
+    if not exists(pointer, storage):
+        return None
+    rel = json.loads(read_bytes(pointer, storage))["checkpoint"]
+    return join(run_uri, *rel.split("/"))

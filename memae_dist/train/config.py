@@ -1,10 +1,20 @@
-"""Optimisation and scaling settings of a training run."""
+"""Optimisation and scaling settings of a training run.
+
+Learning rate and worker count: ``batch_size`` is the *global* batch (clips per optimizer step,
+summed over workers and accumulation steps), so changing ``workers`` or ``grad_accum`` leaves
+the optimisation unchanged and ``lr`` needs no rescaling. When you change ``batch_size`` itself,
+scale ``lr`` by new/old batch as a starting point (the linear rule) and check the loss curve.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from memae_dist.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+PLACEMENTS = ("PACK", "SPREAD")
 
 
 @dataclass
@@ -17,61 +27,68 @@ class TrainConfig:
     # Adam learning rate (the paper: 1e-4).
     lr: float = 1e-4
     weight_decay: float = 0.0
-    # Training workers: 0 runs in-process (debugging, no checkpoints), N >= 1 runs DDP.
+    # Training workers: 0 runs in-process (debugging), N >= 1 runs DDP (NCCL on GPU, gloo on CPU).
     workers: int = 2
     # Logical CPUs reserved per worker; fractions leave room for Ray Data's read tasks.
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    # How Ray places the workers: "PACK" (fewest nodes) or "SPREAD" (across nodes).
+    placement: str = "PACK"
     # Micro-batches accumulated per optimizer step.
     grad_accum: int = 1
-    # "auto": bf16 autocast on GPU, fp32 on CPU; or force "fp32" / "bf16".
+    # "auto": bf16 autocast on GPU, fp32 on CPU; or force "fp32", "bf16" or "fp16" (fp16 uses
+    # a gradient scaler, saved in checkpoints).
     precision: str = "auto"
+    # "auto": channels_last_3d for video models on GPU (faster cuDNN kernels), contiguous on
+    # CPU; or force "channels_last" / "contiguous".
+    memory_format: str = "auto"
     # torch.compile the model (slow first step; pays off on long GPU runs).
     compile: bool = False
+    # With several workers, BatchNorm statistics span the global batch, so DDP gradients equal
+    # single-process gradients on the same batch; false: each worker normalises its own share.
+    sync_batchnorm: bool = True
     # Seed for weights, data order and augmentation.
     seed: int = 0
     # Make data order and kernels deterministic (needed for bit-exact resume checks).
     deterministic: bool = False
-    # Worker-group restarts allowed after a failure (-1: unlimited).
+    # Worker-group restarts allowed after a failure (-1: unlimited); each restarts from the
+    # last checkpoint.
     max_failures: int = 0
-    # Checkpoints kept in storage (the newest ones; plus the best by val metric when set).
+    # Checkpoints kept in storage (the newest ones; plus the best by checkpoint_metric).
     keep_checkpoints: int = 2
+    # Reported metric whose best epoch is kept as RUN/best/ ("" = none), e.g. "val_auc" or
+    # "val_recon" (both need data.val_split) or "loss".
+    checkpoint_metric: str = ""
+    # "max" or "min" for checkpoint_metric; "auto": max for AUC/AP metrics, min otherwise.
+    checkpoint_mode: str = "auto"
     # Cap on optimizer steps per epoch (0: no cap); handy for smoke tests and sweeps.
     max_steps_per_epoch: int = 0
-    # Stop with an error on a NaN/inf loss ("stop") or skip that batch ("skip").
+    # Stop with an error on a NaN/inf loss ("stop") or skip that batch on every worker ("skip").
     on_nonfinite: str = "stop"
     # Warn when fewer memory slots than this receive weight during an epoch.
     min_used_slots: int = 2
+    # Also write the per-epoch metrics as TensorBoard events (RUN/tensorboard) when a writer
+    # (tensorboard or tensorboardX) is installed.
+    tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise UserError(f"train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UserError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        for name in ("epochs", "batch_size", "grad_accum", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("workers", "gpus_per_worker", "max_steps_per_epoch"):
+            if getattr(self, name) < 0:
+                raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
-        if self.workers < 0:
-            raise UserError(f"train.workers must be >= 0, got {self.workers}")
         if self.cpus_per_worker <= 0:
             raise UserError(f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
-            raise UserError(f"train.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.grad_accum < 1:
-            raise UserError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UserError(
-                f"train.precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}"
-            )
-        if self.keep_checkpoints < 1:
-            raise UserError(f"train.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
-        if self.max_steps_per_epoch < 0:
-            raise UserError(
-                f"train.max_steps_per_epoch must be >= 0, got {self.max_steps_per_epoch}"
-            )
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise UserError(
-                f"train.on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}"
-            )
+        if self.max_failures < -1:
+            raise UserError(f"train.max_failures must be >= -1, got {self.max_failures}")
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.memory_format", self.memory_format, MEMORY_FORMATS)
+        _choice("train.placement", self.placement, PLACEMENTS)
+        _choice("train.checkpoint_mode", self.checkpoint_mode, ("auto", "max", "min"))
+        _choice("train.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         if self.batch_size % (max(self.workers, 1) * self.grad_accum):
             raise UserError(
                 f"train.batch_size ({self.batch_size}) must be divisible by "
@@ -82,3 +99,16 @@ class TrainConfig:
     def micro_batch_size(self) -> int:
         """Clips per worker per forward pass, keeping the global batch fixed."""
         return self.batch_size // (max(self.workers, 1) * self.grad_accum)
+
+    @property
+    def best_mode(self) -> str:
+        """``checkpoint_mode`` with "auto" resolved: higher is better for AUC and AP."""
+        if self.checkpoint_mode != "auto":
+            return self.checkpoint_mode
+        name = self.checkpoint_metric.lower()
+        return "max" if ("auc" in name or name.endswith("ap")) else "min"
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}, got {value!r}")

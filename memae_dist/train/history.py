@@ -16,6 +16,7 @@ log = logging.getLogger("memae_dist.train")
 
 # Scalar fields summed across workers, in their packed order.
 _SUMS = ("clips", "loss", "recon", "entropy", "batches", "skipped", "data_wait", "wall")
+_ON_DEVICE = ("loss", "recon", "entropy")  # summed on the device: no host sync per step
 
 
 @dataclass
@@ -30,26 +31,41 @@ class EpochStats:
     wall: float = 0.0
     first_batch_s: float | None = None
     slot_mass: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
+    # (3,) float64 running sums of loss, recon, entropy on the training device.
+    device_sums: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, num_slots: int) -> EpochStats:
-        return cls(slot_mass=torch.zeros(num_slots, dtype=torch.float64))
+    def zeros(cls, num_slots: int, device: torch.device | str = "cpu") -> EpochStats:
+        return cls(slot_mass=torch.zeros(num_slots, dtype=torch.float64, device=device),
+                   device_sums=torch.zeros(len(_ON_DEVICE), dtype=torch.float64, device=device))
 
     def add(self, n: int, loss: torch.Tensor, parts: dict, mass: torch.Tensor | None) -> None:
         self.clips += n
         self.batches += 1
-        self.loss += float(loss) * n
-        self.recon += float(parts["recon"].detach()) * n
-        self.entropy += float(parts["entropy"].detach()) * n
+        values = torch.stack([loss.detach(), parts["recon"].detach(), parts["entropy"].detach()])
+        if self.device_sums is None:
+            self.device_sums = torch.zeros(len(_ON_DEVICE), dtype=torch.float64,
+                                           device=values.device)
+        self.device_sums += values.double() * n
         if mass is not None:
-            self.slot_mass += mass.detach().double().cpu()
+            self.slot_mass += mass.detach().double()
 
-    def pack(self) -> torch.Tensor:
-        scalars = [getattr(self, name) for name in _SUMS]
-        return torch.cat([torch.tensor(scalars, dtype=torch.float64), self.slot_mass])
+    def settle(self) -> EpochStats:
+        """Move the on-device sums into the plain fields (one host sync per epoch)."""
+        if self.device_sums is not None:
+            for name, value in zip(_ON_DEVICE, self.device_sums.tolist()):
+                setattr(self, name, value)
+            self.device_sums = None
+        return self
+
+    def pack(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        self.settle()
+        scalars = torch.tensor([getattr(self, name) for name in _SUMS], dtype=torch.float64)
+        return torch.cat([scalars.to(device), self.slot_mass.to(device)])
 
     def unpack(self, packed: torch.Tensor) -> EpochStats:
         n = len(_SUMS)
+        packed = packed.cpu()
         values = packed[:n].tolist()
         out = EpochStats(**dict(zip(_SUMS, values)), first_batch_s=self.first_batch_s)
         out.slot_mass = packed[n:].clone()
@@ -59,6 +75,7 @@ class EpochStats:
 def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
                   min_used_slots: int) -> dict:
     """Reduced statistics -> the metrics row reported to Ray and kept in the history."""
+    stats.settle()
     clips = max(stats.clips, 1.0)
     # Walls are summed over workers; the epoch took the mean of them.
     wall = stats.wall / max(world, 1)
@@ -71,6 +88,7 @@ def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
         "clips": int(stats.clips),
         "clips_per_s": stats.clips / wall if wall > 0 else 0.0,
         "data_wait_frac": stats.data_wait / max(stats.wall, 1e-9),
+        "data_wait_s": stats.data_wait / max(world, 1),
         "time_to_first_batch_s": stats.first_batch_s or 0.0,
         "epoch_s": wall,
         "skipped_batches": int(stats.skipped),
@@ -81,7 +99,7 @@ def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
 
 
 def memory_health(stats: EpochStats, min_used_slots: int) -> dict:
-    mass = stats.slot_mass
+    mass = stats.slot_mass.cpu()
     if mass.numel() == 0:
         return {}
     total = float(mass.sum())

@@ -1,15 +1,30 @@
-"""Driver side of training: Ray set-up, the TorchTrainer, and what a finished run hands back."""
+"""Driver side of training: Ray set-up, the TorchTrainer, and what a finished run hands back.
+
+A run is ``(run.storage, run.name)``. Rerunning the same command resumes it: Ray Train finds the
+run's checkpoints in storage and hands the latest to the new workers; a worker that dies is
+replaced and the group restarts from the latest checkpoint (up to ``train.max_failures`` times).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
 
-from memae_dist.config import ExperimentConfig
-from memae_dist.data.storage import join, pyarrow_fs
+from memae_dist.config import ExperimentConfig, from_dict
+from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
 from memae_dist.errors import UserError
-from memae_dist.train.checkpoint import CHECKPOINT_RE, latest_checkpoint
+from memae_dist.runtime import check_room_for_data, ensure_ray
+from memae_dist.train.checkpoint import (
+    HISTORY_FILE,
+    best_checkpoint,
+    checkpoint_epoch,
+    latest_checkpoint,
+    restore_point,
+)
+
+__all__ = ["TrainResult", "ensure_ray", "fit", "run_uri"]
 
 log = logging.getLogger("memae_dist.train")
 
@@ -20,74 +35,92 @@ class TrainResult:
     checkpoint_uri: str | None
     metrics: dict
     history: list[dict]
-
-
-def ensure_ray(workers: int, cpus_per_worker: float, address: str | None = None) -> None:
-    """Connect to ``address`` or start a local Ray sized so Ray Data keeps CPUs for reading.
-
-    Training workers each hold ``cpus_per_worker`` logical CPUs; on a small machine two workers
-    would take every core and leave the read tasks nothing, which stalls the stream. Logical
-    CPUs are only a scheduling budget, so the local cluster advertises a few more than exist.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return
-    cores = os.cpu_count() or 1
-    num_cpus = max(cores, int(workers * cpus_per_worker + 0.999) + 2)
-    ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=int(os.environ.get("MEMAE_OBJECT_STORE_BYTES", 512 * 1024**2)),
-        include_dashboard=False,
-        log_to_driver=True,
-    )
+    # The best checkpoint by train.checkpoint_metric (None when no metric is configured).
+    best_checkpoint_uri: str | None = None
+    # False when the run stopped early (interrupted): rerun the same command to continue.
+    completed: bool = True
+    # Epochs finished by checkpoint_uri.
+    epochs_done: int = 0
 
 
 def run_uri(cfg: ExperimentConfig) -> str:
-    storage = cfg.run.storage
-    if "://" not in storage:
-        storage = os.path.abspath(storage)
-    return join(storage, cfg.run.name)
+    return join(absolute(cfg.run.storage), cfg.run.name)
+
+
+def absolute(uri: str) -> str:
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def for_workers(cfg: ExperimentConfig) -> dict:
+    """The config as workers and the Ray controller get it: local paths made absolute, since
+    their working directory is not the driver's."""
+    tree = cfg.to_dict()
+    tree["run"]["storage"] = absolute(cfg.run.storage)
+    tree["data"]["path"] = absolute(cfg.data.path)
+    return tree
 
 
 def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
-    latest = latest_checkpoint(run, cfg.storage)
-    if latest is None:
-        return 0
-    return int(CHECKPOINT_RE.match(latest.rstrip("/").rsplit("/", 1)[-1]).group(1))
+    """Epochs finished by the checkpoint a (re)start continues from."""
+    point = restore_point(run, cfg.storage, use_ray_snapshot=cfg.train.workers > 0)
+    return checkpoint_epoch(point) if point else 0
 
 
-def fit(cfg: ExperimentConfig, address: str | None = None) -> TrainResult:
-    """Train (or resume) the run named ``cfg.run.name`` in ``cfg.run.storage``."""
+class TrainData:
+    """The training dataset, built by Ray Train each time a worker group starts.
+
+    Ray Data numbers the executions of a dataset from 0; the shard order of an epoch is a
+    function of (seed, first_epoch + execution). Building the dataset when the workers start,
+    with ``first_epoch`` read from the checkpoint they restore, keeps that order right after a
+    driver rerun *and* after a worker-group restart inside one run.
+    """
+
+    def __init__(self, experiment: dict):
+        self.experiment = experiment
+
+    def __call__(self):
+        from memae_dist.data.stream import window_dataset
+
+        cfg = from_dict(ExperimentConfig, self.experiment)
+        first = completed_epochs(run_uri(cfg), cfg)
+        seed = cfg.train.seed if cfg.train.deterministic else None
+        return window_dataset(cfg.data.path, cfg.data, seed=seed, first_epoch=first,
+                              storage=cfg.storage)
+
+
+def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=()) -> TrainResult:
+    """Train (or resume) the run named ``cfg.run.name`` in ``cfg.run.storage``.
+
+    ``callbacks``: Ray Train callbacks (a sweep passes one that forwards metrics to Tune).
+    """
     import ray.train
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
-    from memae_dist.data.stream import window_dataset
+    from memae_dist.doctor import preflight
     from memae_dist.train.loop import train_loop_per_worker
+    from memae_dist.train.validate import check_val_split
 
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
+    preflight(cfg, address)  # storage + manifest on every node, before any worker starts
+    check_val_split(cfg)
     run = run_uri(cfg)
     done = completed_epochs(run, cfg)
+    if done >= cfg.train.epochs:
+        log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run, done,
+                 cfg.train.epochs)
+        return finished(run, cfg, {})
     if done:
         log.info("resuming %s after epoch %d", run, done)
-    if done >= cfg.train.epochs:
-        log.info("%s already finished %d epochs", run, done)
-    ensure_ray(cfg.train.workers, cfg.train.cpus_per_worker, address)
-    seed = cfg.train.seed if cfg.train.deterministic else None
-    ds = window_dataset(cfg.data.path, cfg.data, seed=seed, first_epoch=done,
-                        storage=cfg.storage)
-    fs, storage_path = pyarrow_fs(cfg.run.storage if "://" in cfg.run.storage
-                                  else os.path.abspath(cfg.run.storage), cfg.storage)
+    train_cpus = cfg.train.workers * cfg.train.cpus_per_worker
+    ensure_ray(train_cpus, address)
+    check_room_for_data(train_cpus)
+    fs, storage_path = pyarrow_fs(absolute(cfg.run.storage), cfg.storage)
+    experiment = for_workers(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict()},
+        train_loop_config={"experiment": experiment},
+        torch_config=TorchConfig(backend="nccl" if cfg.train.gpus_per_worker else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
@@ -95,16 +128,32 @@ def fit(cfg: ExperimentConfig, address: str | None = None) -> TrainResult:
             storage_filesystem=fs,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            callbacks=list(callbacks),
         ),
-        datasets={"train": ds},
+        datasets={"train": TrainData(experiment)},
         dataset_config=data_config(cfg),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except SystemExit:
+        # Ray's SIGINT handler aborts the run, then exits; callers see an interruption.
+        raise KeyboardInterrupt("training aborted by SIGINT") from None
     if result.error is not None:
         raise result.error
+    return finished(run, cfg, dict(result.metrics or {}))
+
+
+def finished(run: str, cfg: ExperimentConfig, metrics: dict) -> TrainResult:
     latest = latest_checkpoint(run, cfg.storage)
     history = read_history(latest, cfg) if latest else []
-    return TrainResult(run, latest, dict(result.metrics or {}), history)
+    done = checkpoint_epoch(latest) if latest else 0
+    if not metrics and history:
+        metrics = history[-1]
+    if done < cfg.train.epochs:
+        log.warning("%s stopped after epoch %d of %d; rerun the same command to resume", run,
+                    done, cfg.train.epochs)
+    return TrainResult(run, latest, metrics, history, best_checkpoint(run, cfg.storage),
+                       completed=done >= cfg.train.epochs, epochs_done=done)
 
 
 def scaling_config(cfg: ExperimentConfig):
@@ -115,7 +164,8 @@ def scaling_config(cfg: ExperimentConfig):
     if t.gpus_per_worker:
         resources["GPU"] = t.gpus_per_worker
     return ray.train.ScalingConfig(
-        num_workers=t.workers, use_gpu=t.gpus_per_worker > 0, resources_per_worker=resources
+        num_workers=t.workers, use_gpu=t.gpus_per_worker > 0, resources_per_worker=resources,
+        placement_strategy=t.placement,
     )
 
 
@@ -124,16 +174,21 @@ def data_config(cfg: ExperimentConfig):
     from ray.data import ExecutionOptions
 
     options = ExecutionOptions()
-    # Parallel read tasks finish in any order; a bit-exact run needs the planned order.
+    # Parallel read tasks finish in any order; a bit-exact run needs the planned order, and
+    # blocks dealt to workers by node locality would depend on where each read task ran.
     options.preserve_order = cfg.train.deterministic
-    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options)
+    return ray.train.DataConfig(datasets_to_split=["train"], execution_options=options,
+                                enable_shard_locality=not cfg.train.deterministic)
 
 
 def read_history(ckpt_uri: str, cfg: ExperimentConfig) -> list[dict]:
-    import json
-
-    from memae_dist.data.storage import exists, read_bytes
-    from memae_dist.train.checkpoint import HISTORY_FILE
-
-    uri = join(ckpt_uri, HISTORY_FILE)
-    return json.loads(read_bytes(uri, cfg.storage)) if exists(uri, cfg.storage) else []
+    """The run's history: ``RUN/history.json`` if it reaches the checkpoint, else the copy in
+    the checkpoint (rank 0 writes the former after each report; it has checkpoint times)."""
+    run_history = join(ckpt_uri.rstrip("/").rsplit("/", 1)[0], HISTORY_FILE)
+    epoch = checkpoint_epoch(ckpt_uri)
+    for uri in (run_history, join(ckpt_uri, HISTORY_FILE)):
+        if exists(uri, cfg.storage):
+            rows = json.loads(read_bytes(uri, cfg.storage))
+            if rows and rows[-1].get("epoch") == epoch:
+                return rows
+    return []

@@ -153,3 +153,45 @@ def test_full_ped2_import(shared_ped2, tmp_path, ray_local):
     stored = sum(s["bytes"] for s in manifest["shards"])
     print(f"\nfull Ped2 import at 64x64: {elapsed:.1f} s, {stored / 1e6:.2f} MB stored vs "
           f"{(2550 + 2010) * 64 * 64 / 1e6:.2f} MB as one uint8 copy")
+
+
+def _tif_video(folder, n, start=1, ext="tif"):
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((158, 238), 30 + 5 * i, np.uint8)).save(
+            folder / f"{i + start:03d}.{ext}")
+
+
+def test_ped1_original_layout_with_masks_and_m_file(tmp_path):
+    """Ped1 ships masks for a few test videos only; the rest take their ranges from the .m file."""
+    base = tmp_path / "UCSD_Anomaly_Dataset.v1p2" / "UCSDped1"
+    _tif_video(base / "Train" / "Train001", 12)
+    _tif_video(base / "Test" / "Test001", 14)
+    _tif_video(base / "Test" / "Test002", 10)
+    gt = base / "Test" / "Test002_gt"
+    gt.mkdir()
+    for i in range(10):
+        mask = np.zeros((158, 238), np.uint8)
+        mask[50:60, 70:80] = 255 if i in (2, 3, 7) else 0
+        Image.fromarray(mask).save(gt / f"{i + 1:03d}.bmp")
+    (base / "UCSDped1.m").write_text(
+        "TestVideoFile = {};\n"
+        "TestVideoFile{end+1}.gt_frame = [3:5, 10:14];\n"
+        "TestVideoFile{end+1}.gt_frame = [1:10];\n"  # ignored: Test002 has masks
+    )
+    specs = ucsd_videos(base.parent, "ped1")
+    assert [(s.split, s.name) for s in specs] == [("train", "01"), ("test", "01"), ("test", "02")]
+    loaded = [spec.load() for spec in specs]
+    assert [len(f) for f, _ in loaded] == [12, 14, 10]
+    assert [int(np.asarray(f[4]).mean()) for f, _ in loaded] == [50, 50, 50]  # numeric order
+    assert [r for _, r in loaded] == [None, [[2, 4], [9, 13]], [[2, 3], [7, 7]]]
+    # The "frames" layout of the same footage (numbered from 000, ped1.mat) gives the same.
+    frames = tmp_path / "ped1"
+    _tif_video(frames / "training" / "frames" / "01", 12, start=0, ext="jpg")
+    _tif_video(frames / "testing" / "frames" / "01", 14, start=0, ext="jpg")
+    _tif_video(frames / "testing" / "frames" / "02", 10, start=0, ext="jpg")
+    cell = np.empty((1, 2), dtype=object)
+    cell[0, 0], cell[0, 1] = np.array([[3, 10], [5, 14]]), np.array([[3, 8], [4, 8]])
+    scipy.io.savemat(frames / "ped1.mat", {"gt": cell})
+    again = [spec.load()[1] for spec in ucsd_videos(frames, "ped1")]
+    assert again == [r for _, r in loaded]

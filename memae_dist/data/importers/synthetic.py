@@ -1,12 +1,15 @@
 """Synthetic "road" videos for the demo: small objects walk along a road; test videos add anomalies.
 
 Every video is a fixed camera over a dim, textured, static background with a slightly brighter
-horizontal road band. Normal traffic is 1-3 small bright rectangles walking left to right along
-the road at 0.5-1 px/frame (at 32x32) with a little speed jitter and vertical wobble; when one
-leaves the frame a freshly drawn one enters. Test videos may add one anomalous event:
+horizontal road band at a random height. Normal traffic walks left to right along 1-3 lanes of
+the road: small bright rectangles (2-3 x 3-4 px at 32x32, a per-video look with small per-walker
+variation) at 0.5-1 px/frame with a little speed jitter and vertical wobble. A lane's next
+walker enters as the previous one starts to leave, so the amount of traffic on screen stays
+level: with per-video min-max normalised scores, a fluctuating crowd would otherwise swamp the
+anomalies. Test videos may add one anomalous event:
 
-- ``fast``: a stream of normal-looking objects moving 3-4x the mean walking speed;
-- ``large``: one object 2-3x the normal size (both sides) at normal speed;
+- ``fast``: a group of normal-looking walkers at 3-4x the mean walking speed, two on screen;
+- ``large``: one walker 2-3x the normal size (both sides) at normal speed;
 - ``wrong_way``: one normal-looking object walking right to left along the road, or straight
   across it (top to bottom or bottom to top).
 
@@ -81,6 +84,8 @@ class _Object:
     spawn: int = 0  # first frame it moves on screen
     wobble: bool = True  # normal walkers sway a little inside their lane
     lane: float = 0.0  # top edge the wobble is centred on
+    slot: int = -1  # traffic lane it belongs to (-1: an anomaly)
+    followed: bool = False  # the lane's next walker is already on its way
 
 
 @dataclass
@@ -91,6 +96,11 @@ class _Scene:
     uy: float
     road_top: float
     road_bottom: float
+    # This video's kind of walker (each one varies a little around it) and its lanes.
+    walker_w: float
+    walker_h: float
+    walker_level: float
+    lanes: tuple[float, ...]  # top edges, one per lane of traffic
 
 
 def anomaly_kind(index: int) -> str:
@@ -124,11 +134,21 @@ def _upsample(coarse: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _scene(rng: np.random.Generator, height: int, width: int) -> tuple[_Scene, np.ndarray]:
-    """Road geometry and the static background (H, W) float64 in grey levels."""
+    """Road, walkers and lanes of one video, and its static background (H, W) in grey levels."""
     ux, uy = width / 32.0, height / 32.0
     road_h = _ROAD_HEIGHT * uy
-    centre = rng.uniform(0.4, 0.6) * height
-    scene = _Scene(height, width, ux, uy, centre - road_h / 2, centre + road_h / 2)
+    top = rng.uniform(0.4, 0.6) * height - road_h / 2
+    walker_w, walker_h = rng.uniform(2.0, 3.0) * ux, rng.uniform(3.0, 4.0) * uy
+    count = int(rng.integers(1, 4))
+    lanes = tuple(
+        min(
+            max(top + (k + 0.5) * road_h / count - walker_h / 2 + rng.uniform(-0.5, 0.5) * uy, top),
+            top + road_h - walker_h,
+        )
+        for k in range(count)
+    )
+    level = rng.uniform(170.0, 230.0)
+    scene = _Scene(height, width, ux, uy, top, top + road_h, walker_w, walker_h, level, lanes)
     # Low-contrast texture: a smooth shading plus fixed fine grain, well below object levels.
     shading = _upsample(rng.uniform(-1.0, 1.0, size=(5, 5)), height, width)
     grain = rng.integers(-3, 4, size=(height, width))
@@ -139,17 +159,20 @@ def _scene(rng: np.random.Generator, height: int, width: int) -> tuple[_Scene, n
     return scene, background
 
 
-def _walker(rng: np.random.Generator, scene: _Scene, size_factor: float = 1.0) -> _Object:
-    """A normal-looking object on the road, placed just left of the frame, walking right."""
-    w = rng.uniform(2.0, 3.0) * scene.ux * size_factor
-    h = rng.uniform(3.0, 4.0) * scene.uy * size_factor
+def _walker(
+    rng: np.random.Generator, scene: _Scene, lane: float | None = None, size_factor: float = 1.0
+) -> _Object:
+    """A walker like this video's (size and grey level vary a little), placed just left of the
+    frame, walking right; on ``lane`` or anywhere on the road."""
+    w = scene.walker_w * rng.uniform(0.9, 1.1) * size_factor
+    h = scene.walker_h * rng.uniform(0.9, 1.1) * size_factor
     speed = rng.uniform(*_SPEED) * scene.ux
-    level = rng.uniform(170.0, 230.0)
+    level = scene.walker_level + rng.uniform(-10.0, 10.0)
     if size_factor > 1.0:  # too big for a lane: centre it on the road
-        top = (scene.road_top + scene.road_bottom - h) / 2
-    else:
-        top = rng.uniform(scene.road_top, max(scene.road_top, scene.road_bottom - h))
-    return _Object(x=-w, y=top, w=w, h=h, vx=speed, vy=0.0, level=level, lane=top)
+        lane = (scene.road_top + scene.road_bottom - h) / 2
+    elif lane is None:
+        lane = rng.uniform(scene.road_top, max(scene.road_top, scene.road_bottom - h))
+    return _Object(x=-w, y=lane, w=w, h=h, vx=speed, vy=0.0, level=level, lane=lane)
 
 
 def _on_screen(obj: _Object, scene: _Scene) -> bool:
@@ -187,18 +210,26 @@ def _coverage(obj: _Object, scene: _Scene) -> np.ndarray:
 
 
 def _traffic(rng: np.random.Generator, scene: _Scene) -> list[_Object]:
-    """1-3 walkers spread along the road so that the number on screen stays roughly steady."""
-    count = int(rng.integers(1, 4))
-    walkers = [_walker(rng, scene) for _ in range(count)]
-    for i, obj in enumerate(walkers):
-        obj.x = -obj.w + (i + rng.uniform(0.0, 1.0)) * (scene.width + obj.w) / count
+    """One walker per lane, anywhere along it."""
+    walkers = []
+    for slot, lane in enumerate(scene.lanes):
+        obj = _walker(rng, scene, lane)
+        obj.x, obj.slot = rng.uniform(-obj.w, float(scene.width)), slot
+        walkers.append(obj)
+    _refill(walkers, rng, scene)
     return walkers
 
 
-def _next_walker(rng: np.random.Generator, scene: _Scene) -> _Object:
-    obj = _walker(rng, scene)
-    obj.x -= rng.uniform(0.0, 6.0) * scene.ux  # a short, random gap before the next one enters
-    return obj
+def _refill(traffic: list[_Object], rng: np.random.Generator, scene: _Scene) -> None:
+    """Steady flow: a lane's next walker enters as the previous one starts to leave, so the
+    amount of traffic on screen (and with it the normal reconstruction error) stays level."""
+    for obj in list(traffic):
+        if obj.slot >= 0 and not obj.followed and obj.x + obj.w >= scene.width:
+            nxt = _walker(rng, scene, scene.lanes[obj.slot])
+            nxt.x += obj.x + obj.w - scene.width  # as far in as the other one is out
+            nxt.slot, obj.followed = obj.slot, True
+            traffic.append(nxt)
+    traffic[:] = [o for o in traffic if _on_screen(o, scene)]
 
 
 def _crossing_frames(obj: _Object, scene: _Scene) -> float:
@@ -214,20 +245,20 @@ def _event_objects(
     if kind == "none":
         return []
     if kind == "fast":
-        # A bunch of fast walkers, about two on screen at a time: one contiguous range.
-        target = rng.uniform(0.35, 0.5)
+        # A group riding at one pace, two on screen at a time: one contiguous range, and an
+        # anomaly of steady strength. The pace is relative to the mean walking speed, so even
+        # the slowest group is 2x faster than the fastest walker.
+        length = rng.uniform(0.35, 0.5) * n_frames
+        pace = rng.uniform(*_FAST) * (_SPEED[0] + _SPEED[1]) / 2 * scene.ux
         objs: list[_Object] = []
-        offset = 0
-        while True:
+        offset = 0.0
+        while not objs or offset + _crossing_frames(objs[-1], scene) < length:
             obj = _walker(rng, scene)
-            # Relative to the mean speed, so the slowest fast one is still 2x the fastest walker.
-            obj.vx = rng.uniform(*_FAST) * (_SPEED[0] + _SPEED[1]) / 2 * scene.ux
-            obj.spawn = offset
+            obj.vx = pace * rng.uniform(0.95, 1.05)
+            obj.spawn = int(offset)
             objs.append(obj)
-            cross = _crossing_frames(obj, scene)
-            if offset + cross >= target * n_frames:
-                return objs
-            offset += max(1, int(cross * rng.uniform(0.35, 0.6)))
+            offset += _crossing_frames(obj, scene) / 2
+        return objs
     if kind == "large":
         obj = _walker(rng, scene, size_factor=rng.uniform(*_LARGE))
         obj.vx = rng.uniform(0.75, 1.0) * scene.ux  # normal speed, brisk enough to cross in time
@@ -316,10 +347,9 @@ def render_scene(
             abnormal[t] |= _paint(image, obj, scene) >= 1.0
         image += rng.integers(-2, 3, size=(height, width))  # sensor noise
         frames[t] = np.clip(np.floor(image + 0.5), 0, 255)
-        for i, obj in enumerate(traffic):
+        for obj in traffic:
             _step(obj, rng, scene)
-            if not _on_screen(obj, scene):
-                traffic[i] = _next_walker(rng, scene)
+        _refill(traffic, rng, scene)
         for obj in active:
             _step(obj, event_rng, scene)
         active = [o for o in active if _on_screen(o, scene)]

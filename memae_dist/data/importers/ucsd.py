@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from memae_dist.data.storage import StorageConfig
 from memae_dist.data.writer import VideoSpec, ranges_from_labels, write_dataset
 from memae_dist.errors import UserError
 
@@ -42,12 +43,12 @@ def ucsd_videos(src: str | Path, variant: str = "ped2") -> list[VideoSpec]:
 
 def import_ucsd(src: str | Path, dst: str, size: tuple[int, int] = (256, 256),
                 variant: str = "ped2", workers: int | None = None, skip_bad: bool = False,
-                progress: bool = True) -> dict:
+                progress: bool = True, storage_cfg: StorageConfig | None = None) -> dict:
     """Import a UCSD variant into ``dst``; returns the manifest."""
     videos = ucsd_videos(src, variant)
     return write_dataset(videos, dst, tuple(size), name=f"ucsd-{variant}",
                          source=f"ucsd-{variant}", workers=workers, skip_bad=skip_bad,
-                         progress=progress)
+                         progress=progress, storage_cfg=storage_cfg)
 
 
 # ------------------------------------------------------------------------------ layout search
@@ -108,13 +109,14 @@ def _frames_layout(root: Path, variant: str) -> list[VideoSpec]:
 def _frames_labels(root: Path, variant: str, counts: list[int]) -> list[list[list[int]]]:
     mat, npy = root / f"{variant}.mat", root / f"frame_labels_{variant}.npy"
     if mat.is_file():
-        return _mat_ranges(mat, counts)
+        return mat_ranges(mat, counts)
     if npy.is_file():
-        return _npy_ranges(npy, counts)
+        return npy_ranges(npy, counts)
     raise UserError(f"no test labels in {root}: expected {mat.name} or {npy.name}")
 
 
-def _mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+    """Per test video, 0-based ranges from a ``gt`` cell of 1-based [first; last] columns."""
     import scipy.io
 
     try:
@@ -139,7 +141,8 @@ def _mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
     return out
 
 
-def _npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
+    """Per test video, ranges from one array of frame labels (test videos concatenated)."""
     try:
         labels = np.load(path).reshape(-1)
     except (ValueError, OSError) as exc:

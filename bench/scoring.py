@@ -1,0 +1,164 @@
+"""Scoring throughput: ``memae-dist score`` against the official MemAE test loop, same machine.
+
+Baseline ("official"): the authors' ``script_testing.py`` way. Frames were resized once to JPEG
+files (their MATLAB preparation, not timed); then, for every stride-1 window, the 16 JPEG frames
+are decoded, converted and normalised one by one, the clip goes through the model alone (batch
+1), and the error is brought back to the host.
+
+Ours: ``score_dataset`` (the ``score`` verb) on the prepared Parquet frames: Ray Data actors that
+load the model once, cut windows from stored segments and run ``--batch-size`` windows per
+forward pass (bf16 autocast on a GPU). Ray itself is started before the clock; actor start-up
+and model loading are timed.
+
+Both use the same untrained model of the paper's configuration (N = 2000 slots; throughput does
+not depend on the weights) and the same UCSD Ped2 test videos. Runs alternate (baseline, ours)
+``--repeats`` times so load changes on a shared machine hit both; medians are reported. The
+baseline may stop after ``--max-windows`` windows per repeat (it is slow on a CPU).
+
+    python bench/scoring.py --size 64 64 --videos 2            # CPU, a few minutes
+    python bench/scoring.py --size 256 256 --videos 12 --gpu   # the paper's setting, on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from memae_dist.config import load_config  # noqa: E402
+from memae_dist.data.manifest import load_manifest  # noqa: E402
+from memae_dist.evaluate.batch_score import ScoreConfig, score_dataset  # noqa: E402
+from memae_dist.models import build_model  # noqa: E402
+from memae_dist.train.checkpoint import TrainState, save_checkpoint  # noqa: E402
+
+PED2 = REPO / ".." / "shared" / "data" / "ucsd_ped2"
+
+
+def make_checkpoint(folder: Path, data: str) -> str:
+    cfg = load_config(None, ["model.num_slots=2000", f"data.path={data}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    folder.mkdir(parents=True)
+    save_checkpoint(folder, model, torch.optim.Adam(model.parameters()), TrainState(),
+                    cfg.to_dict())
+    return str(folder)
+
+
+def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple[str, Path]:
+    """The chosen test videos twice: our Parquet store, and resized JPEGs for the baseline."""
+    from memae_dist.data.importers.ucsd import ucsd_videos
+    from memae_dist.data.writer import write_dataset
+
+    specs = [s for s in ucsd_videos(ped2, "ped2") if s.split == "test"][:videos]
+    data = str(root / "data")
+    write_dataset(specs, data, size, name="ped2-bench", source="ucsd-ped2", progress=False)
+    jpegs = root / "jpeg"
+    from memae_dist.data.shards import read_video_frames
+
+    manifest = load_manifest(data)
+    for v in manifest.videos("test"):
+        frames, _ = read_video_frames(manifest.shard_uri(data, v))
+        (jpegs / v.name).mkdir(parents=True)
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(jpegs / v.name / f"{i:03d}.jpg", quality=95)
+    return data, jpegs
+
+
+@torch.no_grad()
+def official_loop(model, jpegs: Path, device: torch.device, max_windows: int) -> tuple[int, float]:
+    """(windows scored, seconds): per window, 16 JPEG decodes + batch-1 forward pass."""
+    done, t0 = 0, time.perf_counter()
+    for video in sorted(jpegs.iterdir()):
+        files = sorted(video.iterdir())
+        for start in range(len(files) - 15):
+            if done >= max_windows:
+                return done, time.perf_counter() - t0
+            frames = [torch.from_numpy(np.asarray(Image.open(f), np.float32) / 255.0)
+                      .sub_(0.5).div_(0.5)[None, None] for f in files[start:start + 16]]
+            clip = torch.cat(frames, 1)[None].to(device)  # (1, 1, 16, H, W)
+            recon = model(clip).recon
+            r = recon - clip
+            err = torch.sum(r ** 2, dim=1) ** 0.5  # the official per-pixel error map
+            err.view(1, -1).mean(-1).cpu().tolist()
+            done += 1
+    return done, time.perf_counter() - t0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--ped2", type=Path, default=PED2, help="UCSD Ped2 ('frames' layout)")
+    p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
+    p.add_argument("--videos", type=int, default=2, help="test videos used (of 12)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-windows", type=int, default=60, help="baseline windows per repeat")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--gpu", action="store_true", help="run both on the GPU")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args()
+    if not (args.ped2 / "testing" / "frames").is_dir():
+        sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
+    if args.gpu and not torch.cuda.is_available():
+        sys.exit("--gpu: no CUDA device")
+    device = torch.device("cuda" if args.gpu else "cpu")
+    size = tuple(args.size)
+
+    import ray
+
+    from memae_dist.runtime import ensure_ray
+
+    with tempfile.TemporaryDirectory(prefix="memae-bench-") as tmp:
+        root = Path(tmp)
+        ensure_ray(args.workers * (os.cpu_count() or 1))
+        data, jpegs = prepare(args.ped2, args.videos, size, root)
+        ckpt = make_checkpoint(root / "ckpt", data)
+        from memae_dist.evaluate.score import load_model
+
+        model = load_model(ckpt).model.to(device)
+        frames = sum(v.num_frames - 15 for v in load_manifest(data).videos("test"))
+        cfg = ScoreConfig(workers=args.workers, batch_size=args.batch_size, progress=False,
+                          gpus_per_worker=1.0 if args.gpu else 0.0)
+        base, ours, ends = [], [], []
+        for _ in range(args.repeats):
+            n, s = official_loop(model, jpegs, device, args.max_windows)
+            base.append(n / s)
+            t0 = time.perf_counter()
+            result = score_dataset(ckpt, data, None, cfg)
+            ends.append(result.table.num_rows / (time.perf_counter() - t0))
+            ours.append(result.frames_per_s)
+            print(f"official {base[-1]:.2f} frames/s   score {ours[-1]:.2f} frames/s "
+                  f"(end to end {ends[-1]:.2f})", flush=True)
+        ray.shutdown()
+    out = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+                   + (f", {torch.cuda.get_device_name()}" if args.gpu else ""),
+        "load_avg_1m": round(os.getloadavg()[0], 1),
+        "device": device.type, "size": list(size), "videos": args.videos,
+        "frames_scored": frames, "repeats": args.repeats, "workers": args.workers,
+        "batch_size": args.batch_size,
+        "official_fps_median": round(statistics.median(base), 2),
+        "score_fps_median": round(statistics.median(ours), 2),
+        "score_end_to_end_fps_median": round(statistics.median(ends), 2),
+    }
+    out["ratio"] = round(out["score_fps_median"] / out["official_fps_median"], 2)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

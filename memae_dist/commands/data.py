@@ -1,0 +1,59 @@
+"""``memae-dist data info|verify URI``: inspect a prepared dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("data", help="inspect a prepared dataset (info, verify)")
+    verbs = p.add_subparsers(dest="data_command", required=True)
+    info = verbs.add_parser("info", help="videos, frames, windows, abnormal frames, bytes stored "
+                                         "(reads the manifest only)")
+    info.add_argument("uri", help="dataset URI: path, file:// or s3://")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.add_argument("--window", type=int, default=16, help="frames per window (default 16)")
+    info.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
+    _config_flag(info)
+    info.set_defaults(func=run_info)
+    verify = verbs.add_parser("verify", help="read every shard, check sizes and checksums")
+    verify.add_argument("uri", help="dataset URI: path, file:// or s3://")
+    _config_flag(verify)
+    verify.set_defaults(func=run_verify)
+
+
+def _config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
+                                    "to use; default: the AWS_* environment")
+
+
+def storage_config(args: argparse.Namespace):
+    """The ``storage:`` section of ``--config`` (None without one)."""
+    if not getattr(args, "config", None):
+        return None
+    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.config import load_config
+
+    return load_config(resolve_config_path(args.config), []).storage
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from memae_dist.data.info import dataset_info, format_info
+    from memae_dist.errors import UserError
+
+    if args.window < 1 or args.stride < 1:
+        raise UserError(f"--window and --stride must be >= 1, got {args.window}, {args.stride}")
+    info = dataset_info(args.uri, args.window, args.stride, storage_config(args))
+    print(json.dumps(info, indent=1) if args.json else format_info(info))
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from memae_dist.data.info import verify_dataset
+
+    checked, problems = verify_dataset(args.uri, storage_config(args))
+    for problem in problems:
+        print(f"BAD: {problem}")
+    print(f"{checked - len(problems)} of {checked} shards OK")
+    return 1 if problems else 0

@@ -1,0 +1,95 @@
+"""``memae-dist score``: per-frame anomaly scores of a prepared dataset or raw videos, with Ray."""
+
+from __future__ import annotations
+
+import argparse
+
+from memae_dist.commands.common import frame_size
+
+
+def register(sub) -> None:
+    p = sub.add_parser("score", help="per-frame anomaly scores (Parquet) with Ray Data actors")
+    p.add_argument("--checkpoint", required=True, help="checkpoint URI or run URI (latest)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="prepared dataset URI")
+    src.add_argument("--videos", metavar="PATH_OR_URI",
+                     help="a video file or a folder of videos (local or s3://), prepared "
+                          "on the fly")
+    p.add_argument("--out", required=True, help="scores file URI (.parquet): path or s3://")
+    add_scoring_flags(p)
+    p.add_argument("--labels", help="--videos: labels JSON or folder of <video>.npy (optional)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="--videos: frame size (default: the checkpoint's training size)")
+    p.add_argument("--prepared", metavar="URI",
+                   help="--videos: where the prepared frames go (default: <out>_frames)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> None:
+    """Flags shared by ``score`` and ``evaluate``."""
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    p.add_argument("--workers", type=int, default=workers_default,
+                   help=f"scoring actors (default {workers_default}); 0 = in this process")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="GPUs per actor (bf16 on GPU); default 0 = CPU")
+    p.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs (torch threads) per actor; default: cores / workers")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--error", default="mse", choices=["mse", "mae"], help="window error")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
+                                    "to use; default: the AWS_* environment")
+
+
+def storage_config(args: argparse.Namespace):
+    """The ``storage:`` section of ``--config`` (None: the AWS_* environment)."""
+    if not getattr(args, "config", None):
+        return None
+    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.config import load_config
+
+    return load_config(resolve_config_path(args.config), []).storage
+
+
+def score_config(args: argparse.Namespace):
+    from memae_dist.evaluate.batch_score import ScoreConfig
+
+    return ScoreConfig(split=args.split, error=args.error, batch_size=args.batch_size,
+                       workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                       gpus_per_worker=args.gpus_per_worker, precision=args.precision,
+                       progress=not getattr(args, "no_progress", False))
+
+
+def run(args: argparse.Namespace) -> int:
+    from memae_dist.errors import UserError
+    from memae_dist.evaluate import ingest
+    from memae_dist.evaluate.batch_score import score_dataset
+    from memae_dist.evaluate.score import read_model_state
+
+    storage = storage_config(args)
+    cfg = score_config(args)
+    data = args.data
+    if args.videos:
+        _, config, _ = read_model_state(args.checkpoint, storage)
+        size = frame_size(args.size) or ingest.checkpoint_frame_size(config, storage)
+        if size is None:
+            raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
+                            "size) is not reachable from here")
+        data = ingest.prepared_uri(args.out, args.prepared)
+        ingest.prepare_videos(args.videos, data, size, labels=args.labels,
+                              workers=args.workers or None, progress=cfg.progress,
+                              storage=storage)
+    elif args.labels or args.size or args.prepared:
+        raise UserError("--labels, --size and --prepared go with --videos")
+    result = score_dataset(args.checkpoint, data, args.out, cfg, storage=storage,
+                           address=args.address)
+    videos = len(set(result.table.column("video").to_pylist()))
+    print(f"scored {result.table.num_rows} frames of {videos} videos in {result.seconds:.1f} s "
+          f"({result.frames_per_s:.1f} frames/s)")
+    if args.videos:
+        print(f"prepared frames: {data}")
+    print(f"scores: {args.out}")
+    return 0

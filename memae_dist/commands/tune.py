@@ -1,0 +1,80 @@
+"""``memae-dist tune``: a hyperparameter sweep (Ray Tune over Ray Train), resumable by name."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from memae_dist.errors import UserError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA, random/optuna)")
+    p.add_argument("--space", required=True,
+                   help="search-space YAML, or a shipped name (memae_video, memae_image, smoke)")
+    p.add_argument("--config", help="base experiment YAML or shipped recipe name")
+    p.add_argument("--data", help="prepared dataset URI (data.path)")
+    p.add_argument("--samples", type=int, help="trials to sample (default: the space's samples)")
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"])
+    p.add_argument("--search", default="random", choices=["random", "optuna"])
+    p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
+    p.add_argument("--workers-per-trial", type=int, help="Train workers per trial")
+    p.add_argument("--cpus-per-worker", type=float)
+    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--storage", help="sweep storage URI (default: run.storage)")
+    p.add_argument("--name", help="sweep name; rerun with the same name to resume")
+    p.add_argument("--out", default="tune_out", help="folder for trials.csv, plot, best.yaml")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+    p.add_argument("--val-from-test", metavar="K|NAMES",
+                   help="first move K (or the named) labelled test videos into a val split")
+    p.add_argument("--no-test", action="store_true",
+                   help="skip scoring the test split with the best checkpoint")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.set_defaults(func=run)
+
+
+def resolve_space(name: str) -> Path:
+    """A space file, or the name of one in the repository's ``tune_spaces/``."""
+    path = Path(name)
+    if path.exists() or path.suffix in (".yaml", ".yml"):
+        return path
+    shipped = Path(__file__).resolve().parents[2] / "tune_spaces" / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"search space not found: {name} (a YAML file or a name in tune_spaces/)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.config import load_config
+    from memae_dist.tune.space import load_space
+    from memae_dist.tune.sweep import SweepOptions, run_sweep
+
+    space = load_space(resolve_space(args.space))
+    overrides = [f"data.path={args.data}"] if args.data else []
+    cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []))
+    opts = SweepOptions(
+        samples=args.samples, scheduler=args.scheduler, search=args.search,
+        max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
+        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+        storage=args.storage, name=args.name, out=Path(args.out), seed=args.seed,
+        test=not args.no_test, val_from_test=args.val_from_test, address=args.address,
+    )
+    result = run_sweep(space, cfg, opts)
+    print(f"sweep: {result.path}")
+    print(f"table: {Path(args.out) / 'trials.csv'}")
+    if result.interrupted:
+        print("memae-dist: sweep interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if result.best is None:
+        print("no trial finished with a finite objective", file=sys.stderr)
+        return 1
+    print(f"best: trial {result.best.trial_id}, {result.objective.metric} "
+          f"{result.best.objective:.5g} -> {Path(args.out) / 'best.yaml'}")
+    print(f"best checkpoint: {result.checkpoint}")
+    if result.test_metrics:
+        print(f"test ({result.test_metrics.get('split')}, scored once): auc_paper "
+              f"{result.test_metrics['auc_paper']:.4f}")
+    return 0

@@ -1,0 +1,194 @@
+"""Reading video sources for the importers: video files (any codec FFmpeg decodes, via PyAV)
+and folders of frame images, converted on the fly to grayscale frames of the target size.
+
+Frames are converted one at a time while decoding, so a loader holds the video at its stored
+size, never at the camera's resolution. Conversion matches ``writer.to_gray_resized``: grayscale
+first, then a Pillow bilinear (antialiased) resize. Frame counts always come from decoding:
+container headers often lie (variable frame rate, packed B-frames, truncated files).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from memae_dist.errors import UserError
+
+VIDEO_EXTS = frozenset({
+    ".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
+    ".wmv", ".asf", ".flv", ".3gp", ".ogv", ".dav", ".h264", ".h265", ".hevc",
+})
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm"})
+_DIGITS = re.compile(r"(\d+)")
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot files and macOS '._*' litter: never videos, never frames."""
+    return path.name.startswith(".")
+
+
+def is_video_file(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTS and path.is_file() and not is_hidden(path)
+
+
+def natural_key(path: Path) -> tuple:
+    """Sort key ordering 'img2' before 'img10' (numbers compared as numbers)."""
+    parts = _DIGITS.split(path.stem.lower())
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts if p)
+
+
+def frame_files(folder: Path) -> list[Path]:
+    """Frame images of a folder in frame order (numbers in the names compared numerically)."""
+    try:
+        files = [p for p in folder.iterdir()
+                 if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p) and p.is_file()]
+    except OSError as exc:
+        raise UserError(f"cannot list frame folder {folder}: {exc.strerror or exc}") from None
+    return sorted(files, key=natural_key)
+
+
+def is_frame_folder(path: Path) -> bool:
+    return path.is_dir() and not is_hidden(path) and bool(frame_files(path))
+
+
+def gray_resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) uint8 from a Pillow image: grayscale, then bilinear resize to ``size`` = (H, W)."""
+    if img.mode != "L":
+        img = img.convert("L")
+    height, width = size
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+# ------------------------------------------------------------------------------ video files
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as exc:
+        raise UserError(f"cannot open video {path}: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"{path} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"  # frame + slice threads: same frames, decoded faster
+    return container, stream
+
+
+def iter_video_frames(path: str | Path):
+    """Yield decoded ``av.VideoFrame``s of the first video stream.
+
+    Like the ``ffmpeg`` tool, a damaged packet is skipped rather than ending the video, so the
+    frames (and their count) are those FFmpeg itself reports for the file.
+    """
+    import av
+
+    path = Path(path)
+    container, stream = _open(path)
+    try:
+        for packet in container.demux(stream):
+            try:
+                yield from packet.decode()  # an empty packet at the end flushes the decoder
+            except av.error.InvalidDataError:
+                continue
+    except av.error.FFmpegError as exc:
+        raise UserError(f"cannot decode video {path}: {exc}") from None
+    finally:
+        container.close()
+
+
+def count_frames(path: str | Path) -> int:
+    """Number of frames FFmpeg decodes from the video (no conversion, no resize)."""
+    return sum(1 for _ in iter_video_frames(path))
+
+
+def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 grayscale frames of the video at ``size``, displayed upright.
+
+    Phones store portrait footage sideways with a rotation in the display matrix; like the
+    ``ffmpeg`` tool, the frame is turned the way a player shows it before it is resized.
+    """
+    frames = []
+    for frame in iter_video_frames(path):
+        gray = frame.to_ndarray(format="gray")  # (H0, W0) uint8, full-range luma
+        turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+        if turns:
+            gray = np.ascontiguousarray(np.rot90(gray, turns))
+        frames.append(gray_resized(Image.fromarray(gray), size))
+    if not frames:
+        raise UserError(f"video {path} has no decodable frames")
+    return np.stack(frames)  # (N, H, W)
+
+
+# ------------------------------------------------------------------------------ frame folders
+
+
+def load_frame_folder(folder: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 grayscale frames of a folder of images at ``size``."""
+    files = frame_files(Path(folder))
+    if not files:
+        raise UserError(f"no frame images in {folder}")
+    out = np.empty((len(files), *size), dtype=np.uint8)  # (N, H, W)
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as img:
+                out[i] = gray_resized(img, size)
+        except OSError as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+    return out
+
+
+# ------------------------------------------------------------------------------ either kind
+
+
+def count_source_frames(path: str | Path) -> int:
+    """Frames of a video file (by decoding) or a frame folder (by counting its images)."""
+    path = Path(path)
+    return len(frame_files(path)) if path.is_dir() else count_frames(path)
+
+
+def load_source(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) uint8 frames of a video file or a frame folder."""
+    path = Path(path)
+    return load_frame_folder(path, size) if path.is_dir() else decode_video(path, size)
+
+
+def load_with_ranges(path: str, size: tuple[int, int], ranges: list[list[int]] | None):
+    """VideoSpec loader: frames plus abnormal ranges known in advance (or None)."""
+    return load_source(path, size), ranges
+
+
+def load_with_frame_labels(path: str, size: tuple[int, int], labels_file: str):
+    """VideoSpec loader: frames plus ranges from a per-video ``.npy`` of 0/1 frame labels."""
+    from memae_dist.data.writer import ranges_from_labels
+
+    frames = load_source(path, size)
+    labels = read_frame_labels(labels_file)
+    check_label_count(labels_file, len(labels), path, len(frames))
+    return frames, ranges_from_labels(labels)
+
+
+def read_frame_labels(path: str | Path) -> np.ndarray:
+    """(N,) 0/1 labels from a ``.npy`` file of any shape holding one value per frame."""
+    try:
+        labels = np.load(path, allow_pickle=False).reshape(-1)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+    if labels.dtype.kind not in "biuf":
+        raise UserError(f"{path}: frame labels must be numbers, got {labels.dtype}")
+    return (labels != 0).astype(np.uint8)
+
+
+def check_label_count(labels_file, n_labels: int, video, n_frames: int) -> None:
+    if n_labels != n_frames:
+        raise UserError(
+            f"{labels_file}: {n_labels} frame labels, but {video} has {n_frames} frames "
+            "(label length mismatch)"
+        )

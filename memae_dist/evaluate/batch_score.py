@@ -1,0 +1,291 @@
+"""``score``: per-frame anomaly scores of a prepared dataset of any size, with Ray Data.
+
+Pipeline: one Ray Data item per stored segment (shard URI, row group) ->
+``map_batches(SegmentScorer)`` on a pool of ``workers`` actors, each holding the model once (on a
+GPU when asked, bf16 there), reading its segment straight from storage and cutting the stride-1
+windows itself -> (video, window start, error) rows back to the driver. Neither frames nor clips
+pass through the object store (a clip view would copy every frame 16 times), and work spreads
+one segment (~113 windows) at a time, so even one long video keeps every actor busy. The driver
+keeps one float per frame, groups per video and writes one Parquet file.
+
+Output columns (one row per scored frame, videos in manifest order, frames ascending):
+``video`` string, ``frame`` int32 (the window start + 8), ``score`` float64 (raw window error),
+``regularity`` float64 (1 - per-video min-max normalised score; 1 = normal), ``label`` int8
+(1 abnormal, 0 normal, null when the video is unlabelled). The file's schema metadata holds the
+checkpoint and data URIs and the settings (key ``memae_dist``), so ``report`` can find them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from memae_dist.data.manifest import Manifest, load_manifest
+from memae_dist.data.storage import StorageConfig, join, read_bytes, write_bytes_atomic
+from memae_dist.errors import UserError
+from memae_dist.evaluate.protocol import (
+    TARGET_OFFSET,
+    VideoScores,
+    frame_scores_from_windows,
+    regularity,
+)
+from memae_dist.evaluate.score import (
+    PRECISIONS,
+    SegmentScorer,
+    check_scorable,
+    model_from_state,
+    read_model_state,
+    segment_items,
+)
+
+log = logging.getLogger("memae_dist.score")
+SCORES_FORMAT = "memae-dist-scores"
+SCORES_VERSION = 1
+META_KEY = b"memae_dist"
+SCHEMA = pa.schema([("video", pa.string()), ("frame", pa.int32()), ("score", pa.float64()),
+                    ("regularity", pa.float64()), ("label", pa.int8())])
+
+
+@dataclass
+class ScoreConfig:
+    # Split of the prepared dataset to score.
+    split: str = "test"
+    # Window error: "mse" (the paper) or "mae" (an option of the official scoring script).
+    error: str = "mse"
+    # Windows per forward pass (counted within each stored segment; see score.py).
+    batch_size: int = 32
+    # Scoring actors; 0 scores in this process without Ray (same numbers, for debugging).
+    workers: int = 1
+    # Logical CPUs (and torch threads) per actor; None = this machine's cores / workers.
+    cpus_per_worker: float | None = None
+    # GPUs per actor (fractions share a GPU); 0 = CPU only.
+    gpus_per_worker: float = 0.0
+    # "auto": bf16 autocast on GPU, fp32 on CPU; or force "fp32" / "bf16".
+    precision: str = "auto"
+    # Progress bar on stderr.
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.error not in ("mse", "mae"):
+            raise UserError(f"score.error must be 'mse' or 'mae', got {self.error!r}")
+        if self.batch_size < 1:
+            raise UserError(f"score.batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise UserError(f"score.workers must be >= 0, got {self.workers}")
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
+            raise UserError(f"score.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise UserError(f"score.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.gpus_per_worker and not self.workers:
+            raise UserError("score.gpus_per_worker needs score.workers >= 1 (Ray actors)")
+        if self.precision not in PRECISIONS:
+            raise UserError(
+                f"score.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def threads(self) -> int:
+        cpus = self.cpus_per_worker or (os.cpu_count() or 1) / max(self.workers, 1)
+        return max(1, int(cpus))
+
+
+@dataclass
+class ScoreResult:
+    uri: str
+    table: pa.Table
+    meta: dict
+    seconds: float  # wall time of the scoring itself (model load to last window)
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.table.num_rows / self.seconds if self.seconds > 0 else math.inf
+
+
+def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
+                  cfg: ScoreConfig | None = None, *, storage: StorageConfig | None = None,
+                  address: str | None = None) -> ScoreResult:
+    """Score every window of ``cfg.split``; write the per-frame Parquet to ``out_uri`` if given."""
+    cfg = cfg or ScoreConfig()
+    storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
+    ckpt, config, state = read_model_state(checkpoint, storage)
+    _, exp = model_from_state(config, state)  # fails early on a bad checkpoint
+    manifest = load_manifest(data_uri, storage)
+    check_scorable(manifest, exp, data_uri)
+    window = exp.data.window
+    videos = [v for v in manifest.videos(cfg.split) if v.num_frames >= window]
+    if not videos:
+        raise UserError(f"{join(data_uri, 'manifest.json')}: split '{cfg.split}' has no video "
+                        f"of at least {window} frames to score")
+    kwargs = dict(window=window, segment_frames=manifest.segment_frames,
+                  overlap=manifest.segment_overlap, error=cfg.error, batch_size=cfg.batch_size,
+                  precision=cfg.precision, use_gpu=cfg.gpus_per_worker > 0,
+                  threads=cfg.threads(), storage=storage)
+    total = manifest.n_windows(cfg.split, window)
+    t0 = time.perf_counter()
+    if cfg.workers == 0:
+        batches = _local_batches(config, state, kwargs, manifest, data_uri, videos, storage)
+    else:
+        batches = _ray_batches(config, state, kwargs, manifest, data_uri, videos, cfg, address)
+    starts = _collect(batches, total, cfg.progress)
+    seconds = time.perf_counter() - t0
+    table = frames_table(manifest, videos, starts, window)
+    meta = {
+        "format": SCORES_FORMAT, "format_version": SCORES_VERSION,
+        "checkpoint": ckpt, "data": data_uri, "split": cfg.split, "error": cfg.error,
+        "window": window, "target_offset": TARGET_OFFSET, "frame_size": list(manifest.size),
+        "variant": exp.model.variant, "precision": cfg.precision, "batch_size": cfg.batch_size,
+        "workers": cfg.workers, "gpus_per_worker": cfg.gpus_per_worker,
+        "videos": [{"name": v.name, "num_frames": v.num_frames, "abnormal": v.abnormal}
+                   for v in manifest.videos(cfg.split)],
+        "seconds": round(seconds, 3),
+    }
+    if out_uri:
+        write_scores(out_uri, table, meta, storage)
+    return ScoreResult(out_uri or "", table, meta, seconds)
+
+
+def _local_batches(config, state, kwargs, manifest: Manifest, data_uri: str, videos,
+                   storage) -> Iterator[dict]:
+    scorer = SegmentScorer(config, state, **{**kwargs, "use_gpu": False})
+    for video in videos:
+        yield scorer(segment_items(manifest, data_uri, video))
+
+
+def _ray_batches(config, state, kwargs, manifest: Manifest, data_uri: str, videos,
+                 cfg: ScoreConfig, address) -> Iterator[dict]:
+    import ray
+    import ray.data
+
+    from memae_dist.runtime import ensure_ray
+
+    cpus = cfg.cpus_per_worker or float(cfg.threads())
+    ensure_ray(cfg.workers * cpus, address)
+    items = []
+    for video in videos:
+        seg = segment_items(manifest, data_uri, video)
+        items += [{"uri": u, "row_group": g} for u, g in zip(seg["uri"], seg["row_group"])]
+    state_ref = ray.put(state)  # weights cross the network once, not once per actor
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(
+        SegmentScorer,
+        fn_constructor_args=(config, [state_ref]),
+        fn_constructor_kwargs=kwargs,
+        batch_size=1,  # one segment per call: ~113 windows, chunked by batch_size inside
+        batch_format="numpy",
+        concurrency=cfg.workers,
+        num_cpus=cpus,
+        num_gpus=cfg.gpus_per_worker or None,
+    )
+    ds.context.enable_progress_bars = False  # one bar (ours, in windows) is enough
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+
+
+def _collect(batches: Iterator[dict], total: int, progress: bool) -> dict[str, list]:
+    """video -> list of (starts, errors) array pairs, with a progress bar in windows."""
+    from tqdm import tqdm
+
+    out: dict[str, list] = {}
+    with tqdm(total=total, unit="window", desc="scoring", disable=not progress,
+              smoothing=0.1) as bar:
+        for batch in batches:
+            videos = batch["video"]
+            if len(videos) == 0:
+                continue
+            names, index = np.unique(videos.astype(str), return_inverse=True)
+            for k, name in enumerate(names):
+                sel = index == k
+                out.setdefault(str(name), []).append((batch["start"][sel], batch["error"][sel]))
+            bar.update(len(videos))
+    return out
+
+
+def frames_table(manifest: Manifest, videos, starts: dict[str, list], window: int) -> pa.Table:
+    """The per-frame table, videos in manifest order; every window must have come back once."""
+    parts = []
+    for video in videos:
+        pieces = starts.get(video.name, [])
+        s = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, np.int64)
+        e = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.float64)
+        expected = video.num_frames - window + 1
+        if len(s) != expected:
+            raise RuntimeError(f"video {video.name}: {len(s)} window scores, expected {expected}")
+        frames, scores = frame_scores_from_windows(video.num_frames, s, e, window)
+        if video.labelled:
+            labels = pa.array(manifest.frame_labels(video)[frames].astype(np.int8), pa.int8())
+        else:
+            labels = pa.nulls(len(frames), pa.int8())
+        parts.append(pa.table({
+            "video": pa.array([video.name] * len(frames), pa.string()),
+            "frame": pa.array(frames.astype(np.int32)),
+            "score": pa.array(scores),
+            "regularity": pa.array(regularity(scores)),
+            "label": labels,
+        }, schema=SCHEMA))
+    return pa.concat_tables(parts)
+
+
+def write_scores(uri: str, table: pa.Table, meta: dict,
+                 storage: StorageConfig | None = None) -> None:
+    """One Parquet file, written atomically (temp + rename locally, a single PUT on S3)."""
+    table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes_atomic(uri, buf.getvalue(), storage)
+
+
+def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Table, dict]:
+    """(table, metadata) of a scores file written by ``score``."""
+    blob = read_bytes(uri, storage)
+    try:
+        table = pq.read_table(io.BytesIO(blob))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{uri} is not a Parquet file: {exc}") from None
+    raw = (table.schema.metadata or {}).get(META_KEY)
+    meta = json.loads(raw) if raw else {}
+    if meta.get("format") != SCORES_FORMAT:
+        raise UserError(f"{uri} is not a memae-dist scores file (written by 'memae-dist score')")
+    missing = [n for n in SCHEMA.names if n not in table.column_names]
+    if missing:
+        raise UserError(f"{uri} lacks column(s) {', '.join(missing)}")
+    return table.replace_schema_metadata(None), meta
+
+
+def video_scores(table: pa.Table, labelled_only: bool = False) -> list[VideoScores]:
+    """Per-video scores in file order; unlabelled videos get all-zero labels (or are dropped)."""
+    cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in ("frame", "score")}
+    names = table.column("video").to_pylist()
+    labels = table.column("label")
+    known = pc.is_valid(labels).to_numpy(zero_copy_only=False)
+    label_values = labels.fill_null(0).to_numpy(zero_copy_only=False)
+    out, order = [], list(dict.fromkeys(names))
+    bounds = _runs(names)
+    for name in order:
+        lo, hi = bounds[name]
+        if labelled_only and not known[lo:hi].all():
+            continue
+        out.append(VideoScores(name, cols["frame"][lo:hi], cols["score"][lo:hi],
+                               label_values[lo:hi]))
+    return out
+
+
+def _runs(names: list[str]) -> dict[str, tuple[int, int]]:
+    """name -> (first row, end row) for a column where each video's rows are contiguous."""
+    bounds: dict[str, tuple[int, int]] = {}
+    for i, name in enumerate(names):
+        if name in bounds:
+            lo, hi = bounds[name]
+            if hi != i:
+                raise UserError(f"scores file: rows of video {name!r} are not contiguous")
+            bounds[name] = (lo, i + 1)
+        else:
+            bounds[name] = (i, i + 1)
+    return bounds

@@ -1,0 +1,137 @@
+"""``memae-dist export``: a checkpoint as a self-contained ONNX or TorchScript scoring model.
+
+The exported graph takes ``clip``: float32 ``(B, 1, L, H, W)`` in [-1, 1] (uint8 frames / 127.5
+- 1, L = 16 frames) and returns ``recon`` (same shape) and ``error`` ``(B,)``: the window's
+reconstruction error (mean squared error, or mean absolute error with ``error="mae"``). The
+batch size is free; H and W are fixed to the training frame size. Every export is checked
+against the PyTorch model on random clips (with a batch size other than the traced one) and
+refused when any output differs by ``tol`` or more. Usage: docs/EXPORT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from memae_dist.data.storage import StorageConfig, write_bytes_atomic
+from memae_dist.errors import UserError
+from memae_dist.evaluate.ingest import checkpoint_frame_size
+from memae_dist.evaluate.score import load_model
+
+FORMATS = ("onnx", "torchscript")
+META_NAME = "memae_dist.json"  # ONNX metadata key / TorchScript extra file
+ONNX_OPSET = 17
+
+
+class ScoringModel(nn.Module):
+    """MemAE plus its window error, as one graph: ``clip -> (recon, error)``."""
+
+    def __init__(self, model: nn.Module, error: str = "mse") -> None:
+        super().__init__()
+        if error not in ("mse", "mae"):
+            raise UserError(f"error must be 'mse' or 'mae', got {error!r}")
+        self.model = model
+        self.squared = error == "mse"
+
+    def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        recon = self.model(clip).recon  # (B, 1, L, H, W)
+        diff = recon - clip
+        err = diff * diff if self.squared else diff.abs()
+        return recon, err.flatten(1).mean(1)  # (B, 1, L, H, W), (B,)
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    size: tuple[int, int]
+    max_abs_diff: float  # largest |exported - PyTorch| over both outputs of the check clips
+    seconds: float
+
+
+def random_clips(batch: int, window: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """Uniform clips in [-1, 1], (B, 1, L, H, W) float32, reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((batch, 1, window, *size), generator=gen) * 2 - 1
+
+
+def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] | None = None,
+                 error: str = "mse", tol: float = 1e-4, check_batch: int = 3,
+                 storage: StorageConfig | None = None) -> ExportResult:
+    """Export, verify against PyTorch, then write ``out`` atomically (path or s3:// URI)."""
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    t0 = time.perf_counter()
+    loaded = load_model(checkpoint, storage)
+    if loaded.config.model.arch != "video":
+        raise UserError(f"export supports video checkpoints, got model.arch="
+                        f"{loaded.config.model.arch}")
+    size = size or checkpoint_frame_size(loaded.config.to_dict(), storage)
+    if size is None:
+        raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
+                        "size) is not reachable from here")
+    if size[0] % 16 or size[1] % 16:
+        raise UserError(f"--size must be multiples of 16, got {size[0]} {size[1]}")
+    window = loaded.config.data.window
+    wrapper = ScoringModel(loaded.model, error).eval()
+    meta = {"checkpoint": loaded.checkpoint_uri, "frame_size": list(size), "window": window,
+            "error": error, "input": "clip: float32 (B, 1, L, H, W) = uint8 / 127.5 - 1",
+            "outputs": ["recon: (B, 1, L, H, W)", "error: (B,) window score"],
+            "variant": loaded.config.model.variant}
+    example = random_clips(2, window, size, seed=0)
+    with tempfile.TemporaryDirectory(prefix="memae-export-") as tmp:
+        path = Path(tmp) / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
+        run = _export_onnx(wrapper, example, path, meta) if fmt == "onnx" else \
+            _export_torchscript(wrapper, example, path, meta)
+        check = random_clips(check_batch, window, size, seed=1)
+        with torch.no_grad():
+            expected = [t.numpy() for t in wrapper(check)]
+        got = run(check.numpy())
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
+        if not diff < tol:
+            raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} "
+                               f"(tolerance {tol:g}); not writing {out}")
+        write_bytes_atomic(out, path.read_bytes(), storage)
+    return ExportResult(out, fmt, tuple(size), diff, time.perf_counter() - t0)
+
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError("ONNX export needs the 'export' extra: pip install "
+                        "'memae-dist[export]' (onnx, onnxruntime)") from None
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+            input_names=["clip"], output_names=["recon", "error"],
+            dynamic_axes={"clip": {0: "batch"}, "recon": {0: "batch"}, "error": {0: "batch"}},
+        )
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = META_NAME, json.dumps(meta)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda clips: session.run(["recon", "error"], {"clip": clips})
+
+
+def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+    torch.jit.save(traced, str(path), _extra_files={META_NAME: json.dumps(meta)})
+    loaded = torch.jit.load(str(path), map_location="cpu")
+
+    def run(clips: np.ndarray):
+        with torch.no_grad():
+            return [t.numpy() for t in loaded(torch.from_numpy(clips))]
+
+    return run

@@ -1,0 +1,230 @@
+"""``memae-dist report``: a folder of figures and an ``index.html`` that shows them together.
+
+From a scores file alone: one regularity plot per video (ground truth shaded), the ROC curve and
+the metrics table (when labels are known). With the model (``--checkpoint``, or the checkpoint
+recorded in the scores file) and the frames (``--data`` or the recorded dataset): input /
+reconstruction / error triptychs of chosen frames and the most used memory slots, decoded.
+
+Layout: ``index.html``, ``roc.png``, ``videos/<video>.png``, ``triptychs/<video>_<frame>.png``,
+``memory_slots.png``.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memae_dist.data.storage import StorageConfig
+from memae_dist.errors import UserError
+from memae_dist.evaluate.batch_score import read_scores, video_scores
+from memae_dist.evaluate.plots import plot_roc, plot_video
+from memae_dist.evaluate.protocol import METRICS, VideoScores, _atomic_write_text, evaluate_videos
+
+log = logging.getLogger("memae_dist.report")
+
+
+@dataclass
+class Report:
+    index: Path
+    metrics: dict | None
+    videos: list[Path] = field(default_factory=list)
+    roc: Path | None = None
+    triptychs: list[tuple[str, int, Path]] = field(default_factory=list)
+    memory: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_frames(specs: list[str] | None) -> list[tuple[str, int]]:
+    """``["01:120", ...]`` -> ``[("01", 120), ...]``."""
+    out = []
+    for spec in specs or []:
+        name, sep, frame = spec.rpartition(":")
+        if not sep or not name or not frame.isdigit():
+            raise UserError(f"--frame expects VIDEO:FRAME (e.g. 01:120), got {spec!r}")
+        out.append((name, int(frame)))
+    return out
+
+
+def top_frames(videos: list[VideoScores], count: int) -> list[tuple[str, int]]:
+    """The ``count`` highest raw scores, at most one frame per video."""
+    best = [(float(v.scores.max()), v.name, int(v.frames[int(v.scores.argmax())]))
+            for v in videos if v.scores.size]
+    best.sort(key=lambda item: -item[0])
+    return [(name, frame) for _, name, frame in best[:count]]
+
+
+def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = None,
+                 data: str | None = None, frames: list[str] | None = None, top: int = 4,
+                 slots: int = 32, max_videos: int = 200,
+                 storage: StorageConfig | None = None) -> Report:
+    out_dir = Path(out_dir)
+    table, meta = read_scores(scores_uri, storage)
+    videos = video_scores(table)
+    labelled = {v.name for v in video_scores(table, labelled_only=True)}
+    report = Report(out_dir / "index.html", None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored = [v for v in videos if v.name in labelled]
+    if scored:
+        report.metrics = evaluate_videos(scored)
+        report.roc = plot_roc(scored, out_dir / "roc.png")
+    else:
+        report.notes.append("No labels: no metrics and no ROC curve.")
+    per_video = {p["name"]: p for p in (report.metrics or {}).get("per_video", [])}
+    for v in videos[:max_videos]:
+        auc = per_video.get(v.name, {}).get("auc")
+        title = f"{v.name}" + (f"  (AUC {auc:.3f})" if auc is not None else "")
+        if v.name not in labelled:
+            title += "  (unlabelled)"
+        report.videos.append(plot_video(v, out_dir / "videos" / f"{v.name}.png",
+                                        v.name in labelled, title))
+    if len(videos) > max_videos:
+        report.notes.append(f"Regularity plots for the first {max_videos} of {len(videos)} "
+                            "videos only (--max-videos).")
+    chosen = parse_frames(frames) or top_frames(videos, top)
+    _model_figures(report, meta, videos, chosen, checkpoint, data, slots, out_dir, storage)
+    write_index(report, meta, scores_uri, videos, labelled)
+    return report
+
+
+def _model_figures(report: Report, meta: dict, videos: list[VideoScores],
+                   chosen: list[tuple[str, int]], checkpoint: str | None, data: str | None,
+                   slots: int, out_dir: Path, storage: StorageConfig | None) -> None:
+    """Triptychs and memory slots; a note instead when the model or the frames are missing."""
+    from memae_dist.data.manifest import load_manifest
+    from memae_dist.data.shards import read_video_frames
+    from memae_dist.evaluate import visuals
+    from memae_dist.evaluate.score import load_model
+
+    checkpoint = checkpoint or meta.get("checkpoint")
+    data = data or meta.get("data")
+    try:
+        loaded = load_model(checkpoint, storage) if checkpoint else None
+        manifest = load_manifest(data, storage) if data else None
+    except UserError as exc:
+        report.notes.append(f"No reconstructions or memory picture: {exc}")
+        return
+    if loaded is None or manifest is None:
+        report.notes.append("No reconstructions or memory picture: pass --checkpoint and --data.")
+        return
+    split = meta.get("split", "test")
+    entries = {v.name: v for v in manifest.videos(split)}
+    window = loaded.config.data.window
+    known = {v.name: v for v in videos}
+    mass_total, cache = None, {}
+
+    def frames_of(name):
+        if name not in cache:
+            cache.clear()  # one video in memory at a time
+            cache[name] = read_video_frames(manifest.shard_uri(data, entries[name]), storage)[0]
+        return cache[name]
+
+    for name, frame in chosen:
+        if name not in entries or name not in known:
+            raise UserError(f"--frame {name}:{frame}: no video {name!r} in the scores")
+        if frame not in set(known[name].frames.tolist()):
+            raise UserError(f"--frame {name}:{frame}: that frame has no score")
+        path = out_dir / "triptychs" / f"{name}_{frame}.png"
+        score = float(known[name].scores[known[name].frames.tolist().index(frame)])
+        png, mass = visuals.triptych(loaded.model, frames_of(name), frame, window, path,
+                                     f"video {name}, frame {frame}: error {score:.5f}")
+        report.triptychs.append((name, frame, png))
+        mass_total = _add(mass_total, mass)
+    for v in videos[:16]:  # a spread of ordinary windows too, for a fair usage estimate
+        starts = visuals.sample_starts(entries[v.name].num_frames, window, 4)
+        mass_total = _add(mass_total, visuals.usage_mass(loaded.model, frames_of(v.name),
+                                                         starts, window))
+    report.memory = visuals.memory_picture(loaded.model, mass_total, tuple(manifest.size),
+                                           window, out_dir / "memory_slots.png", slots)
+    if report.memory is None:
+        report.notes.append("No memory picture: this model has no memory (variant ae).")
+
+
+def _add(total: np.ndarray | None, mass: np.ndarray | None) -> np.ndarray | None:
+    if mass is None:
+        return total
+    return mass if total is None else total + mass
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else ("&ndash;" if value is None
+                                                            else html.escape(str(value)))
+
+
+def _rel(path: Path, root: Path) -> str:
+    return html.escape(path.relative_to(root).as_posix(), quote=True)
+
+
+def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoScores],
+                labelled: set[str]) -> Path:
+    root = report.index.parent
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<title>memae-dist report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;"
+        "text-align:right}td.l,th.l{text-align:left}img{max-width:100%}</style>",
+        "</head>", "<body>", "<h1>memae-dist report</h1>",
+        "<table>",
+    ]
+    rows = [("scores", scores_uri), ("checkpoint", meta.get("checkpoint")),
+            ("data", meta.get("data")), ("split", meta.get("split")),
+            ("window error", meta.get("error")), ("videos", len(videos)),
+            ("frames scored", sum(v.frames.size for v in videos))]
+    parts += [f'<tr><th class="l">{e(k)}</th><td class="l">{_fmt(v)}</td></tr>' for k, v in rows]
+    parts.append("</table>")
+    if report.metrics:
+        parts += ["<h2>Metrics</h2>", "<table>",
+                  '<tr><th class="l">metric</th><th>value</th><th class="l">meaning</th></tr>']
+        parts += [f'<tr><td class="l">{e(k)}</td><td>{_fmt(report.metrics.get(k))}</td>'
+                  f'<td class="l">{e(text)}</td></tr>' for k, text in METRICS.items()]
+        parts.append("</table>")
+    if report.roc:
+        parts += ["<h2>ROC curve</h2>", f'<img src="{_rel(report.roc, root)}" alt="ROC curve">']
+    parts += _video_section(report, videos, labelled, root)
+    if report.triptychs:
+        parts.append("<h2>Why these frames: input, reconstruction, error</h2>")
+        for name, frame, png in report.triptychs:
+            parts.append(f'<figure><img src="{_rel(png, root)}" alt="video {e(name)} frame '
+                         f'{frame}"><figcaption>video {e(name)}, frame {frame}</figcaption>'
+                         "</figure>")
+    if report.memory:
+        parts += ["<h2>Memory slots, decoded</h2>",
+                  f'<img src="{_rel(report.memory, root)}" alt="decoded memory slots">']
+    if report.notes:
+        parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{e(n)}</li>" for n in report.notes]
+        parts.append("</ul>")
+    parts += ["</body>", "</html>", ""]
+    _atomic_write_text(report.index, lambda fh: fh.write("\n".join(parts)))
+    return report.index
+
+
+def _video_section(report: Report, videos: list[VideoScores], labelled: set[str],
+                   root: Path) -> list[str]:
+    e = html.escape
+    per = {p["name"]: p for p in (report.metrics or {}).get("per_video", [])}
+    plots = {p.stem: p for p in report.videos}
+    parts = ["<h2>Videos</h2>", "<table>",
+             '<tr><th class="l">video</th><th>frames</th><th>abnormal</th><th>AUC</th>'
+             "<th>AP</th><th>EER</th><th>max error</th></tr>"]
+    for v in videos:
+        p = per.get(v.name, {})
+        name = e(v.name)
+        if v.name in plots:
+            name = f'<a href="#v-{e(v.name, quote=True)}">{name}</a>'
+        abnormal = p.get("n_abnormal") if v.name in labelled else None
+        parts.append(f'<tr><td class="l">{name}</td><td>{v.frames.size}</td>'
+                     f"<td>{_fmt(abnormal)}</td><td>{_fmt(p.get('auc'))}</td>"
+                     f"<td>{_fmt(p.get('ap'))}</td><td>{_fmt(p.get('eer'))}</td>"
+                     f"<td>{_fmt(float(v.scores.max()))}</td></tr>")
+    parts.append("</table>")
+    for v in videos:
+        if v.name in plots:
+            parts.append(f'<div id="v-{e(v.name, quote=True)}"><img src="'
+                         f'{_rel(plots[v.name], root)}" alt="regularity of video {e(v.name)}">'
+                         "</div>")
+    return parts

@@ -1,0 +1,70 @@
+"""Numeric precision, memory layout and wrapping of the model on one worker.
+
+bf16 autocast needs no loss scaling; fp16 does, and its ``GradScaler`` state is saved in
+checkpoints so a resumed run keeps its scale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from memae_dist.train.config import TrainConfig
+
+
+class Precision:
+    """Autocast context, loss scaling and the optimizer step for one precision setting."""
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        mode = cfg.precision
+        if mode == "auto":
+            mode = "bf16" if device.type == "cuda" else "fp32"
+        self.mode = mode
+        self.device_type = device.type
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.scaler.step(optimizer)  # a plain optimizer.step() when scaling is off
+        self.scaler.update()
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict() if self.scaler.is_enabled() else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state)
+
+
+def memory_format(cfg: TrainConfig, arch: str, device: torch.device) -> torch.memory_format:
+    """channels_last_3d where it helps: 3D convolutions on GPU (cuDNN's NDHWC kernels)."""
+    if cfg.memory_format == "channels_last" or (
+            cfg.memory_format == "auto" and device.type == "cuda"):
+        return torch.channels_last_3d if arch == "video" else torch.channels_last
+    return torch.contiguous_format
+
+
+def wrap_model(model: nn.Module, cfg: TrainConfig, world: int) -> nn.Module:
+    """DDP across workers (Ray picks NCCL or gloo), then ``torch.compile`` when asked.
+
+    ``model`` is already on its device; the returned module is what the training step calls,
+    while ``model`` itself stays the one to save and to validate with.
+    """
+    import ray.train.torch
+
+    wrapped = model
+    if world > 1:
+        wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    return wrapped

@@ -1,0 +1,148 @@
+"""One worker's training epoch: micro-batches, gradient accumulation, non-finite losses.
+
+Every collective here is entered by all ranks in the same order (DDP's gradient all-reduce, the
+global BatchNorm statistics, the non-finite vote), so a decision such as skipping a batch is
+taken by all workers together and DDP stays in lock-step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from memae_dist.config import ExperimentConfig
+from memae_dist.models import memae_loss
+from memae_dist.models.memory import slot_mass
+from memae_dist.train.checkpoint import TrainState
+from memae_dist.train.history import EpochStats
+from memae_dist.train.precision import Precision
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN/inf loss: the run stops here rather than write a poisoned checkpoint."""
+
+
+@dataclass
+class Worker:
+    """What one training worker holds; ``model`` is what it saves, ``net`` what it calls."""
+
+    cfg: ExperimentConfig
+    model: nn.Module       # the plain module (weights, checkpoints, validation)
+    net: nn.Module         # model wrapped for training: DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    device: torch.device
+    memory_format: torch.memory_format
+    rank: int = 0
+    world: int = 1
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from (seed, epoch, rank...): resumable without saved RNG streams."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
+
+
+def to_model_input(clip: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 clips (B, L, H, W) -> float (B, 1, L, H, W) in [-1, 1], optionally mirrored."""
+    x = clip.float().div_(127.5).sub_(1.0).unsqueeze(1)  # (B, 1, L, H, W)
+    if flip is not None and bool(flip.any()):
+        x[flip] = x[flip].flip(-1)
+    return x
+
+
+def all_finite(loss: torch.Tensor, world: int) -> bool:
+    """True when the loss is finite on *every* worker (one tiny all-reduce with several)."""
+    bad = (~torch.isfinite(loss.detach())).float().reshape(1)
+    if world > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return not bool(bad.item())
+
+
+def micro_step(w: Worker, x: torch.Tensor, sync: bool):
+    """Forward and backward of one micro-batch; None when some worker's loss was not finite.
+
+    ``sync=False`` accumulates locally (DDP ``no_sync``): only the last micro-batch of an
+    optimizer step pays for the gradient all-reduce.
+    """
+    quiet = w.world > 1 and not sync and hasattr(w.net, "no_sync")
+    with w.net.no_sync() if quiet else contextlib.nullcontext():
+        with w.precision.autocast():
+            out = w.net(x)
+            loss, parts = memae_loss(out, x, w.cfg.model.effective_entropy_weight)
+        if not all_finite(loss, w.world):
+            return None
+        w.precision.backward(loss / w.cfg.train.grad_accum)
+    mass = slot_mass(out.attention) if out.attention is not None else None
+    return loss.detach(), parts, mass
+
+
+def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
+    """One pass over this worker's shard; returns the worker's (un-reduced) statistics."""
+    cfg = w.cfg
+    stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
+    gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
+    batches = iter(shard.iter_torch_batches(
+        batch_size=cfg.train.micro_batch_size,
+        drop_last=True,  # equal step counts on every rank keep DDP in lock-step
+        local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+        local_shuffle_seed=seed_for(cfg.train.seed, epoch, w.rank, 1) % 2**32,
+        prefetch_batches=cfg.data.prefetch_batches,
+    ))
+    w.net.train()
+    w.optimizer.zero_grad(set_to_none=True)
+    accum, pending, steps = cfg.train.grad_accum, 0, 0
+    t_epoch = time.perf_counter()
+    while True:
+        t_wait = time.perf_counter()
+        batch = next(batches, None)
+        stats.data_wait += time.perf_counter() - t_wait
+        if batch is None:
+            break
+        if stats.first_batch_s is None:
+            stats.first_batch_s = time.perf_counter() - t_epoch
+        flip = torch.rand(len(batch["clip"]), generator=gen) < 0.5 if cfg.data.augment else None
+        x = to_model_input(batch["clip"], flip).to(w.device, non_blocking=True)
+        x = x.contiguous(memory_format=w.memory_format)
+        result = micro_step(w, x, sync=pending + 1 == accum)
+        if result is None:
+            handle_nonfinite(cfg, epoch, state, batch)
+            stats.skipped += 1
+            w.optimizer.zero_grad(set_to_none=True)  # the step's partial sum is dropped too
+            pending = 0
+            continue
+        stats.add(len(x), *result)
+        pending += 1
+        if pending == accum:
+            w.precision.step(w.optimizer)
+            w.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            steps, pending = steps + 1, 0
+            if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+                break
+    stats.wall = time.perf_counter() - t_epoch
+    return stats
+
+
+def handle_nonfinite(cfg: ExperimentConfig, epoch: int, state: TrainState, batch) -> None:
+    if cfg.train.on_nonfinite == "stop":
+        raise NonFiniteLoss(
+            f"non-finite loss at epoch {epoch + 1}, after step {state.step} (windows "
+            f"{int(batch['video'][0])}@{int(batch['start'][0])}...); lower train.lr or set "
+            "train.on_nonfinite=skip"
+        )
+
+
+def reduce_stats(stats: EpochStats, w: Worker) -> EpochStats:
+    """Sum the statistics of every worker (a no-op in a single process)."""
+    if w.world == 1:
+        return stats.settle()
+    # NCCL reduces device tensors only; gloo takes either.
+    packed = stats.pack(w.device)
+    dist.all_reduce(packed)
+    return stats.unpack(packed)

@@ -1,0 +1,213 @@
+"""A finished (or interrupted) sweep as a table: one row per trial, the best one, and files.
+
+Outputs in ``--out DIR``: ``trials.csv``, ``objective_vs_params.png``, ``best.yaml`` (a config
+``memae-dist train --config`` accepts) and ``best.json`` (best trial, checkpoint URI, test
+metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from memae_dist.data.storage import StorageConfig, exists, join
+from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective
+from memae_dist.tune.space import SearchSpace
+from memae_dist.tune.trainable import RUNS_DIR
+
+# Trial states as the table shows them.
+COMPLETED, STOPPED_EARLY, DIVERGED_STATUS = "COMPLETED", "STOPPED_EARLY", "DIVERGED"
+ERROR, INTERRUPTED, PENDING = "ERROR", "INTERRUPTED", "PENDING"
+FINISHED = (COMPLETED, STOPPED_EARLY, DIVERGED_STATUS, ERROR)
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str
+    epochs: int  # epochs reported
+    objective: float  # best over its epochs (nan when it reported none)
+    best_epoch: int
+    params: dict[str, Any]  # sampled values and derived config values
+    metrics: dict[str, Any] = field(default_factory=dict)  # at the best epoch
+    error: str = ""
+    run_uri: str = ""
+
+    def flat(self) -> dict[str, Any]:
+        row = {"trial_id": self.trial_id, "status": self.status, "epochs": self.epochs,
+               "objective": self.objective, "best_epoch": self.best_epoch}
+        row.update(self.params)
+        row.update({f"metric.{k}": v for k, v in self.metrics.items()})
+        row.update(error=self.error, run=self.run_uri)
+        return row
+
+
+REPORTED = ("loss", "recon", "val_auc", "val_recon", "slots_used", "memory_collapse")
+
+
+def collect(analysis, space: SearchSpace, base: dict, objective: Objective, sweep_uri: str,
+            max_epochs: int) -> list[TrialRow]:
+    """Rows from a Tune ``ExperimentAnalysis`` (trials with their status and result history)."""
+    frames = analysis.trial_dataframes
+    rows = []
+    for trial in sorted(analysis.trials, key=lambda t: t.trial_id):
+        sample = {p.name: trial.config.get(p.name) for p in space.params}
+        params = dict(sample)
+        if all(v is not None for v in sample.values()):
+            params.update(space.assignments(sample, base))
+        history = _history(frames.get(trial.trial_id))
+        best = _best(history, objective)
+        last = history[-1] if history else {}
+        row = TrialRow(
+            trial_id=trial.trial_id, status="", epochs=int(last.get("epoch", 0) or 0),
+            objective=float(best.get(OBJECTIVE, math.nan)) if best else math.nan,
+            best_epoch=int(best.get("epoch", 0) or 0) if best else 0, params=params,
+            metrics={k: best[k] for k in REPORTED if best and k in best},
+            run_uri=join(sweep_uri, RUNS_DIR, trial.trial_id),
+        )
+        row.status, row.error = _status(trial, last, max_epochs)
+        rows.append(row)
+    return rows
+
+
+def _history(df) -> list[dict]:
+    if df is None or len(df) == 0 or "epoch" not in df:
+        return []
+    return [dict(r) for r in df.to_dict("records") if r.get("epoch") == r.get("epoch")]
+
+
+def _best(history: list[dict], objective: Objective) -> dict | None:
+    best = None
+    for row in history:
+        value = row.get(OBJECTIVE)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        if best is None or objective.better(float(value), float(best[OBJECTIVE])):
+            best = row
+    return best
+
+
+def _status(trial, last: dict, max_epochs: int) -> tuple[str, str]:
+    status = trial.status
+    if status == "ERROR":
+        message = _error_line(trial)
+        return (DIVERGED_STATUS if "diverged" in message else ERROR), message
+    if status == "TERMINATED":
+        if last.get(DIVERGED):
+            return DIVERGED_STATUS, f"non-finite {OBJECTIVE} or loss at epoch {last.get('epoch')}"
+        if int(last.get("epoch", 0) or 0) < max_epochs:
+            return STOPPED_EARLY, ""
+        return COMPLETED, ""
+    return (PENDING if status == "PENDING" and not last else INTERRUPTED), ""
+
+
+def _error_line(trial) -> str:
+    err = trial.get_pickled_error() or trial.get_error()
+    text = str(err or "")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        if "TrialDiverged" in line or "diverged:" in line:
+            return line.split("TrialDiverged: ")[-1]
+    return lines[-1] if lines else "error"
+
+
+def best_row(rows: list[TrialRow], objective: Objective) -> TrialRow | None:
+    best = None
+    for row in rows:
+        if row.status not in (COMPLETED, STOPPED_EARLY) or not math.isfinite(row.objective):
+            continue
+        if best is None or objective.better(row.objective, best.objective):
+            best = row
+    return best
+
+
+def best_checkpoint(row: TrialRow, storage: StorageConfig | None) -> str | None:
+    """The checkpoint of the trial's best epoch, or its latest one if that was pruned."""
+    from memae_dist.train.checkpoint import STATE_FILE, checkpoint_dir_name, latest_checkpoint
+
+    uri = join(row.run_uri, checkpoint_dir_name(row.best_epoch))
+    if row.best_epoch and exists(join(uri, STATE_FILE), storage):
+        return uri
+    return latest_checkpoint(row.run_uri, storage)
+
+
+# ---------------------------------------------------------------------------- outputs
+def write_csv(rows: list[TrialRow], path: Path) -> None:
+    flat = [r.flat() for r in rows]
+    columns: list[str] = []
+    for row in flat:
+        columns.extend(k for k in row if k not in columns)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def write_best(out: Path, row: TrialRow, space: SearchSpace, base: dict, sweep_name: str,
+               objective: Objective, checkpoint: str | None) -> Path:
+    """``best.yaml``: the base config with the best trial's values, ready for ``train``."""
+    sample = {p.name: row.params[p.name] for p in space.params}
+    tree = space.apply(base, sample)
+    tree["run"] = {**base.get("run", {}), "name": f"{sweep_name}-best"}
+    header = (f"# Best trial {row.trial_id} of sweep {sweep_name}: {objective.metric} "
+              f"({objective.mode}) objective {row.objective:.6g} at epoch {row.best_epoch}.\n"
+              f"# Its checkpoint: {checkpoint or '(none)'}\n"
+              f"# Train it again with: memae-dist train --config best.yaml\n")
+    path = out / "best.yaml"
+    path.write_text(header + yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    (out / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: Path) -> None:
+    """Objective against each parameter (and derived value), one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [p.name for p in space.params] + [k for k, _ in space.derived]
+    logs = {p.name for p in space.params if p.log_scale}
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
+    colors = {COMPLETED: "tab:blue", STOPPED_EARLY: "tab:orange"}
+    for ax, name in zip(axes[0], names):
+        for status, color in colors.items():
+            pts = [(r.params.get(name), r.objective) for r in rows
+                   if r.status == status and math.isfinite(r.objective)]
+            pts = [(x, y) for x, y in pts if isinstance(x, (int, float))]
+            if pts:
+                ax.scatter(*zip(*pts), c=color, s=24, label=status.lower())
+        if name in logs:
+            ax.set_xscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel(f"{objective.metric} ({objective.mode})")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_table(rows: list[TrialRow], space: SearchSpace, objective: Objective) -> str:
+    names = [p.name for p in space.params] + [k for k, _ in space.derived]
+    header = ["trial", "status", "epochs", objective.metric] + names
+    body = [[r.trial_id, r.status, str(r.epochs), _fmt(r.objective)]
+            + [_fmt(r.params.get(n)) for n in names] for r in rows]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in [header, *body]]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return "" if value is None else str(value)

@@ -1,0 +1,309 @@
+"""``memae-dist tune``: a Ray Tune sweep of distributed training runs, resumable by name.
+
+Ray Tune schedules trials; each trial trains through Ray Train (``trainable.py``). Tune cannot
+see the resources the Train workers request, so the trial itself asks for a sliver of a CPU and
+the sweep limits how many trials run at once to what the cluster can hold (``plan_concurrency``).
+Rerunning with the same ``--name`` and ``--storage`` resumes: finished trials are kept,
+unfinished ones continue from their last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memae_dist.config import ExperimentConfig, from_dict
+from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes, write_bytes_atomic
+from memae_dist.errors import UserError
+from memae_dist.tune import results as res
+from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
+from memae_dist.tune.space import SearchSpace
+
+log = logging.getLogger("memae_dist.tune")
+
+# Logical CPUs a trial's own driver holds: it only waits on its TorchTrainer.
+TRIAL_CPU = 0.05
+# CPUs kept free of Train workers so Ray Data's read tasks can always run.
+DATA_RESERVE_CPU = 1.0
+SWEEP_FILE = "sweep.json"
+
+
+@dataclass
+class SweepOptions:
+    # Trials to sample (each one a full grid when the space has grid parameters);
+    # None = the space file's ``samples``.
+    samples: int | None = None
+    # "asha" stops weak trials early; "fifo" runs every trial to the end.
+    scheduler: str = "asha"
+    # "random" sampling or "optuna" (TPE; needs the optuna package, no grid parameters).
+    search: str = "random"
+    # Trials at once; None = as many as the cluster holds.
+    max_concurrent: int | None = None
+    # Train workers, CPUs and GPUs per worker of every trial; None = the config's train.*.
+    workers_per_trial: int | None = None
+    cpus_per_worker: float | None = None
+    gpus_per_worker: float | None = None
+    # Where the sweep lives (STORAGE/NAME) and what it is called; None = run.storage / space name.
+    storage: str | None = None
+    name: str | None = None
+    # Local folder for trials.csv, the plot, best.yaml and the test metrics.
+    out: Path = Path("tune_out")
+    # Seed of the search algorithm.
+    seed: int = 0
+    # Score the test split once with the best checkpoint.
+    test: bool = True
+    # Carve this many (or these comma-separated) labelled test videos into the val split first.
+    val_from_test: str | None = None
+    address: str | None = None
+    # Extra Tune callbacks (progress hooks, loggers).
+    callbacks: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in ("asha", "fifo"):
+            raise UserError(f"--scheduler must be asha or fifo, got {self.scheduler!r}")
+        if self.search not in ("random", "optuna"):
+            raise UserError(f"--search must be random or optuna, got {self.search!r}")
+        for key in ("samples", "max_concurrent", "workers_per_trial"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
+        if self.name is not None and (not self.name or "/" in self.name):
+            raise UserError(f"--name must be a non-empty name without '/', got {self.name!r}")
+
+
+@dataclass
+class SweepResult:
+    path: str  # the sweep's URI (STORAGE/NAME)
+    rows: list[res.TrialRow]
+    objective: Objective
+    best: res.TrialRow | None
+    checkpoint: str | None
+    test_metrics: dict | None
+    interrupted: bool
+
+
+def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> SweepResult:
+    from ray import tune
+
+    from memae_dist.runtime import ensure_ray
+
+    cfg = prepare_config(cfg, opts)
+    objective = resolve_objective(space.objective, cfg)
+    base = cfg.to_dict()
+    space.check_against(base)
+    samples = opts.samples or space.samples
+    total = samples * space.grid_size
+    t = cfg.train
+    import ray
+
+    # A local Ray we start ourselves runs as many trials as there are cores for their workers
+    # (logical CPUs are inflated for Ray Data); on a cluster, as many as its resources hold.
+    local = not (ray.is_initialized() or opts.address or os.environ.get("RAY_ADDRESS"))
+    wanted = opts.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, math.ceil(
+        t.workers * t.cpus_per_worker)))
+    ensure_ray(min(wanted, total) * (t.workers * t.cpus_per_worker + TRIAL_CPU), opts.address)
+    concurrent = plan_concurrency(ray.cluster_resources(), t.workers, t.cpus_per_worker,
+                                  t.gpus_per_worker, total,
+                                  opts.max_concurrent or (wanted if local else None))
+    name = opts.name or space.name
+    storage = opts.storage or cfg.run.storage
+    storage = storage if "://" in storage else os.path.abspath(storage)
+    sweep_uri = join(storage, name)
+    fs, fs_path = pyarrow_fs(sweep_uri, cfg.storage)
+    check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
+                                      "samples": samples, "search": opts.search,
+                                      "scheduler": opts.scheduler, "seed": opts.seed})
+    log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri, total,
+             concurrent, objective.metric, objective.mode)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
+                             sweep_uri=sweep_uri),
+        {"cpu": TRIAL_CPU},
+    )
+    if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
+        log.info("resuming sweep %s", sweep_uri)
+        tuner = tune.Tuner.restore(fs_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False,
+                                   storage_filesystem=fs)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.tune_space(),
+            tune_config=tune.TuneConfig(
+                metric=OBJECTIVE, mode=objective.mode, num_samples=samples,
+                search_alg=make_search(opts, space), scheduler=make_scheduler(opts, space, cfg),
+                max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=fs_path.rsplit("/", 1)[0], storage_filesystem=fs,
+                stop=stop_diverged, failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=list(opts.callbacks), verbose=1,
+            ),
+        )
+    tuner.fit()
+    return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
+
+
+def finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name) -> SweepResult:
+    """Read every trial back, write the table, the plot, best.yaml, and score the test once."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(fs_path, storage_filesystem=fs)
+    rows = res.collect(analysis, space, base, objective, sweep_uri, cfg.train.epochs)
+    interrupted = any(r.status not in res.FINISHED for r in rows)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res.write_csv(rows, out / "trials.csv")
+    res.plot(rows, space, objective, out / "objective_vs_params.png")
+    print(res.format_table(rows, space, objective))
+    best = None if interrupted else res.best_row(rows, objective)
+    checkpoint = test_metrics = None
+    if best is not None:
+        checkpoint = res.best_checkpoint(best, cfg.storage)
+        res.write_best(out, best, space, base, name, objective, checkpoint)
+        if opts.test and checkpoint:
+            test_metrics = score_test_once(checkpoint, cfg, out / "test")
+        res.write_summary(out, {
+            "sweep": sweep_uri, "objective": asdict(objective), "trial": best.trial_id,
+            "value": best.objective, "epoch": best.best_epoch, "params": best.params,
+            "checkpoint": checkpoint, "test": test_metrics,
+        })
+    return SweepResult(sweep_uri, rows, objective, best, checkpoint, test_metrics, interrupted)
+
+
+def prepare_config(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
+    """The base config of every trial: per-trial scale, the validation split, checkpoint rule."""
+    from memae_dist.tune.valsplit import carve_val_from_test, parse_selection
+
+    tree = cfg.to_dict()
+    train = tree["train"]
+    if opts.workers_per_trial is not None:
+        train["workers"] = opts.workers_per_trial
+    train["workers"] = max(1, train["workers"])  # a trial needs Ray Train (no debug mode)
+    for key in ("cpus_per_worker", "gpus_per_worker"):
+        if getattr(opts, key) is not None:
+            train[key] = getattr(opts, key)
+    train["on_nonfinite"] = "stop"  # a diverging trial must end, not skip batches forever
+    if opts.val_from_test:
+        if not cfg.data.path:
+            raise UserError("--val-from-test needs the dataset: pass --data URI")
+        split = cfg.data.val_split or "val"
+        carve_val_from_test(cfg.data.path, parse_selection(opts.val_from_test), split=split,
+                            source=cfg.eval.split, storage_cfg=cfg.storage)
+        tree["data"]["val_split"] = split
+    if not cfg.data.path:
+        raise UserError("data.path is not set: pass --data URI or set data.path in the config")
+    return from_dict(ExperimentConfig, tree)
+
+
+def plan_concurrency(resources: dict[str, float], workers: int, cpus_per_worker: float,
+                     gpus_per_worker: float, total: int, requested: int | None) -> int:
+    """Trials that fit at once: Train workers' CPUs/GPUs plus the trial driver, with a CPU
+    left for Ray Data. Tune would otherwise start every trial and let their workers queue."""
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    per_trial = workers * cpus_per_worker + TRIAL_CPU
+    fits = math.floor((cpus - DATA_RESERVE_CPU) / per_trial + 1e-9)
+    if gpus_per_worker:
+        fits = min(fits, math.floor(gpus / (workers * gpus_per_worker) + 1e-9))
+    if fits < 1:
+        raise UserError(
+            f"one trial needs {workers} worker(s) x {cpus_per_worker} CPU"
+            + (f" x {gpus_per_worker} GPU" if gpus_per_worker else "")
+            + f" plus {DATA_RESERVE_CPU:g} CPU for data loading, but the cluster has "
+            f"{cpus:g} CPU / {gpus:g} GPU; lower --workers-per-trial or --cpus-per-worker"
+        )
+    if requested is not None and requested > fits:
+        log.warning("--max-concurrent %d: the cluster holds only %d trials at once; using %d",
+                    requested, fits, fits)
+    return max(1, min(fits, total, requested or fits))
+
+
+def make_scheduler(opts: SweepOptions, space: SearchSpace, cfg: ExperimentConfig):
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
+    if opts.scheduler == "fifo":
+        return FIFOScheduler()
+    grace = space.scheduler.grace_period
+    if grace >= cfg.train.epochs:
+        log.warning("ASHA: grace_period %d >= train.epochs %d, no trial can stop early",
+                    grace, cfg.train.epochs)
+    # Rungs count epochs (not Tune iterations), so a resumed trial keeps its place.
+    return AsyncHyperBandScheduler(time_attr="epoch", max_t=cfg.train.epochs,
+                                   grace_period=min(grace, cfg.train.epochs),
+                                   reduction_factor=space.scheduler.reduction_factor)
+
+
+def make_search(opts: SweepOptions, space: SearchSpace):
+    from ray.tune.search import BasicVariantGenerator
+
+    if opts.search == "random":
+        return BasicVariantGenerator(random_state=opts.seed)
+    grid = [p.name for p in space.params if p.kind == "grid"]
+    if grid:
+        raise UserError(f"{space.source}: params.{grid[0]} uses grid, which --search optuna "
+                        "cannot sample; use choice")
+    try:
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise UserError("--search optuna needs the optuna package "
+                        "(pip install 'memae-dist[tune]')") from None
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed))
+
+
+def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
+    """Stop a trial whose objective or loss went non-finite (the loop stops on NaN losses)."""
+    return bool(result.get(DIVERGED))
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _trial_entry():
+    from memae_dist.tune.trainable import run_trial
+
+    return run_trial
+
+
+def space_fingerprint(space: SearchSpace) -> dict:
+    return json.loads(json.dumps(asdict(space), default=str)) | {"source": None}
+
+
+def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path) -> dict | None:
+    """Test metrics of the best checkpoint; reused when this checkpoint was already scored."""
+    from memae_dist.data.manifest import load_manifest
+    from memae_dist.evaluate.run import evaluate_checkpoint
+
+    done = out / "metrics.json"
+    if done.exists():
+        previous = json.loads(done.read_text())
+        if previous.get("checkpoint") == checkpoint:
+            return previous
+    manifest = load_manifest(cfg.data.path, cfg.storage)
+    split = cfg.eval.split
+    videos = manifest.splits.get(split, [])
+    if not videos or not any(v.labelled for v in videos):
+        log.warning("no labelled '%s' split in %s: skipping the test score", split, cfg.data.path)
+        return None
+    return evaluate_checkpoint(checkpoint, cfg.data.path, out, split=split, error=cfg.eval.error,
+                               batch_size=cfg.eval.batch_size, storage=cfg.storage)
+
+
+def check_same_sweep(sweep_uri: str, cfg: ExperimentConfig, fingerprint: dict) -> None:
+    """Resuming a sweep with a different space or config would mix incomparable trials."""
+    uri = join(sweep_uri, SWEEP_FILE)
+    fingerprint = json.loads(json.dumps(fingerprint, default=str))
+    if exists(uri, cfg.storage):
+        saved = json.loads(read_bytes(uri, cfg.storage))
+        for key, value in fingerprint.items():
+            if saved.get(key) != value:
+                raise UserError(f"sweep {sweep_uri} already exists with a different {key}; "
+                                "resume it with the same files or pick another --name")
+        return
+    write_bytes_atomic(uri, json.dumps(fingerprint, indent=1).encode(), cfg.storage)

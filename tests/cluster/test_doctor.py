@@ -1,0 +1,141 @@
+"""``memae-dist doctor`` and the training preflight, against a real local Ray and S3 server."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+
+import boto3
+import pytest
+
+from memae_dist.cli import main
+from memae_dist.config import load_config
+from memae_dist.doctor import (
+    FAIL,
+    PASS,
+    WARN,
+    Check,
+    address_problem,
+    format_table,
+    gpu_check,
+    gpu_info,
+    run_doctor,
+)
+from memae_dist.errors import UserError
+from memae_dist.train.trainer import fit
+from tests.conftest import DUMMY_SECRET
+
+
+def config(storage, data, *extra):
+    return load_config(None, [f"run.storage={storage}", f"data.path={data}", *extra])
+
+
+def rows(checks: list[Check], name: str) -> list[Check]:
+    return [c for c in checks if c.name == name]
+
+
+def bucket_keys(endpoint: str, uri: str) -> list[str]:
+    bucket = uri.split("/")[2]
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def test_doctor_passes_on_s3_and_local_storage_and_cleans_up(
+    ray_local, tiny_data, s3_server, s3_bucket, tmp_path, capsys
+):
+    runs = s3_bucket.rsplit("/", 1)[0] + "/runs"
+    assert main(["doctor", "--storage", runs, "--data", tiny_data]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("CHECK") and "0 failed" in out and DUMMY_SECRET not in out
+    # The markers are gone (pyarrow may leave an empty "runs/" folder marker behind).
+    assert [k for k in bucket_keys(s3_server, runs) if "memae-doctor" in k] == []
+
+    checks = run_doctor(config(tmp_path / "runs", tiny_data))
+    assert not [c for c in checks if c.failed], format_table(checks)
+    assert rows(checks, "ray")[0].status == PASS
+    assert rows(checks, "cluster")[0].detail.startswith("1 nodes alive")
+    # The driver and the (single) node each did the storage round trip and read the manifest.
+    assert [c.node for c in rows(checks, "storage")][0] == "driver"
+    assert len(rows(checks, "storage")) == 2 and len(rows(checks, "manifest")) == 2
+    assert all(c.status == PASS for c in rows(checks, "storage") + rows(checks, "manifest"))
+    node = rows(checks, "node")[0]
+    assert node.status == PASS and "memae-dist 0.1.0" in node.detail
+    assert rows(checks, "gpus")[0].status in (PASS, WARN)
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_doctor_failures_name_their_fix(ray_local, s3_server, s3_bucket, tmp_path, capsys):
+    code = main(["doctor", "--storage", "s3://missing-bucket-doctor/runs", "--data", s3_bucket])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "S3 bucket 'missing-bucket-doctor' does not exist" in out
+    assert "create the bucket first" in out  # the storage fix
+    assert "no manifest.json in dataset" in out and "prepare the dataset first" in out
+    assert "How to fix:" in out and DUMMY_SECRET not in out
+
+    dead = "http://127.0.0.1:1"
+    checks = run_doctor(config(tmp_path / "runs", s3_bucket,
+                               f"storage.endpoint_url={dead}"))
+    storage_ok = rows(checks, "storage")[0]
+    manifest = rows(checks, "manifest")[0]
+    assert storage_ok.status == PASS  # local folder: the endpoint does not matter
+    assert manifest.status == FAIL and "endpoint unreachable" in manifest.detail
+    assert "storage.endpoint_url" in manifest.fix
+
+
+def test_preflight_fails_in_seconds_before_any_worker(ray_local, tiny_data, s3_server,
+                                                      tmp_path):
+    cfg = config("s3://missing-bucket-preflight/runs", tiny_data, "train.workers=1",
+                 "run.name=never")
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        fit(cfg)
+    assert time.monotonic() - start < 15
+    msg = str(err.value)
+    assert msg.startswith("preflight failed, nothing was started: storage [driver]: ")
+    assert "does not exist" in msg and "create the bucket first" in msg
+    assert "memae-dist doctor" in msg and "\n" not in msg
+
+    with pytest.raises(UserError, match="no manifest.json.*prepare the dataset first"):
+        fit(config(tmp_path / "runs", tmp_path / "nothing", "train.workers=1"))
+    assert list((tmp_path / "runs").iterdir()) == []  # the marker was removed, no run started
+
+
+def test_gpu_check_turns_probe_results_into_fixes():
+    none = {"nvidia_smi": None, "torch": None, "cuda": None, "error": None}
+    assert gpu_check(none, 0, "n").status == PASS
+    spare = gpu_check({**none, "nvidia_smi": 2}, 0, "n")
+    assert spare.status == WARN and "--num-gpus=2" in spare.fix
+    blind = gpu_check({**none, "nvidia_smi": 2, "torch": 0}, 2, "n")
+    assert blind.status == FAIL and "CUDA build of torch" in blind.fix
+    short = gpu_check({**none, "nvidia_smi": 2, "torch": 1, "cuda": "12.4"}, 2, "n")
+    assert short.status == FAIL and "--num-gpus=1" in short.fix
+    good = gpu_check({**none, "nvidia_smi": 1, "torch": 1, "cuda": "12.4"}, 1, "n")
+    assert good.status == PASS and "CUDA 12.4" in good.detail
+    assert gpu_check({**none, "error": "boom"}, 1, "n").status == FAIL
+    assert gpu_check(None, 1, "n") is None
+    # On this machine: without nvidia-smi, no GPU probe runs at all.
+    if shutil.which("nvidia-smi") is None:
+        assert gpu_info(0.0) == none
+
+
+def test_address_problems_are_caught_before_connecting():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]  # bound, never listening: connections are refused
+        detail, fix = address_problem(f"127.0.0.1:{closed}")
+    assert "cannot reach" in detail and "head node" in fix
+    detail, fix = address_problem("http://127.0.0.1:8265")
+    assert "job server" in detail and "HOST:6379" in fix
+    assert "bad Ray address" in address_problem("headnode")[0]
+    assert address_problem(None) is None and address_problem("auto") is None
+
+
+def test_table_lists_each_failure_with_its_fix():
+    table = format_table([Check("ray", PASS, "Ray 2.60.0"),
+                          Check("storage", FAIL, "cannot write", "create it", "10.0.0.2/abc")])
+    lines = table.splitlines()
+    assert lines[0].split() == ["CHECK", "NODE", "STATUS", "DETAIL"]
+    assert "  FAIL storage [10.0.0.2/abc]: create it" in lines
+    assert lines[-1] == "2 checks: 1 failed, 0 warnings"

@@ -1,0 +1,127 @@
+"""The ``folder`` importer: any videos (several codecs) or frame folders, optional labels."""
+
+import json
+
+import numpy as np
+import pytest
+
+from memae_dist.cli import main
+from memae_dist.data.importers import video_io
+from memae_dist.data.importers.folder import discover, folder_videos
+from memae_dist.data.manifest import load_manifest
+from memae_dist.data.shards import read_video_frames
+from memae_dist.errors import UserError
+from tests.data.videos import frame_indices, video_path, write_frames, write_video
+
+SIZE = (32, 32)
+
+
+@pytest.fixture
+def cameras(tmp_path):
+    """train/: three codecs, a nested video, a frame folder; test/: two more codecs."""
+    src = tmp_path / "cameras"
+    (src / "train" / "site A" / "day2").mkdir(parents=True)
+    (src / "test").mkdir(parents=True)
+    write_video(video_path(src / "train", "cam 1", "mpeg4"), 33, "mpeg4")
+    write_video(video_path(src / "train", "cam2", "libx264"), 37, "libx264")  # B-frames
+    write_video(video_path(src / "train" / "site A" / "day2", "clip", "vp9"), 20, "vp9")
+    write_frames(src / "train" / "seq", 12, pattern="img{}")  # img2 must sort before img10
+    write_video(video_path(src / "test", "door", "mjpeg"), 30, "mjpeg")
+    write_video(video_path(src / "test", "hall", "h264_mov"), 25, "h264_mov")
+    (src / "train" / "._cam2.mp4").write_bytes(b"\0" * 10)  # macOS litter: ignored
+    (src / "train" / "notes.txt").write_text("not a video")
+    return src
+
+
+def _labels(tmp_path, data) -> str:
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_discovery_decoding_and_labels(cameras, tmp_path):
+    sources = discover(cameras)
+    assert [(s.split, s.name) for s in sources] == [
+        ("train", "cam2"), ("train", "cam_1"), ("train", "seq"),
+        ("train", "site_A__day2__clip"), ("test", "door"), ("test", "hall")]
+    # Labels by dataset name, by file name with split, and as one 0/1 value per frame.
+    hall = [0] * 10 + [1] * 5 + [0] * 10
+    labels = _labels(tmp_path, {"door": [[3, 7], [20, 29]], "test/hall.mov": hall})
+    specs = folder_videos(cameras, SIZE, labels)
+    expected = {"cam2": 37, "cam_1": 33, "seq": 12, "site_A__day2__clip": 20, "door": 30,
+                "hall": 25}
+    for spec, source in zip(specs, sources, strict=True):
+        frames, ranges = spec.load()
+        n = expected[spec.name]
+        # Frame counts equal what FFmpeg decodes and what was encoded; order is preserved.
+        assert frames.shape == (n, *SIZE) and frames.dtype == np.uint8
+        assert video_io.count_source_frames(source.path) == n
+        assert frame_indices(frames) == list(range(n)), spec.name
+        assert ranges == {"door": [[3, 7], [20, 29]], "hall": [[10, 14]]}.get(spec.name), spec.name
+
+
+def test_folder_errors_name_the_problem(cameras, tmp_path):
+    with pytest.raises(UserError, match=r"no labels for 1 test/val video\(s\): test/hall"):
+        folder_videos(cameras, SIZE, _labels(tmp_path, {"door": []}))
+    with pytest.raises(UserError, match="'gate', which is not a video"):
+        folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [], "hall": [], "gate": []}))
+    with pytest.raises(UserError, match=r"must be \[\[first, last\], \.\.\.\] ranges"):
+        folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [[1, 2, 3]], "hall": []}))
+    spec = folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [0, 1], "hall": []}))[4]
+    with pytest.raises(UserError, match=r"2 frame labels, but .*door\.mkv has 30 frames"):
+        spec.load()
+    write_video(cameras / "loose.avi", 3)
+    with pytest.raises(UserError, match="loose videos.*loose.avi"):
+        discover(cameras)
+    (cameras / "loose.avi").unlink()
+    write_frames(cameras / "train" / "cam_1", 3)  # same name as "cam 1.avi" once made safe
+    with pytest.raises(UserError, match="both map to the name 'cam_1'"):
+        discover(cameras)
+    (cameras / "bad.mp4").write_bytes(b"this is not a video")
+    with pytest.raises(UserError, match=r"cannot open video .*bad\.mp4"):
+        video_io.decode_video(cameras / "bad.mp4", SIZE)
+    with pytest.raises(UserError, match="no videos"):
+        discover(_empty(tmp_path))
+
+
+def _empty(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    return folder
+
+
+def test_phone_rotation_is_applied(tmp_path):
+    """A portrait phone clip is stored sideways with a display rotation; we decode it upright."""
+    path = write_video(tmp_path / "phone.mp4", 4, "libx264", height=48, width=64, rotation=90)
+    frames = video_io.decode_video(path, (64, 48))  # (N, H=64, W=48): portrait
+    # The white square sits at the top-left of the stored frame; turned 90 degrees
+    # counter-clockwise it lands at the bottom-left.
+    rows, cols = np.nonzero(frames[0] > 200)
+    assert rows.min() > 48 and cols.max() < 16
+
+
+def test_import_to_store_skips_bad_videos_and_restarts(cameras, tmp_path, ray_local, capsys):
+    (cameras / "train" / "broken.avi").write_bytes(b"RIFF but not really an AVI file")
+    labels = _labels(tmp_path, {"door": [[3, 7]], "hall": []})
+    dst = str(tmp_path / "store")
+    argv = ["prepare", "folder", "--src", str(cameras), "--dst", dst, "--size", "32", "32",
+            "--labels", labels, "--workers", "2", "--skip-bad", "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "train: 4 videos, 102 frames, 0 abnormal" in out
+    assert "test: 2 videos, 55 frames, 5 abnormal" in out
+    assert "skipped train/broken: cannot open video" in out
+    m = load_manifest(dst)
+    assert m.source == "folder" and m.name == "cameras" and m.size == SIZE
+    assert [s["video"] for s in m.skipped] == ["broken"]
+    door = m.videos("test")[0]
+    frames, labels_ = read_video_frames(m.shard_uri(dst, door))
+    assert frame_indices(frames) == list(range(30))
+    assert np.flatnonzero(labels_).tolist() == [3, 4, 5, 6, 7]
+    # A rerun finds every finished shard and decodes nothing new.
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.parquet")}
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "store").rglob("*.parquet")} == before
+    # Without --skip-bad the broken file stops the import with a one-line error.
+    assert main([*argv[:-2], "--no-progress"]) == 2
+    assert "cannot open video" in capsys.readouterr().err

@@ -1,0 +1,102 @@
+"""``memae-dist report``: the expected figures, and an index.html that shows them all."""
+
+from html.parser import HTMLParser
+
+import pytest
+
+from memae_dist.cli import main
+from memae_dist.evaluate.batch_score import (
+    ScoreConfig,
+    read_scores,
+    score_dataset,
+    write_scores,
+)
+from memae_dist.evaluate.protocol import METRICS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class Page(HTMLParser):
+    """Collects images, links and headings, and checks that every tag is closed in order."""
+
+    VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+    def __init__(self):
+        super().__init__()
+        self.images, self.anchors, self.ids, self.text, self.stack = [], [], set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "a":
+            self.anchors.append(attrs["href"])
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack and self.stack[-1] == tag, f"</{tag}> closes {self.stack[-1:]}"
+        self.stack.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(path) -> Page:
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    page = Page()
+    page.feed(text)
+    page.close()
+    assert page.stack == []
+    return page
+
+
+@pytest.fixture(scope="module")
+def scores(segmented_data, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scores") / "scores.parquet"
+    score_dataset(tiny_checkpoint, segmented_data, str(out),
+                  ScoreConfig(workers=0, batch_size=8, progress=False))
+    return out
+
+
+def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--top", "2",
+                 "--frame", "02:20", "--slots", "12"]) == 0
+    assert "report:" in capsys.readouterr().out
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["index.html", "memory_slots.png", "roc.png", "triptychs/02_20.png",
+                     "videos/01.png", "videos/02.png", "videos/03.png"]
+    for png in out.rglob("*.png"):
+        assert png.read_bytes().startswith(PNG_MAGIC) and png.stat().st_size > 2000
+    page = parse(out / "index.html")
+    assert sorted(page.images) == sorted(n for n in names if n.endswith(".png"))
+    assert all((out / src).is_file() for src in page.images)
+    assert all(a.lstrip("#") in page.ids for a in page.anchors)
+    text = " ".join(page.text)
+    for key in METRICS:
+        assert key in text
+    assert "video 02, frame 20" in text
+
+
+def test_report_top_frames_and_missing_model(scores, tmp_path):
+    # Default frame choice: the top-scoring frame of each of the --top videos.
+    out = tmp_path / "top"
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--top", "2",
+                 "--slots", "4"]) == 0
+    assert len(list((out / "triptychs").glob("*.png"))) == 2
+    # A scores file whose checkpoint is gone still gives plots, and says why the rest is missing.
+    table, meta = read_scores(str(scores))
+    moved = tmp_path / "moved.parquet"
+    write_scores(str(moved), table, {**meta, "checkpoint": str(tmp_path / "gone")})
+    out = tmp_path / "nomodel"
+    assert main(["report", "--scores", str(moved), "--out", str(out)]) == 0
+    assert not (out / "triptychs").exists() and not (out / "memory_slots.png").exists()
+    page = parse(out / "index.html")
+    assert "roc.png" in page.images and len(page.images) == 4
+    assert "No reconstructions or memory picture" in " ".join(page.text)
+    # A frame without a score is refused with a clear message.
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--frame", "01:3"]) == 2

@@ -1,0 +1,49 @@
+"""``memae-dist score --videos``: a folder of raw .mp4 files scored in one command."""
+
+import json
+
+import numpy as np
+
+from memae_dist.cli import main
+from memae_dist.data.manifest import load_manifest
+from memae_dist.evaluate.batch_score import read_scores
+from tests.data.videos import write_video
+
+
+def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, tmp_path, capsys):
+    cams = tmp_path / "cams"
+    (cams / "lobby").mkdir(parents=True)
+    write_video(cams / "gate.mp4", 30, codec="libx264")
+    write_video(cams / "lobby" / "door.mp4", 24, codec="libx264", height=32, width=48)
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"gate": [[10, 14]], "lobby/door.mp4": []}))
+    out = tmp_path / "out" / "scores.parquet"
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams), "--out",
+                 str(out), "--workers", "0", "--labels", str(labels), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "scored 24 frames of 2 videos" in printed  # (30 - 15) + (24 - 15)
+    table, meta = read_scores(str(out))
+    prepared = tmp_path / "out" / "scores_frames"
+    assert meta["data"] == str(prepared) and meta["split"] == "test"
+    manifest = load_manifest(str(prepared))
+    assert manifest.size == (16, 16)  # the checkpoint's training frame size
+    rows = table.to_pydict()
+    assert sorted(set(rows["video"])) == ["gate", "lobby__door"]
+    gate = np.array(rows["video"]) == "gate"
+    np.testing.assert_array_equal(np.array(rows["frame"])[gate], np.arange(8, 23))
+    np.testing.assert_array_equal(np.array(rows["label"])[gate],
+                                  [0, 0, 1, 1, 1, 1, 1] + [0] * 8)
+
+    # One more file, unlabelled, on its own, at an explicit size, through a Ray actor.
+    single = tmp_path / "one.parquet"
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams / "gate.mp4"),
+                 "--out", str(single), "--size", "32", "32", "--workers", "1",
+                 "--no-progress"]) == 0
+    table, meta = read_scores(str(single))
+    assert table.num_rows == 15 and table.column("label").null_count == 15
+    assert load_manifest(meta["data"]).size == (32, 32)
+    # The report works on footage without labels: curves, no ROC.
+    report = tmp_path / "report"
+    assert main(["report", "--scores", str(single), "--out", str(report), "--top", "1"]) == 0
+    assert (report / "videos" / "gate.png").is_file() and not (report / "roc.png").exists()
+    assert len(list((report / "triptychs").glob("gate_*.png"))) == 1

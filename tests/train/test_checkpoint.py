@@ -1,0 +1,103 @@
+"""Checkpoint contents, safe loading, retention helpers and the restore point (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from memae_dist.errors import UserError
+from memae_dist.train.checkpoint import (
+    RAY_SNAPSHOT,
+    TrainState,
+    best_checkpoint,
+    checkpoint_epoch,
+    latest_checkpoint,
+    load_state,
+    restore,
+    restore_point,
+    save_best,
+    save_checkpoint,
+)
+
+
+def tiny_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+
+
+def write(folder, epoch: int = 1, model=None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = model or tiny_model()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(5, 4)).sum().backward()
+    opt.step()
+    state = TrainState(epoch=epoch, step=7 * epoch, history=[{"epoch": epoch, "loss": 0.5}],
+                       starts=2, best_value=0.25, best_epoch=epoch)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder, model, opt, state, {"train": {"lr": 1e-3}}, {"scale": 1024.0})
+    return model, opt
+
+
+def test_round_trip_restores_weights_optimizer_progress_and_every_rng(tmp_path):
+    model, opt = write(tmp_path / "ck")
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # draws after the save
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+
+    fresh = tiny_model()
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-3)
+    state, scaler = restore(tmp_path / "ck", fresh, fresh_opt)
+
+    assert (state.epoch, state.step, state.starts) == (1, 7, 2)
+    assert (state.best_value, state.best_epoch) == (0.25, 1)
+    assert state.history == [{"epoch": 1, "loss": 0.5}] and scaler == {"scale": 1024.0}
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert fresh_opt.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    # The same draws as right after the save: torch, numpy and Python RNGs all restored.
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_state_loads_with_weights_only_and_bad_files_are_user_errors(tmp_path):
+    write(tmp_path / "ck")
+    payload = torch.load(tmp_path / "ck" / "state.pt", weights_only=True)  # no pickled code
+    assert payload["data_position"] == {"epoch": 1, "batch": 0}
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "state.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_state(tmp_path / "bad")
+
+
+def test_latest_skips_incomplete_uploads_and_restore_point_follows_ray(tmp_path):
+    run = tmp_path / "run"
+    for epoch in (1, 2, 3):
+        write(run / f"checkpoint_epoch_{epoch:04d}", epoch)
+    (run / "checkpoint_epoch_0003" / "history.json").unlink()  # upload cut short
+    assert latest_checkpoint(str(run)).endswith("checkpoint_epoch_0002")
+    assert restore_point(str(run)).endswith("checkpoint_epoch_0002")
+    # Ray registered only epoch 1 before the crash: it restores that one, so must the data.
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch_0001"}}
+    (run / RAY_SNAPSHOT).write_text(json.dumps(snapshot))
+    assert restore_point(str(run)).endswith("checkpoint_epoch_0001")
+    assert restore_point(str(run), use_ray_snapshot=False).endswith("checkpoint_epoch_0002")
+    assert checkpoint_epoch(restore_point(str(run))) == 1
+    with pytest.raises(UserError):
+        checkpoint_epoch(str(run))
+
+
+def test_best_copy_moves_the_pointer_then_drops_the_old_copy(tmp_path):
+    run = tmp_path / "run"
+    assert best_checkpoint(str(run)) is None
+    for epoch, value in ((1, 0.4), (3, 0.2)):
+        write(tmp_path / f"local{epoch}", epoch)
+        save_best(tmp_path / f"local{epoch}", str(run), epoch, "val_recon", value)
+    assert best_checkpoint(str(run)).endswith("best/checkpoint_epoch_0003")
+    assert sorted(p.name for p in (run / "best").iterdir()) == ["checkpoint_epoch_0003"]
+    pointer = json.loads((run / "best.json").read_text())
+    assert pointer == {"checkpoint": "best/checkpoint_epoch_0003", "epoch": 3,
+                       "metric": "val_recon", "value": 0.2}
+    # The best copy is a whole checkpoint, not counted among the run's latest ones.
+    assert latest_checkpoint(str(run)) is None
+    assert load_state(run / "best" / "checkpoint_epoch_0003")["epoch"] == 3

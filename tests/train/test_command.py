@@ -1,0 +1,80 @@
+"""``memae-dist train`` end to end: interrupted with SIGINT, resumed by the same command.
+
+The CLI runs as a real subprocess that starts its own local Ray; data and checkpoints live in
+the S3 server on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
+
+pytestmark = pytest.mark.slow
+RECIPE = Path(__file__).parents[2] / "configs" / "ped2_lite.yaml"
+# ped2_lite's model and schedule, shrunk to a 16x16 synthetic set and a few steps.
+SHRINK = ["model.num_slots=50", "model.shrink_threshold=0.02", "data.shuffle_buffer=16",
+          "train.batch_size=8", "train.lr=1e-3", "train.max_steps_per_epoch=2",
+          "train.cpus_per_worker=0.5"]
+
+
+def upload_folder(local: str, uri: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pyarrow_fs(uri)
+    pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+
+
+def train_command(data: str, storage: str) -> list[str]:
+    cmd = [sys.executable, "-m", "memae_dist.cli", "train", "--config", str(RECIPE),
+           "--workers", "2", "--storage", storage, "--name", "R", "--data", data,
+           "--epochs", "3"]
+    for item in SHRINK:
+        cmd += ["--set", item]
+    return cmd
+
+
+def test_sigint_then_same_command_finishes_one_history(tiny_data, s3_bucket, tmp_path):
+    bucket = s3_bucket.rsplit("/", 1)[0]
+    data, storage = f"{bucket}/data", f"{bucket}/runs"
+    upload_folder(tiny_data, data)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["MEMAE_OBJECT_STORE_BYTES"] = str(150 * 2**20)
+    cmd = train_command(data, storage)
+    run = join(storage, "R")
+
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 900
+    while not exists(join(run, "checkpoint_epoch_0001", "state.pt")):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=300)
+    first = (tmp_path / "first.log").read_text()
+    assert rc == 130, first[-3000:]
+    assert "rerun the same command to resume" in first
+    interrupted = json.loads(read_bytes(join(run, "history.json")))
+    assert 1 <= len(interrupted) < 3
+
+    second = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=1200)
+    assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
+    assert "epoch 3/3" in second.stdout
+    history = json.loads(read_bytes(join(run, "history.json")))
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    # The epochs finished before the interruption are kept as they were, not re-run.
+    assert [r["loss"] for r in history[: len(interrupted)]] == [r["loss"] for r in interrupted]
+    assert history[0]["run_starts"] == 1 and history[-1]["run_starts"] == 2
+    csv_rows = read_bytes(join(run, "history.csv")).decode().strip().splitlines()
+    assert len(csv_rows) == 4 and csv_rows[0].startswith("epoch,")

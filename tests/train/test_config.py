@@ -1,0 +1,48 @@
+"""TrainConfig: validation of the scaling, precision and checkpoint settings; precision helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from memae_dist.config import load_config
+from memae_dist.errors import UserError
+from memae_dist.train.config import TrainConfig
+from memae_dist.train.precision import Precision, memory_format
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("train.placement=RANDOM", "train.placement must be one of PACK, SPREAD"),
+    ("train.memory_format=nhwc", "train.memory_format"),
+    ("train.checkpoint_mode=best", "train.checkpoint_mode"),
+    ("train.precision=fp8", "train.precision"),
+    ("train.max_failures=-2", "train.max_failures must be >= -1"),
+    ("train.on_nonfinite=ignore", "train.on_nonfinite"),
+])
+def test_bad_settings_name_the_key(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(None, [override])
+
+
+def test_global_batch_is_kept_and_best_mode_follows_the_metric():
+    assert TrainConfig(batch_size=16, workers=4, grad_accum=2).micro_batch_size == 2
+    assert TrainConfig(batch_size=16, workers=1).micro_batch_size == 16
+    assert TrainConfig(checkpoint_metric="val_auc").best_mode == "max"
+    assert TrainConfig(checkpoint_metric="val_recon").best_mode == "min"
+    assert TrainConfig(checkpoint_metric="val_recon", checkpoint_mode="max").best_mode == "max"
+
+
+def test_precision_modes_on_cpu():
+    cpu = torch.device("cpu")
+    assert Precision(TrainConfig(), cpu).mode == "fp32"  # auto: no autocast on CPU
+    bf16 = Precision(TrainConfig(precision="bf16"), cpu)
+    conv = torch.nn.Conv3d(1, 2, 3)
+    with bf16.autocast():
+        assert conv(torch.randn(1, 1, 4, 4, 4)).dtype == torch.bfloat16
+    assert bf16.state_dict() == {}  # bf16 needs no loss scaling
+    fp16 = Precision(TrainConfig(precision="fp16"), cpu)
+    assert fp16.scaler.is_enabled() and "scale" in fp16.state_dict()
+    assert memory_format(TrainConfig(), "video", cpu) == torch.contiguous_format
+    assert memory_format(TrainConfig(memory_format="channels_last"), "video",
+                         cpu) == torch.channels_last_3d
+    assert memory_format(TrainConfig(), "video", torch.device("cuda")) == torch.channels_last_3d

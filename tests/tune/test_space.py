@@ -1,0 +1,143 @@
+"""Search-space files: parsing, the lambda = k/N convention, and one-line errors for bad files."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memae_dist.config import ExperimentConfig
+from memae_dist.errors import UserError
+from memae_dist.tune.space import load_space, parse_space
+
+SPACES = Path(__file__).parents[2] / "tune_spaces"
+BASE = ExperimentConfig().to_dict()
+
+
+def test_shipped_spaces_load_and_derive_lambda_from_k_and_n():
+    for name in ("memae_video", "memae_image", "smoke"):
+        space = load_space(SPACES / f"{name}.yaml")
+        space.check_against(BASE)
+        assert dict(space.derived) == {"model.shrink_threshold": "k / model.num_slots"}
+    video = load_space(SPACES / "memae_video.yaml")
+    by_name = {p.name: p for p in video.params}
+    assert by_name["model.num_slots"].values == (500, 1000, 2000, 3000)
+    assert by_name["k"].kind == "uniform" and by_name["k"].values == (1.0, 3.0)
+    assert by_name["model.entropy_weight"].values == (1e-5, 1e-2)
+    assert by_name["model.entropy_weight"].log_scale
+    sample = {"model.num_slots": 2000, "k": 2.5, "model.entropy_weight": 3e-4, "train.lr": 1e-4}
+    tree = video.apply(BASE, sample)
+    assert tree["model"]["shrink_threshold"] == pytest.approx(2.5 / 2000)
+    assert tree["model"]["num_slots"] == 2000 and tree["train"]["lr"] == 1e-4
+    assert "k" not in tree  # a free variable, not a config key
+    assert BASE["model"]["num_slots"] == 2000 and BASE["train"]["lr"] == 1e-4  # base untouched
+    smoke = load_space(SPACES / "smoke.yaml")
+    assert smoke.grid_size == 2 and smoke.samples == 2
+
+
+def test_tune_domains_match_the_file():
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    space = parse_space({
+        "params": {"model.num_slots": {"int": [10, 20]}, "train.lr": {"loguniform": ["1e-4", 1e-2]},
+                   "model.addressing": {"choice": ["dot", "cosine"]},
+                   "train.batch_size": {"grid": [8, 16]}},
+    }, "inline.yaml")
+    domains = space.tune_space()
+    assert isinstance(domains["model.num_slots"], Integer)
+    assert domains["model.num_slots"].upper == 21  # inclusive in the file, exclusive in Tune
+    assert isinstance(domains["train.lr"], Float) and domains["train.lr"].lower == 1e-4
+    assert isinstance(domains["model.addressing"], Categorical)
+    assert domains["train.batch_size"] == {"grid_search": [8, 16]}
+    assert space.grid_size == 2
+
+
+def test_conditional_expressions():
+    space = parse_space({
+        "params": {"model.variant": {"choice": ["memae", "ae"]}, "k": {"uniform": [1, 3]}},
+        "derived": {"model.shrink_threshold": "k / model.num_slots if model.variant == 'memae' "
+                                              "else 0.0",
+                    "model.entropy_weight": "max(1e-4, model.shrink_threshold)"},
+    }, "cond.yaml")
+    a = space.assignments({"model.variant": "memae", "k": 2.0}, BASE)
+    assert a["model.shrink_threshold"] == pytest.approx(2.0 / BASE["model"]["num_slots"])
+    assert a["model.entropy_weight"] == pytest.approx(max(1e-4, 2.0 / 2000))
+    b = space.assignments({"model.variant": "ae", "k": 2.0}, BASE)
+    assert b["model.shrink_threshold"] == 0.0 and b["model.entropy_weight"] == 1e-4
+
+
+def good() -> dict:
+    return yaml.safe_load((SPACES / "memae_video.yaml").read_text())
+
+
+def refuse(tmp_path, data, *fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError) as info:
+        load_space(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_bad_space_files_are_refused_with_one_line_naming_the_key(tmp_path):
+    data = good()
+    data["params"]["k"] = {"normal": [2, 0.5]}
+    refuse(tmp_path, data, "params.k", "unknown distribution 'normal'")
+
+    data = good()
+    data["params"]["k"]["uniform"] = [0.5, 3]
+    refuse(tmp_path, data, "params.k", "outside its bounds [1, 3]")
+
+    data = good()
+    data["params"]["model.num_slots"] = {"choice": [500, 1000], "bounds": [600, 4000]}
+    refuse(tmp_path, data, "params.model.num_slots", "value 500 is outside its bounds")
+
+    data = good()
+    del data["params"]
+    refuse(tmp_path, data, "missing key 'params'")
+
+    data = good()
+    data["params"]["k"] = {"bounds": [1, 3]}
+    refuse(tmp_path, data, "params.k", "missing key", "no distribution")
+
+    data = good()
+    data["params"]["model.num_slot"] = data["params"].pop("model.num_slots")
+    refuse(tmp_path, data, "params.model.num_slot", "unknown config key 'model.num_slot'")
+
+    data = good()
+    data["derived"]["model.shrink_threshold"] = "kk / model.num_slots"
+    refuse(tmp_path, data, "derived.model.shrink_threshold", "unknown name 'kk'")
+
+    data = good()
+    data["derived"]["model.shrink_threshold"] = "__import__('os').system('true')"
+    refuse(tmp_path, data, "derived.model.shrink_threshold", "only numbers")
+
+    data = good()
+    data["derived"] = {}
+    refuse(tmp_path, data, "params.k", "no derived expression uses it")
+
+    data = good()
+    data["objective"]["metric"] = "test_auc"
+    refuse(tmp_path, data, "objective.metric")
+
+    data = good()
+    data["params"]["data.path"] = {"choice": ["a", "b"]}
+    refuse(tmp_path, data, "params.data.path", "set by the sweep")
+
+    data = good()
+    data["sampels"] = 3
+    refuse(tmp_path, data, "unknown key 'sampels'")
+
+    data = good()
+    data["params"]["model.entropy_weight"] = {"loguniform": [0, 1e-2]}
+    refuse(tmp_path, data, "params.model.entropy_weight", "0 < low < high")
+
+
+def test_a_space_reaching_an_invalid_config_is_refused_before_any_trial():
+    space = parse_space({"params": {"k": {"uniform": [1, 3]},
+                                    "model.num_slots": {"choice": [2, 2000]}},
+                         "derived": {"model.shrink_threshold": "k / model.num_slots"}}, "s.yaml")
+    with pytest.raises(UserError, match=r"s.yaml: .*model.shrink_threshold must be < 1"):
+        space.check_against(BASE)
