@@ -15,8 +15,8 @@ not depend on the weights) and the same UCSD Ped2 test videos. Runs alternate (b
 ``--repeats`` times so load changes on a shared machine hit both; medians are reported. The
 baseline may stop after ``--max-windows`` windows per repeat (it is slow on a CPU).
 
-    python bench/scoring.py --size 64 64 --videos 2            # CPU, a few minutes
-    python bench/scoring.py --size 256 256 --videos 12 --gpu   # the paper's setting, on a GPU
+    python bench/scoring.py --size 64 64 --videos 1            # CPU: a few minutes
+    python bench/scoring.py --size 256 256 --videos 12         # the paper's setting, on a GPU
 """
 
 from __future__ import annotations
@@ -106,23 +106,27 @@ def main() -> int:
     p.add_argument("--max-windows", type=int, default=60, help="baseline windows per repeat")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--gpu", action="store_true", help="run both on the GPU")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: the GPU when torch sees one")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="ours: auto = bf16 on GPU, fp32 on CPU (the baseline is always fp32)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
     if not (args.ped2 / "testing" / "frames").is_dir():
         sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
-    if args.gpu and not torch.cuda.is_available():
-        sys.exit("--gpu: no CUDA device")
-    device = torch.device("cuda" if args.gpu else "cpu")
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if gpu and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    device = torch.device("cuda" if gpu else "cpu")
     size = tuple(args.size)
 
     import ray
 
-    from memae_dist.runtime import ensure_ray
-
     with tempfile.TemporaryDirectory(prefix="memae-bench-") as tmp:
         root = Path(tmp)
-        ensure_ray(args.workers * (os.cpu_count() or 1))
+        # A private local Ray (never a cluster someone else started on this machine), timed out.
+        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False,
+                 object_store_memory=512 * 2**20, logging_level="WARNING")
         data, jpegs = prepare(args.ped2, args.videos, size, root)
         ckpt = make_checkpoint(root / "ckpt", data)
         from memae_dist.evaluate.score import load_model
@@ -130,7 +134,7 @@ def main() -> int:
         model = load_model(ckpt).model.to(device)
         frames = sum(v.num_frames - 15 for v in load_manifest(data).videos("test"))
         cfg = ScoreConfig(workers=args.workers, batch_size=args.batch_size, progress=False,
-                          gpus_per_worker=1.0 if args.gpu else 0.0)
+                          gpus_per_worker=1.0 if gpu else 0.0, precision=args.precision)
         base, ours, ends = [], [], []
         for _ in range(args.repeats):
             n, s = official_loop(model, jpegs, device, args.max_windows)
@@ -144,11 +148,11 @@ def main() -> int:
         ray.shutdown()
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                   + (f", {torch.cuda.get_device_name()}" if args.gpu else ""),
+                   + (f", {torch.cuda.get_device_name()}" if gpu else ""),
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "device": device.type, "size": list(size), "videos": args.videos,
         "frames_scored": frames, "repeats": args.repeats, "workers": args.workers,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size, "precision": args.precision,
         "official_fps_median": round(statistics.median(base), 2),
         "score_fps_median": round(statistics.median(ours), 2),
         "score_end_to_end_fps_median": round(statistics.median(ends), 2),

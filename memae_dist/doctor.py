@@ -25,6 +25,7 @@ from memae_dist.config import ExperimentConfig
 from memae_dist.data import storage
 from memae_dist.data.storage import StorageConfig, describe, join
 from memae_dist.errors import UserError
+from memae_dist.node_probe import gpu_info, probe_node
 
 log = logging.getLogger("memae_dist.doctor")
 
@@ -84,6 +85,7 @@ def preflight(cfg: ExperimentConfig, address: str | None = None) -> None:
     if cfg.data.path:
         log.info("data: %s", describe(cfg.data.path, cfg.storage))
     checks = storage_and_node_checks(cfg, [], system=False)
+    nodes: list[dict] = []
     in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
     # Inside a Ray worker (a Tune trial) the driver that started it has checked the nodes.
     if not any(c.failed for c in checks) and not in_worker and (
@@ -92,13 +94,15 @@ def preflight(cfg: ExperimentConfig, address: str | None = None) -> None:
         # Same connection ensure_ray would make; it then finds Ray initialised.
         cluster, nodes = connect(address, log_to_driver=True, required=True)
         checks.append(cluster)
-        if len(nodes) > 1:
+        nodes = nodes if len(nodes) > 1 else []
+        if nodes:
             checks += storage_and_node_checks(cfg, nodes, system=False)
     failed = [c for c in checks if c.failed]
     if failed:
         raise UserError("preflight failed, nothing was started: "
-                        + " ".join(c.line() for c in failed) + f" ({DOCTOR_HINT})")
-    log.info("preflight passed in %.1f s", time.monotonic() - start)
+                        + " | ".join(c.line() for c in failed) + f" ({DOCTOR_HINT})")
+    log.info("preflight passed in %.1f s: storage and dataset usable from the driver%s",
+             time.monotonic() - start, f" and all {len(nodes)} nodes" if nodes else "")
 
 
 def format_table(checks: list[Check]) -> str:
@@ -144,19 +148,27 @@ def connect(address: str | None, *, log_to_driver: bool, required: bool):
         try:
             ray.init(address=target or "auto", log_to_driver=log_to_driver,
                      logging_level=logging.WARNING)
-        except ConnectionError as exc:
-            if target or required:
-                return Check("cluster", FAIL, f"cannot connect to Ray at {target or 'auto'}: "
-                             f"{str(exc).splitlines()[0][:200]}",
-                             "start the cluster (`ray start --head`) or pass its GCS address "
-                             "HOST:6379 with --address"), []
-            return Check("cluster", SKIP, "no running Ray cluster found (train starts a local "
-                         "one); only this machine is checked",
-                         "pass --address HOST:6379 or run doctor as a Ray job"), []
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if not (target or required) and "Could not find any running Ray" in reason:
+                return Check("cluster", SKIP, "no running Ray cluster found (train starts a "
+                             "local one); only this machine is checked",
+                             "pass --address HOST:6379 or run doctor as a Ray job"), []
+            return Check("cluster", FAIL, f"cannot connect to Ray at {target or 'auto'}: "
+                         f"{reason}", _connect_fix(str(exc))), []
     nodes = alive_nodes()
     cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
     return Check("cluster", PASS, f"{len(nodes)} nodes alive, {cpus:g} CPUs, {gpus:g} GPUs"), nodes
+
+
+def _connect_fix(reason: str) -> str:
+    if "auth" in reason.lower() or "token" in reason.lower():
+        return ("the cluster uses token authentication: export RAY_AUTH_TOKEN (`ray "
+                "get-auth-token` on the head prints it), or match its RAY_AUTH_MODE")
+    return ("check that the cluster is up (`ray status` on the head) and pass its GCS address "
+            "HOST:6379 with --address; a cluster with token authentication also needs "
+            "RAY_AUTH_TOKEN exported here")
 
 
 def address_problem(target: str | None) -> tuple[str, str] | None:
@@ -290,6 +302,7 @@ def _node_checks(nodes, marker, token, data, cfg, system) -> list[Check]:
         try:
             result = ray.get(ref, timeout=max(deadline - time.monotonic(), 1.0))
         except ray.exceptions.GetTimeoutError:
+            ray.cancel(ref)
             checks.append(Check("node", FAIL, f"no answer within {NODE_TIMEOUT_S:g} s",
                                 "check the node's raylet logs and `ray status`", label))
             continue
@@ -364,61 +377,7 @@ def _manifest_fix(message: str) -> str:
     return storage_fix(message, "s3://" if "s3://" in message else "")
 
 
-# ----------------------------------------------------------------------- on each node
-
-
-def probe_node(marker: str | None, token: bytes, key: str, data: str, cfg: StorageConfig,
-               ray_gpus: float) -> dict:
-    """Runs on one node: versions, GPUs (``ray_gpus`` < 0 skips), storage round trip, manifest."""
-    import platform
-
-    import ray
-
-    import memae_dist
-
-    out = {"key": key, "host": socket.gethostname(), "ray": ray.__version__,
-           "python": platform.python_version(), "memae_dist": memae_dist.__version__,
-           "gpus": gpu_info(ray_gpus) if ray_gpus >= 0 else None, "storage": None,
-           "manifest": None}
-    if marker:
-        try:
-            if storage.read_bytes(join(marker, "driver"), cfg) != token:
-                out["storage"] = "the driver's marker reads back different bytes here"
-            else:
-                storage.write_bytes_atomic(join(marker, key), token, cfg)
-        except UserError as exc:
-            out["storage"] = str(exc)
-    if data:
-        check = manifest_check(data, cfg, key)
-        out["manifest"] = check.detail if check.failed else None
-    return out
-
-
-def gpu_info(ray_gpus: float) -> dict:
-    """GPUs nvidia-smi lists and torch sees; torch runs in a subprocess so this worker never
-    initialises CUDA (Ray reuses workers, and a CUDA context would outlive the probe)."""
-    import shutil
-    import subprocess
-    import sys
-
-    info: dict = {"nvidia_smi": None, "torch": None, "cuda": None, "error": None}
-    smi = shutil.which("nvidia-smi")
-    try:
-        if smi:
-            listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
-            info["nvidia_smi"] = sum(ln.startswith("GPU ") for ln in listing.stdout.splitlines())
-        if ray_gpus > 0 or info["nvidia_smi"]:
-            code = "import torch; print(torch.cuda.device_count(), torch.version.cuda)"
-            run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                 timeout=180)
-            if run.returncode:
-                info["error"] = (run.stderr.strip().splitlines() or ["torch failed"])[-1][:300]
-            else:
-                count, cuda = run.stdout.split()[-2:]
-                info["torch"], info["cuda"] = int(count), None if cuda == "None" else cuda
-    except (OSError, subprocess.SubprocessError, ValueError) as exc:
-        info["error"] = f"{type(exc).__name__}: {exc}"[:300]
-    return info
+# ----------------------------------------------------------------------- GPUs
 
 
 def gpu_check(info: dict | None, ray_gpus: float, label: str) -> Check | None:

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
           f"{result.best.objective:.5g} -> {Path(args.out) / 'best.yaml'}")
     print(f"best checkpoint: {result.checkpoint}")
     if result.test_metrics:
-        print(f"test ({result.test_metrics.get('split')}, scored once): auc_paper "
-              f"{result.test_metrics['auc_paper']:.4f}")
+        auc = result.test_metrics.get("auc_paper")
+        print(f"test split '{result.test_metrics.get('split')}' (scored once, best trial only): "
+              f"auc_paper {'undefined' if auc is None else f'{auc:.4f}'}")
     return 0

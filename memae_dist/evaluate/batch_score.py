@@ -1,12 +1,12 @@
 """``score``: per-frame anomaly scores of a prepared dataset of any size, with Ray Data.
 
 Pipeline: one Ray Data item per stored segment (shard URI, row group) ->
-``map_batches(SegmentScorer)`` on a pool of ``workers`` actors, each holding the model once (on a
-GPU when asked, bf16 there), reading its segment straight from storage and cutting the stride-1
-windows itself -> (video, window start, error) rows back to the driver. Neither frames nor clips
-pass through the object store (a clip view would copy every frame 16 times), and work spreads
-one segment (~113 windows) at a time, so even one long video keeps every actor busy. The driver
-keeps one float per frame, groups per video and writes one Parquet file.
+``map_batches(SegmentScorer)`` on a pool of ``workers`` actors, each loading the checkpoint once
+(on a GPU when asked, bf16 there), reading its segments straight from storage and cutting the
+stride-1 windows itself -> (video, window start, error) rows back to the driver. Neither frames
+nor clips pass through the object store (a clip view would copy every frame 16 times), and work
+spreads one segment (~113 windows) at a time, so even one long video keeps every actor busy. The
+driver keeps one float per frame, groups per video and writes one Parquet file.
 
 Output columns (one row per scored frame, videos in manifest order, frames ascending):
 ``video`` string, ``frame`` int32 (the window start + 8), ``score`` float64 (raw window error),
@@ -32,7 +32,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from memae_dist.data.manifest import Manifest, load_manifest
-from memae_dist.data.storage import StorageConfig, join, read_bytes, write_bytes_atomic
+from memae_dist.data.storage import (
+    StorageConfig,
+    is_remote,
+    join,
+    local_path,
+    read_bytes,
+    write_bytes_atomic,
+)
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import (
     TARGET_OFFSET,
@@ -103,7 +110,7 @@ class ScoreResult:
     uri: str
     table: pa.Table
     meta: dict
-    seconds: float  # wall time of the scoring itself (model load to last window)
+    seconds: float  # wall time of the scoring (actor start and model load to the last window)
 
     @property
     def frames_per_s(self) -> float:
@@ -116,6 +123,8 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     """Score every window of ``cfg.split``; write the per-frame Parquet to ``out_uri`` if given."""
     cfg = cfg or ScoreConfig()
     storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
+    # Absolute paths: Ray workers need not share the driver's working directory.
+    checkpoint, data_uri = _absolute(checkpoint), _absolute(data_uri)
     ckpt, config, state = read_model_state(checkpoint, storage)
     _, exp = model_from_state(config, state)  # fails early on a bad checkpoint
     manifest = load_manifest(data_uri, storage)
@@ -130,11 +139,15 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
                   precision=cfg.precision, use_gpu=cfg.gpus_per_worker > 0,
                   threads=cfg.threads(), storage=storage)
     total = manifest.n_windows(cfg.split, window)
-    t0 = time.perf_counter()
+    if cfg.workers:
+        from memae_dist.runtime import ensure_ray
+
+        ensure_ray(cfg.workers * (cfg.cpus_per_worker or cfg.threads()), address)
+    t0 = time.perf_counter()  # from here: actors start, load the model, score
     if cfg.workers == 0:
-        batches = _local_batches(config, state, kwargs, manifest, data_uri, videos, storage)
+        batches = _local_batches((config, state), kwargs, manifest, data_uri, videos, storage)
     else:
-        batches = _ray_batches(config, state, kwargs, manifest, data_uri, videos, cfg, address)
+        batches = _ray_batches(ckpt, kwargs, manifest, data_uri, videos, cfg)
     starts = _collect(batches, total, cfg.progress)
     seconds = time.perf_counter() - t0
     table = frames_table(manifest, videos, starts, window)
@@ -153,40 +166,43 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     return ScoreResult(out_uri or "", table, meta, seconds)
 
 
-def _local_batches(config, state, kwargs, manifest: Manifest, data_uri: str, videos,
+def _absolute(uri: str) -> str:
+    return uri if is_remote(uri) else local_path(uri)
+
+
+def _local_batches(model: tuple[dict, dict], kwargs, manifest: Manifest, data_uri: str, videos,
                    storage) -> Iterator[dict]:
-    scorer = SegmentScorer(config, state, **{**kwargs, "use_gpu": False})
+    scorer = SegmentScorer(model=model, **{**kwargs, "use_gpu": False})
     for video in videos:
         yield scorer(segment_items(manifest, data_uri, video))
 
 
-def _ray_batches(config, state, kwargs, manifest: Manifest, data_uri: str, videos,
-                 cfg: ScoreConfig, address) -> Iterator[dict]:
-    import ray
+def _ray_batches(ckpt: str, kwargs, manifest: Manifest, data_uri: str, videos,
+                 cfg: ScoreConfig) -> Iterator[dict]:
     import ray.data
 
-    from memae_dist.runtime import ensure_ray
-
     cpus = cfg.cpus_per_worker or float(cfg.threads())
-    ensure_ray(cfg.workers * cpus, address)
     items = []
     for video in videos:
         seg = segment_items(manifest, data_uri, video)
         items += [{"uri": u, "row_group": g} for u, g in zip(seg["uri"], seg["row_group"])]
-    state_ref = ray.put(state)  # weights cross the network once, not once per actor
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         SegmentScorer,
-        fn_constructor_args=(config, [state_ref]),
+        # The resolved checkpoint, not the run: a checkpoint written meanwhile changes nothing.
+        fn_constructor_args=(ckpt,),
         fn_constructor_kwargs=kwargs,
         batch_size=1,  # one segment per call: ~113 windows, chunked by batch_size inside
         batch_format="numpy",
-        concurrency=cfg.workers,
+        compute=ray.data.ActorPoolStrategy(size=cfg.workers),
         num_cpus=cpus,
         num_gpus=cfg.gpus_per_worker or None,
     )
-    ds.context.enable_progress_bars = False  # one bar (ours, in windows) is enough
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    # One progress bar (ours, in windows) is enough; Ray Data would also warn that its own are
+    # off, through this logger only.
+    ds.context.enable_progress_bars = False
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    return ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
 def _collect(batches: Iterator[dict], total: int, progress: bool) -> dict[str, list]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,10 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
     except ImportError:
         raise UserError("ONNX export needs the 'export' extra: pip install "
                         "'memae-dist[export]' (onnx, onnxruntime)") from None
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript-based exporter: it handles the memory module's shape arithmetic
+        # without tracing through torch.export; its deprecation notice is not for the user.
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             wrapper, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
             input_names=["clip"], output_names=["recon", "error"],
@@ -125,10 +129,13 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
 
 
 def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):
-    with torch.no_grad():
+    # TorchScript is deprecated upstream but still what many C++/mobile runtimes load; the
+    # warnings would only tell the user what docs/EXPORT.md already says.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
-    torch.jit.save(traced, str(path), _extra_files={META_NAME: json.dumps(meta)})
-    loaded = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(traced, str(path), _extra_files={META_NAME: json.dumps(meta)})
+        loaded = torch.jit.load(str(path), map_location="cpu")
 
     def run(clips: np.ndarray):
         with torch.no_grad():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows,
 from memae_dist.models import MemAE, build_model
 from memae_dist.train.checkpoint import STATE_FILE, read_checkpoint_config, resolve_checkpoint
 
+log = logging.getLogger("memae_dist.score")
 SEGMENT_COLUMNS = ["video", "start", "num_frames", "video_frames", "height", "width", "frames"]
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -112,23 +114,27 @@ def score_windows(model: MemAE, clips: np.ndarray, batch_size: int, error: str =
 class SegmentScorer:
     """Segments in, window errors out: the callable Ray Data runs in each actor of the pool.
 
-    The model is built once per actor from ``config`` and ``state``; ``state`` may be a
-    one-element list holding a Ray ObjectRef (the driver ``ray.put`` the weights once, so actors
-    need no access to the checkpoint's storage).
+    The model is built once per actor: from ``checkpoint`` (a concrete checkpoint URI, read
+    with ``storage`` like the shards), or from ``model=(config dict, state dict)`` in-process.
     """
 
-    def __init__(self, config: dict, state, *, window: int, segment_frames: int, overlap: int,
-                 error: str = "mse", batch_size: int = 32, precision: str = "auto",
-                 use_gpu: bool = False, threads: int | None = None,
-                 storage: StorageConfig | None = None):
-        if isinstance(state, list):
-            import ray
-
-            state = ray.get(state[0])
+    def __init__(self, checkpoint: str | None = None, *, window: int, segment_frames: int,
+                 overlap: int, error: str = "mse", batch_size: int = 32,
+                 precision: str = "auto", use_gpu: bool = False, threads: int | None = None,
+                 storage: StorageConfig | None = None, model: tuple[dict, dict] | None = None):
         if threads:
             torch.set_num_threads(threads)
         cuda = use_gpu and torch.cuda.is_available()
+        if use_gpu and not cuda:
+            log.warning("a GPU was asked for but torch sees none (CPU-only torch build?); "
+                        "scoring on the CPU")
         self.device = torch.device("cuda" if cuda else "cpu")
+        if model is None:
+            if checkpoint is None:
+                raise ValueError("SegmentScorer needs a checkpoint URI or model=(config, state)")
+            _, config, state = read_model_state(checkpoint, storage)
+        else:
+            config, state = model
         self.model, _ = model_from_state(config, state)
         self.model.to(self.device)
         self.bf16 = use_bf16(precision, self.device)
@@ -218,7 +224,8 @@ def score_split(
     videos = manifest.videos(split)
     if not videos:
         raise UserError(f"{join(data_uri, 'manifest.json')}: split '{split}' has no videos")
-    scorer = SegmentScorer(loaded.config.to_dict(), loaded.model.state_dict(), window=window,
+    scorer = SegmentScorer(model=(loaded.config.to_dict(), loaded.model.state_dict()),
+                           window=window,
                            segment_frames=manifest.segment_frames,
                            overlap=manifest.segment_overlap, error=error, batch_size=batch_size,
                            precision="fp32", storage=storage)

@@ -218,23 +218,28 @@ def checkpoint_epoch(uri: str) -> int:
 
 
 def restore_point(run_uri: str, storage: StorageConfig | None = None,
-                  use_ray_snapshot: bool = True) -> str | None:
-    """The checkpoint a (re)started run continues from.
+                  ray_managed: bool = True) -> str | None:
+    """The checkpoint a (re)started run continues from, or None for a fresh start.
 
-    Ray Train restores the latest checkpoint *it registered* (its snapshot file); one whose
-    upload finished just before a crash may exist without being registered. The data order of
-    the next epoch must follow the checkpoint Ray hands the workers, so Ray's record wins.
+    Ray Train restores the latest checkpoint *it registered* (its snapshot file), and nothing
+    without a snapshot; a checkpoint whose upload finished just before a crash may exist
+    without being registered. The data order of the next epoch must follow the checkpoint Ray
+    hands the workers, so for Ray-managed runs only Ray's record counts. In-process debug runs
+    (``ray_managed=False``) resume from the newest complete checkpoint folder.
     """
+    if not ray_managed:
+        return latest_checkpoint(run_uri, storage)
     snapshot = join(run_uri, RAY_SNAPSHOT)
-    if use_ray_snapshot and exists(snapshot, storage):
-        try:
-            latest = json.loads(read_bytes(snapshot, storage)).get("latest_checkpoint_result")
-            name = (latest or {}).get("checkpoint_dir_name", "")
-        except (ValueError, AttributeError):
-            name = ""
-        if CHECKPOINT_RE.match(name) and exists(join(run_uri, name, STATE_FILE), storage):
-            return join(run_uri, name)
-    return latest_checkpoint(run_uri, storage)
+    if not exists(snapshot, storage):
+        return None
+    try:
+        latest = json.loads(read_bytes(snapshot, storage)).get("latest_checkpoint_result")
+        name = (latest or {}).get("checkpoint_dir_name", "")
+    except (ValueError, AttributeError):
+        name = ""
+    if CHECKPOINT_RE.match(name) and exists(join(run_uri, name, STATE_FILE), storage):
+        return join(run_uri, name)
+    return None
 
 
 def save_best(local: Path, run_uri: str, epoch: int, metric: str, value: float,

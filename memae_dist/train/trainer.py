@@ -62,7 +62,7 @@ def for_workers(cfg: ExperimentConfig) -> dict:
 
 def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
     """Epochs finished by the checkpoint a (re)start continues from."""
-    point = restore_point(run, cfg.storage, use_ray_snapshot=cfg.train.workers > 0)
+    point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
     return checkpoint_epoch(point) if point else 0
 
 

@@ -43,18 +43,19 @@ class Objective:
         return a > b if self.mode == "max" else a < b
 
     def annotate(self, metrics: dict[str, Any]) -> dict[str, Any]:
-        """One epoch's metrics plus ``objective`` and ``diverged``."""
-        if self.metric not in metrics:
-            raise UserError(
-                f"the training loop reported no '{self.metric}' metric (reported: "
-                f"{', '.join(sorted(metrics))}); check data.val_split and objective.metric"
-            )
-        value = float(metrics[self.metric])
+        """One epoch's metrics plus ``objective`` and ``diverged``.
+
+        An epoch without the metric (``val_auc`` is undefined when the scored frames hold one
+        class) reports NaN, which ASHA and the searchers skip; a non-finite loss or metric marks
+        the trial diverged.
+        """
+        raw = metrics.get(self.metric)
+        value = math.nan if raw is None else float(raw)
         if self.collapse_penalty and metrics.get("memory_collapse"):
             value *= 1.0 + self.collapse_penalty
         out = dict(metrics)
         loss = float(metrics.get("loss", 0.0))
-        out[DIVERGED] = not (math.isfinite(value) and math.isfinite(loss))
+        out[DIVERGED] = not math.isfinite(loss) or (raw is not None and not math.isfinite(value))
         out[OBJECTIVE] = value
         return out
 

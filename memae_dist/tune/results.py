@@ -111,9 +111,9 @@ def _error_line(trial) -> str:
     err = trial.get_pickled_error() or trial.get_error()
     text = str(err or "")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in lines:
-        if "TrialDiverged" in line or "diverged:" in line:
-            return line.split("TrialDiverged: ")[-1]
+    for line in reversed(lines):
+        if "TrialDiverged: " in line:
+            return line.split("TrialDiverged: ", 1)[1]
     return lines[-1] if lines else "error"
 
 
@@ -128,9 +128,18 @@ def best_row(rows: list[TrialRow], objective: Objective) -> TrialRow | None:
 
 
 def best_checkpoint(row: TrialRow, storage: StorageConfig | None) -> str | None:
-    """The checkpoint of the trial's best epoch, or its latest one if that was pruned."""
-    from memae_dist.train.checkpoint import STATE_FILE, checkpoint_dir_name, latest_checkpoint
+    """The trial's best checkpoint (kept by ``train.checkpoint_metric``), else the one of its
+    best epoch, else its latest."""
+    from memae_dist.train.checkpoint import (
+        STATE_FILE,
+        checkpoint_dir_name,
+        latest_checkpoint,
+    )
+    from memae_dist.train.checkpoint import best_checkpoint as kept_best
 
+    kept = kept_best(row.run_uri, storage)
+    if kept is not None:
+        return kept
     uri = join(row.run_uri, checkpoint_dir_name(row.best_epoch))
     if row.best_epoch and exists(join(uri, STATE_FILE), storage):
         return uri
@@ -191,7 +200,8 @@ def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: P
         ax.set_xlabel(name)
         ax.set_ylabel(f"{objective.metric} ({objective.mode})")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

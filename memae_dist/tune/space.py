@@ -22,7 +22,6 @@ from __future__ import annotations
 import ast
 import itertools
 import math
-import operator
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 from memae_dist.config import ExperimentConfig, from_dict, read_yaml
 from memae_dist.errors import UserError
+from memae_dist.tune.expr import evaluate, names_in
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 TOP_KEYS = ("name", "description", "samples", "objective", "scheduler", "params", "derived")
@@ -37,15 +37,6 @@ OBJECTIVE_METRICS = ("auto", "val_auc", "val_recon", "recon", "loss")
 # The sweep sets these itself (one run per trial, in the sweep's storage, on --data).
 RESERVED_KEYS = ("run.name", "run.storage", "data.path")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
-           ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow,
-           ast.Mod: operator.mod}
-_CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
-           ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
-_FUNCS = {"min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs,
-          "log": math.log, "exp": math.exp, "sqrt": math.sqrt}
-
-
 @dataclass(frozen=True)
 class Param:
     name: str  # a dotted config key ("model.num_slots") or a free variable ("k")
@@ -130,7 +121,7 @@ class SearchSpace:
         env = dict(sample)
         for key, expr in self.derived:
             try:
-                value = _evaluate(ast.parse(expr, mode="eval").body, env, base)
+                value = evaluate(ast.parse(expr, mode="eval").body, env, base)
             except (ArithmeticError, ValueError, TypeError) as exc:
                 raise UserError(f"{self.source}: derived.{key} = {expr!r} failed for "
                                 f"{_short(sample)}: {exc}") from None
@@ -281,7 +272,7 @@ def _parse_derived(raw: Any, params: tuple[Param, ...], source: str,
             tree = ast.parse(expr, mode="eval").body
         except SyntaxError:
             raise UserError(f"{where}: cannot parse expression {expr!r}") from None
-        for name in _names(tree, where):
+        for name in names_in(tree, where):
             if name not in known and name not in config_keys:
                 raise UserError(f"{where}: unknown name '{name}' in {expr!r} (not a parameter "
                                 "or config key)")
@@ -293,7 +284,7 @@ def _parse_derived(raw: Any, params: tuple[Param, ...], source: str,
 def _check_used(params: tuple[Param, ...], derived, source: str) -> None:
     used: set[str] = set()
     for key, expr in derived:
-        used |= _names(ast.parse(expr, mode="eval").body, key)
+        used |= names_in(ast.parse(expr, mode="eval").body, key)
     for p in params:
         if not p.is_config_key and p.name not in used:
             raise UserError(f"{source}: params.{p.name} is not a config key and no derived "
@@ -380,82 +371,7 @@ def _number_or_value(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------- expressions
-def _names(node: ast.AST, where: str) -> set[str]:
-    """Dotted names an expression reads; anything beyond plain arithmetic is refused."""
-    if isinstance(node, (ast.Name, ast.Attribute)):
-        return {_dotted(node, where)}
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, (int, float, str)) and not isinstance(node.value, bool):
-            return set()
-    elif isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        return _names(node.left, where) | _names(node.right, where)
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        return _names(node.operand, where)
-    elif isinstance(node, ast.IfExp):
-        return (_names(node.test, where) | _names(node.body, where)
-                | _names(node.orelse, where))
-    elif isinstance(node, ast.Compare) and all(type(o) in _CMPOPS for o in node.ops):
-        out = _names(node.left, where)
-        for c in node.comparators:
-            out |= _names(c, where)
-        return out
-    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-          and node.func.id in _FUNCS and not node.keywords):
-        out: set[str] = set()
-        for a in node.args:
-            out |= _names(a, where)
-        return out
-    raise UserError(f"{where}: only numbers, names, + - * / // % **, comparisons, "
-                    f"'a if cond else b' and {', '.join(_FUNCS)} are allowed in expressions")
-
-
-def _dotted(node: ast.AST, where: str) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value, where)}.{node.attr}"
-    raise UserError(f"{where}: unsupported name in expression")
-
-
-def _evaluate(node: ast.AST, env: dict[str, Any], base: dict[str, Any]) -> Any:
-    if isinstance(node, (ast.Name, ast.Attribute)):
-        name = _dotted(node, "expression")
-        return env[name] if name in env else _get(base, name)
-    if isinstance(node, ast.Constant):
-        return node.value
-    if isinstance(node, ast.BinOp):
-        return _BINOPS[type(node.op)](_evaluate(node.left, env, base),
-                                      _evaluate(node.right, env, base))
-    if isinstance(node, ast.UnaryOp):
-        value = _evaluate(node.operand, env, base)
-        return -value if isinstance(node.op, ast.USub) else value
-    if isinstance(node, ast.IfExp):
-        branch = node.body if _evaluate(node.test, env, base) else node.orelse
-        return _evaluate(branch, env, base)
-    if isinstance(node, ast.Compare):
-        left = _evaluate(node.left, env, base)
-        for op, comp in zip(node.ops, node.comparators):
-            right = _evaluate(comp, env, base)
-            if not _CMPOPS[type(op)](left, right):
-                return False
-            left = right
-        return True
-    if isinstance(node, ast.Call):
-        return _FUNCS[node.func.id](*(_evaluate(a, env, base) for a in node.args))
-    raise TypeError(f"unsupported expression node {type(node).__name__}")
-
-
 # ---------------------------------------------------------------------------- config trees
-def _get(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"config has no value for {key}")
-        node = node[part]
-    return node
-
-
 def _set(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree

@@ -88,38 +88,26 @@ class SweepResult:
 
 
 def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> SweepResult:
+    """Run (or resume) the sweep ``STORAGE/NAME`` and write its results into ``opts.out``."""
     from ray import tune
-
-    from memae_dist.runtime import ensure_ray
 
     cfg = prepare_config(cfg, opts)
     objective = resolve_objective(space.objective, cfg)
+    cfg = keep_best_by(cfg, objective)
     base = cfg.to_dict()
     space.check_against(base)
     samples = opts.samples or space.samples
-    total = samples * space.grid_size
-    t = cfg.train
-    import ray
-
-    # A local Ray we start ourselves runs as many trials as there are cores for their workers
-    # (logical CPUs are inflated for Ray Data); on a cluster, as many as its resources hold.
-    local = not (ray.is_initialized() or opts.address or os.environ.get("RAY_ADDRESS"))
-    wanted = opts.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, math.ceil(
-        t.workers * t.cpus_per_worker)))
-    ensure_ray(min(wanted, total) * (t.workers * t.cpus_per_worker + TRIAL_CPU), opts.address)
-    concurrent = plan_concurrency(ray.cluster_resources(), t.workers, t.cpus_per_worker,
-                                  t.gpus_per_worker, total,
-                                  opts.max_concurrent or (wanted if local else None))
     name = opts.name or space.name
     storage = opts.storage or cfg.run.storage
-    storage = storage if "://" in storage else os.path.abspath(storage)
-    sweep_uri = join(storage, name)
+    sweep_uri = join(storage if "://" in storage else os.path.abspath(storage), name)
     fs, fs_path = pyarrow_fs(sweep_uri, cfg.storage)
     check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
                                       "samples": samples, "search": opts.search,
                                       "scheduler": opts.scheduler, "seed": opts.seed})
-    log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri, total,
-             concurrent, objective.metric, objective.mode)
+    preflight_sweep(cfg, storage, name, opts.address)
+    concurrent = start_ray(cfg, opts, samples * space.grid_size)
+    log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri,
+             samples * space.grid_size, concurrent, objective.metric, objective.mode)
     trainable = tune.with_resources(
         tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
                              sweep_uri=sweep_uri),
@@ -136,8 +124,8 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
             param_space=space.tune_space(),
             tune_config=tune.TuneConfig(
                 metric=OBJECTIVE, mode=objective.mode, num_samples=samples,
-                search_alg=make_search(opts, space), scheduler=make_scheduler(opts, space, cfg),
-                max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+                search_alg=make_search(opts, space, concurrent),
+                scheduler=make_scheduler(opts, space, cfg), trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=fs_path.rsplit("/", 1)[0], storage_filesystem=fs,
@@ -147,6 +135,37 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
         )
     tuner.fit()
     return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
+
+
+def preflight_sweep(cfg: ExperimentConfig, storage: str, name: str,
+                    address: str | None) -> None:
+    """The training preflight (storage and dataset reachable from every node), for the sweep's
+    folder, before any trial starts."""
+    from memae_dist.doctor import preflight
+
+    tree = cfg.to_dict()
+    tree["run"] = {"storage": storage, "name": name}
+    preflight(from_dict(ExperimentConfig, tree), address)
+
+
+def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
+    """Connect to (or start) Ray; returns how many trials run at once.
+
+    A local Ray started here runs as many trials as the cores hold their workers (its logical
+    CPUs are inflated for Ray Data); on a cluster, as many as its resources hold.
+    """
+    import ray
+
+    from memae_dist.runtime import ensure_ray
+
+    t = cfg.train
+    local = not (ray.is_initialized() or opts.address or os.environ.get("RAY_ADDRESS"))
+    wanted = opts.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, math.ceil(
+        t.workers * t.cpus_per_worker)))
+    ensure_ray(min(wanted, total) * (t.workers * t.cpus_per_worker + TRIAL_CPU), opts.address)
+    return plan_concurrency(ray.cluster_resources(), t.workers, t.cpus_per_worker,
+                            t.gpus_per_worker, total,
+                            opts.max_concurrent or (wanted if local else None))
 
 
 def finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name) -> SweepResult:
@@ -201,6 +220,13 @@ def prepare_config(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfi
     return from_dict(ExperimentConfig, tree)
 
 
+def keep_best_by(cfg: ExperimentConfig, objective: Objective) -> ExperimentConfig:
+    """Each trial keeps its best epoch's checkpoint (RUN/best/) by the objective's metric."""
+    tree = cfg.to_dict()
+    tree["train"].update(checkpoint_metric=objective.metric, checkpoint_mode=objective.mode)
+    return from_dict(ExperimentConfig, tree)
+
+
 def plan_concurrency(resources: dict[str, float], workers: int, cpus_per_worker: float,
                      gpus_per_worker: float, total: int, requested: int | None) -> int:
     """Trials that fit at once: Train workers' CPUs/GPUs plus the trial driver, with a CPU
@@ -238,11 +264,13 @@ def make_scheduler(opts: SweepOptions, space: SearchSpace, cfg: ExperimentConfig
                                    reduction_factor=space.scheduler.reduction_factor)
 
 
-def make_search(opts: SweepOptions, space: SearchSpace):
-    from ray.tune.search import BasicVariantGenerator
+def make_search(opts: SweepOptions, space: SearchSpace, concurrent: int):
+    """The search algorithm, limited to ``concurrent`` trials at once (Tune ignores
+    ``max_concurrent_trials`` for a search algorithm passed in)."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if opts.search == "random":
-        return BasicVariantGenerator(random_state=opts.seed)
+        return BasicVariantGenerator(random_state=opts.seed, max_concurrent=concurrent)
     grid = [p.name for p in space.params if p.kind == "grid"]
     if grid:
         raise UserError(f"{space.source}: params.{grid[0]} uses grid, which --search optuna "
@@ -253,7 +281,8 @@ def make_search(opts: SweepOptions, space: SearchSpace):
     except ImportError:
         raise UserError("--search optuna needs the optuna package "
                         "(pip install 'memae-dist[tune]')") from None
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed))
+    return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed)),
+                              max_concurrent=concurrent)
 
 
 def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
@@ -304,6 +333,7 @@ def check_same_sweep(sweep_uri: str, cfg: ExperimentConfig, fingerprint: dict) -
         for key, value in fingerprint.items():
             if saved.get(key) != value:
                 raise UserError(f"sweep {sweep_uri} already exists with a different {key}; "
-                                "resume it with the same files or pick another --name")
+                                "rerun the same command (space, config, flags) to resume, or "
+                                "pick another --name")
         return
     write_bytes_atomic(uri, json.dumps(fingerprint, indent=1).encode(), cfg.storage)

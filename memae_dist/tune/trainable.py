@@ -38,17 +38,22 @@ def run_trial(sample: dict[str, Any], *, space: SearchSpace, base: dict[str, Any
     """The Tune trainable (bound to the sweep's constants with ``tune.with_parameters``)."""
     import ray.tune
 
-    from memae_dist.train.trainer import fit
+    from memae_dist.train.trainer import completed_epochs, fit, run_uri
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(space, base, sample, sweep_uri, trial_id)
+    done_before = completed_epochs(run_uri(cfg), cfg)
     try:
-        fit(cfg, callbacks=[ObjectiveReportCallback(objective)])
+        result = fit(cfg, callbacks=[ObjectiveReportCallback(objective)])
     except Exception as exc:
         reason = divergence(exc)
         if reason is not None:
             raise TrialDiverged(f"trial {trial_id} diverged: {reason}") from None
         raise
+    if done_before >= cfg.train.epochs and result.history:
+        # An interrupted sweep can leave a trial whose run finished after Tune stopped
+        # listening; the rerun trains nothing, so hand Tune the final epoch it missed.
+        ray.tune.report(objective.annotate(result.history[-1]))
 
 
 def divergence(exc: BaseException) -> str | None:

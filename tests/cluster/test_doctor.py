@@ -19,10 +19,10 @@ from memae_dist.doctor import (
     address_problem,
     format_table,
     gpu_check,
-    gpu_info,
     run_doctor,
 )
 from memae_dist.errors import UserError
+from memae_dist.node_probe import gpu_info
 from memae_dist.train.trainer import fit
 from tests.conftest import DUMMY_SECRET
 

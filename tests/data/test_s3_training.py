@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow.fs as pafs
+import pytest
 
 from memae_dist.cli import main
 from memae_dist.config import load_config
@@ -71,7 +72,25 @@ def test_folder_of_mixed_codecs_on_s3(s3_bucket, ray_local, tmp_path, capsys):
     (tmp_path / "labels.json").write_text(json.dumps({"door": [[10, 19]]}))
     assert main(["prepare", "folder", "--src", str(src), "--dst", s3_bucket, "--size", "32", "32",
                  "--labels", str(tmp_path / "labels.json"), "--no-progress"]) == 0
+    assert "train: 3 videos, 106 frames, 0 abnormal" in capsys.readouterr().out
     info = _info(s3_bucket, capsys)
     assert {k: v["frames"] for k, v in info["splits"].items()} == {"train": 106, "test": 30}
     assert info["splits"]["test"]["abnormal"] == 10
     _train_from_bucket(s3_bucket, "cams-s3")
+
+
+@pytest.mark.slow
+def test_full_ped2_import_to_s3(shared_ped2, s3_bucket, ray_local, capsys):
+    """The acceptance numbers: every Ped2 video into the bucket, then ``data info --json``."""
+    assert main(["prepare", "ucsd-ped2", "--src", str(shared_ped2), "--dst", s3_bucket,
+                 "--size", "64", "64", "--no-progress"]) == 0
+    capsys.readouterr()
+    info = _info(s3_bucket, capsys)
+    train, test = info["splits"]["train"], info["splits"]["test"]
+    assert (train["videos"], train["frames"], test["videos"], test["frames"]) == (16, 2550, 12,
+                                                                                  2010)
+    assert (train["abnormal"], test["abnormal"]) == (0, 1648)
+    assert info["bytes_raw"] == (2550 + 2010) * 64 * 64
+    assert info["bytes_stored"] <= 1.2 * info["bytes_raw"]
+    print(f"\nfull Ped2 in S3 at 64x64: {info['bytes_stored'] / 1e6:.2f} MB stored, "
+          f"{info['stored_over_raw']:.3f}x one uint8 copy")

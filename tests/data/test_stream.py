@@ -48,16 +48,17 @@ def _write(dst):
     return dst
 
 
-def _check_windows(rows, dst, split, window, stride):
-    """Each (video, start) exactly once, every owed window present, clips equal to the frames."""
+def _check_windows(rows, dst, split, window, stride, dropped=0):
+    """Each (video, start) at most once, all but ``dropped`` windows present, clips equal to
+    the frames."""
     manifest = load_manifest(dst)
     names = [v.name for v in manifest.videos(split)]
     seeds = _seeds(split)
     seen = list(zip(rows["video"].tolist(), rows["start"].tolist()))
-    assert len(seen) == len(set(seen)) == manifest.n_windows(split, window, stride)
+    assert len(seen) == len(set(seen)) == manifest.n_windows(split, window, stride) - dropped
     expected = {(i, t) for i, name in enumerate(names)
                 for t in range(0, seeds[name][1] - window + 1, stride)}
-    assert set(seen) == expected
+    assert set(seen) <= expected
     for clip, (vid, start) in zip(rows["clip"], seen):
         frames = video_frames(*seeds[names[vid]])
         np.testing.assert_array_equal(clip, frames[start : start + window])
@@ -113,10 +114,10 @@ def test_windows_longer_than_the_data_allows_are_refused(tmp_path, ray_local):
 
 
 def test_streaming_split_from_s3(s3_bucket, ray_local, consumers=3):
-    """Consumers (training workers) each stream a disjoint part; together: every window once."""
+    """Consumers (training workers) each stream a disjoint, equal part, as Ray Train splits it."""
     dst = _write(s3_bucket)
     ds = window_dataset(dst, DataConfig(), seed=None)
-    parts = ds.streaming_split(consumers, equal=False)
+    parts = ds.streaming_split(consumers, equal=True)  # what ray.train.DataConfig does
     got: list[dict] = [None] * consumers
 
     def consume(rank):
@@ -134,6 +135,7 @@ def test_streaming_split_from_s3(s3_bucket, ray_local, consumers=3):
     assert all(g is not None for g in got), "a consumer failed"
     total = load_manifest(dst).n_windows("train", 16)
     sizes = [len(g["start"]) for g in got]
-    assert all(0 < s < total for s in sizes), sizes  # nobody holds the whole dataset
-    merged = {k: np.concatenate([g[k] for g in got if len(g["start"])]) for k in got[0]}
-    _check_windows(merged, dst, "train", 16, 1)
+    # Equal shares (a remainder of < consumers windows is dropped per epoch); nobody holds all.
+    assert sizes == [total // consumers] * consumers, (sizes, total)
+    merged = {k: np.concatenate([g[k] for g in got]) for k in got[0]}
+    _check_windows(merged, dst, "train", 16, 1, dropped=total % consumers)

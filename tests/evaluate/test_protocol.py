@@ -12,12 +12,15 @@ import pytest
 
 from memae_dist.evaluate.protocol import (
     FRAME_COLUMNS,
+    METRICS,
+    PROTOCOLS,
     VideoScores,
     abnormality,
     equal_error_rate,
     evaluate_videos,
     frame_scores_from_windows,
     frame_table,
+    headline,
     labels_from_ranges,
     regularity,
     video_scores_from_windows,
@@ -170,6 +173,39 @@ def test_eer_hand_examples():
     # Via evaluate_videos (one video: min-max is monotone, so the same ROC).
     m = evaluate_videos([_video("v", [.1, .2, .3, .6, .4, .7, .8, .9], labels)])
     assert m["eer"] == pytest.approx(0.25)
+
+
+def test_ap_and_eer_per_video_and_pooled_three_ways():
+    # A: raw [1, 2, 3, 4] labels [0, 0, 1, 1] -> perfectly ranked: AP 1, EER 0.
+    # B: raw [10, 40, 30, 20] labels [0, 0, 1, 1]: ranking 40 n, 30 a, 20 a, 10 n ->
+    #    AP = (1/2 + 2/3) / 2 = 7/12; EER 0.5 (at threshold 30: FPR 1/2, FNR 1/2).
+    # C: all normal -> no AP, no EER; left out of the per-video means.
+    m = evaluate_videos([_video("A", [1, 2, 3, 4], [0, 0, 1, 1]),
+                         _video("B", [10, 40, 30, 20], [0, 0, 1, 1]),
+                         _video("C", [5, 6, 7], [0, 0, 0])])
+    per = {p["name"]: p for p in m["per_video"]}
+    assert per["A"]["ap"] == 1.0 and per["A"]["eer"] == 0.0
+    assert per["B"]["ap"] == pytest.approx(7 / 12) and per["B"]["eer"] == pytest.approx(0.5)
+    assert per["C"]["ap"] is None and per["C"]["eer"] is None
+    assert m["ap_per_video_mean"] == pytest.approx((1 + 7 / 12) / 2)
+    assert m["eer_per_video_mean"] == pytest.approx(0.25)
+    # Pooled raw: B's scores dominate, so the micro numbers differ from the normalised ones.
+    lab = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 0])
+    raw = np.array([1, 2, 3, 4, 10, 40, 30, 20, 5, 6, 7], float)
+    from sklearn.metrics import average_precision_score
+
+    assert m["average_precision_micro"] == pytest.approx(average_precision_score(lab, raw))
+    assert m["eer_micro"] == pytest.approx(equal_error_rate(lab, raw))
+    assert m["average_precision_micro"] != m["average_precision"]
+    # --protocol picks one of the three families as the headline.
+    assert headline(m, "per-video") == {"protocol": "per-video", "auc": m["auc_per_video_mean"],
+                                        "ap": m["ap_per_video_mean"],
+                                        "eer": m["eer_per_video_mean"]}
+    assert headline(m)["auc"] == m["auc_paper"]
+    with pytest.raises(ValueError, match="protocol"):
+        headline(m, "best")
+    assert set(PROTOCOLS) == {"paper", "micro", "per-video"}
+    assert all(k in METRICS for keys in PROTOCOLS.values() for k in keys)
 
 
 def test_auc_paper_matches_pairwise_definition_on_random_data():

@@ -10,7 +10,8 @@ from memae_dist.evaluate.batch_score import read_scores
 from tests.data.videos import write_video
 
 
-def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, tmp_path, capsys):
+def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, tmp_path,
+                                        capsys):
     cams = tmp_path / "cams"
     (cams / "lobby").mkdir(parents=True)
     write_video(cams / "gate.mp4", 30, codec="libx264")
@@ -34,16 +35,20 @@ def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, tmp_path, ca
     np.testing.assert_array_equal(np.array(rows["label"])[gate],
                                   [0, 0, 1, 1, 1, 1, 1] + [0] * 8)
 
-    # One more file, unlabelled, on its own, at an explicit size, through a Ray actor.
-    single = tmp_path / "one.parquet"
-    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams / "gate.mp4"),
-                 "--out", str(single), "--size", "32", "32", "--workers", "1",
-                 "--no-progress"]) == 0
-    table, meta = read_scores(str(single))
+    # One file in S3, unlabelled, at an explicit size, through a Ray actor, scores to S3.
+    from memae_dist.data.storage import write_bytes_atomic
+
+    write_bytes_atomic(f"{s3_bucket}/footage/gate.mp4", (cams / "gate.mp4").read_bytes())
+    single = f"{s3_bucket}/scores/one.parquet"
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos",
+                 f"{s3_bucket}/footage/gate.mp4", "--out", single, "--size", "32", "32",
+                 "--workers", "1", "--no-progress"]) == 0
+    table, meta = read_scores(single)
     assert table.num_rows == 15 and table.column("label").null_count == 15
+    assert meta["data"] == f"{s3_bucket}/scores/one_frames"
     assert load_manifest(meta["data"]).size == (32, 32)
-    # The report works on footage without labels: curves, no ROC.
+    # The report works on footage without labels (curves, no ROC), frames read from S3.
     report = tmp_path / "report"
-    assert main(["report", "--scores", str(single), "--out", str(report), "--top", "1"]) == 0
+    assert main(["report", "--scores", single, "--out", str(report), "--top", "1"]) == 0
     assert (report / "videos" / "gate.png").is_file() and not (report / "roc.png").exists()
     assert len(list((report / "triptychs").glob("gate_*.png"))) == 1

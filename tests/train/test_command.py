@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
+from memae_dist.data.storage import join, pyarrow_fs, read_bytes
+from memae_dist.train.checkpoint import restore_point
 
 pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).parents[2] / "configs" / "ped2_lite.yaml"
@@ -55,7 +56,8 @@ def test_sigint_then_same_command_finishes_one_history(tiny_data, s3_bucket, tmp
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
-    while not exists(join(run, "checkpoint_epoch_0001", "state.pt")):
+    # The first checkpoint, once Ray has registered it (the one a rerun restores).
+    while not (restore_point(run) or "").endswith("checkpoint_epoch_0001"):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within the time limit"
         time.sleep(0.5)

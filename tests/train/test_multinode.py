@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from memae_dist.config import ExperimentConfig, from_dict, load_config
-from memae_dist.data.storage import exists, join, read_bytes
+from memae_dist.data.storage import join, read_bytes
 from memae_dist.train.checkpoint import STATE_FILE
 from memae_dist.train.trainer import fit
 
@@ -29,17 +29,32 @@ STORE = 150 * 2**20
 CLIPS = (8, 16, 16, 16)  # (B, L, H, W) global batch of the gradient check
 
 
+def start_cluster(attempts: int = 3):
+    """Two nodes; retried because Ray gives a raylet 30 s to register, which a busy shared
+    machine sometimes exceeds."""
+    from ray.cluster_utils import Cluster
+
+    for attempt in range(attempts):
+        c = Cluster()
+        try:
+            c.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE, include_dashboard=False)
+            c.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE)
+            c.wait_for_nodes()
+            return c
+        except Exception:
+            c.shutdown()
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def cluster(s3_server):
     import ray
-    from ray.cluster_utils import Cluster
 
     was_running = ray.is_initialized()
     ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": NODE_CPUS, "object_store_memory": STORE, "include_dashboard": False})
-    c.add_node(num_cpus=NODE_CPUS, object_store_memory=STORE)
-    c.wait_for_nodes()
+    c = start_cluster()
     # Ray's helper actors look for "the" cluster; other Ray instances on the machine must not
     # be mistaken for this one.
     ray.init(address=c.address, logging_level="WARNING",
@@ -140,11 +155,14 @@ def test_ddp_gradients_equal_single_process_gradients(cluster, tmp_path):
     # Rank 0's loss was finite, yet it skipped with rank 1: the vote keeps DDP in step.
     assert [got["skipped"] for got in ranks] == [True, True]
     expected = reference_grads(cfg, clips, world=2)
+    # Float sums in another order: relative to each tensor, plus a floor for the biases that
+    # feed a BatchNorm (their true gradient is 0; both sides hold rounding noise).
+    floor = 1e-6 * max(float(g.abs().max()) for g in expected.values())
     for name, ref in expected.items():
-        scale = float(ref.abs().max()) + 1e-12
+        scale = float(ref.abs().max())
         for r, got in enumerate(ranks):
             err = float((got["grads"][name] - ref).abs().max())
-            assert err <= 1e-4 * scale + 1e-8, f"rank {r} {name}: {err} vs scale {scale}"
+            assert err <= 1e-4 * scale + floor, f"rank {r} {name}: {err} vs scale {scale}"
 
 
 # ------------------------------------------------------------------ failures and resume
@@ -174,10 +192,12 @@ def train_worker_pids(node) -> list[int]:
     return pids
 
 
-def wait_for(uri: str, timeout: float, what: str) -> None:
+def wait_for_registered(run: str, name: str, timeout: float) -> None:
+    from memae_dist.train.checkpoint import restore_point
+
     deadline = time.monotonic() + timeout
-    while not exists(uri):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+    while not (restore_point(run) or "").endswith(name):
+        assert time.monotonic() < deadline, f"timed out waiting for Ray to register {name}"
         time.sleep(0.5)
 
 
@@ -198,7 +218,9 @@ def test_killed_worker_recovers_and_resume_is_exact(cluster, s3_data):
     thread = threading.Thread(target=lambda: box.update(result=fit(killed)), daemon=True)
     thread.start()
     run = f"{s3_data}/runs/kill"
-    wait_for(join(run, "checkpoint_epoch_0001", STATE_FILE), 600, "the first checkpoint")
+    # Kill once Ray has *registered* checkpoint 1 (killed between upload and registration,
+    # Ray would restart from scratch, which is correct but tests less).
+    wait_for_registered(run, "checkpoint_epoch_0001", 900)
     victims = train_worker_pids(next(iter(cluster.worker_nodes)))
     assert victims, "no training worker runs on the second node"
     os.kill(victims[0], signal.SIGKILL)

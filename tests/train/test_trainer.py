@@ -26,17 +26,26 @@ def weights(ckpt_uri: str) -> dict:
 
 def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
     cfg = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.epochs=1",
-                      "train.max_steps_per_epoch=3", "run.name=debug")
+                      "train.max_steps_per_epoch=3", "run.name=debug", "data.val_split=test",
+                      "train.checkpoint_metric=val_auc")
     result = fit(cfg)
     assert result.checkpoint_uri.endswith("checkpoint_epoch_0001")
+    assert result.completed and result.epochs_done == 1
     assert [row["epoch"] for row in result.history] == [1]
     row = result.history[0]
-    assert row["step"] == 3 and row["clips"] == 24
+    assert row["step"] == 3 and row["clips"] == 24 and row["run_starts"] == 1
     assert 0 < row["loss"] < 10 and 0 <= row["data_wait_frac"] <= 1
-    assert row["slots_used"] >= 1
+    assert row["slots_used"] >= 1 and row["checkpoint_s"] > 0
+    # Validation on the labelled test split: 2 videos x 25 stride-1 windows.
+    assert row["val_windows"] == 50 and row["val_recon"] > 0 and 0 <= row["val_auc"] <= 1
+    assert result.best_checkpoint_uri.endswith("best/checkpoint_epoch_0001")
     history = json.loads((tmp_path / "debug" / "history.json").read_text())
     assert history == result.history
     assert (tmp_path / "debug" / "history.csv").read_text().startswith("epoch,step,loss")
+    assert list((tmp_path / "debug" / "tensorboard").glob("events.out.tfevents.*"))
+    # The same command once more: the run is finished, nothing trains, the result is the same.
+    again = fit(cfg)
+    assert again.history == result.history and again.checkpoint_uri == result.checkpoint_uri
 
 
 def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
@@ -47,6 +56,9 @@ def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
     assert all(row["workers"] == 2 for row in result.history)
     # Two workers, 2 steps each epoch, global batch 8 -> 16 clips per epoch.
     assert [row["clips"] for row in result.history] == [16, 16]
+    for row in result.history:
+        assert row["clips_per_s"] > 0 and row["data_wait_s"] >= 0 and row["checkpoint_s"] > 0
+    assert result.history[1]["prev_checkpoint_s"] > 0 and result.best_checkpoint_uri is None
     assert latest_checkpoint(str(tmp_path / "ddp")).endswith("checkpoint_epoch_0002")
 
 

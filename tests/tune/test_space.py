@@ -141,3 +141,16 @@ def test_a_space_reaching_an_invalid_config_is_refused_before_any_trial():
                          "derived": {"model.shrink_threshold": "k / model.num_slots"}}, "s.yaml")
     with pytest.raises(UserError, match=r"s.yaml: .*model.shrink_threshold must be < 1"):
         space.check_against(BASE)
+
+
+def test_cli_refuses_a_bad_space_file_with_one_line(tmp_path, capsys):
+    from memae_dist.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("params:\n  k: {gaussian: [0, 1]}\n")
+    assert main(["tune", "--space", str(bad), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"memae-dist: error: {bad}: params.k: unknown "
+                                                "distribution 'gaussian'")
+    assert main(["tune", "--space", "no_such_space", "--data", str(tmp_path)]) == 2
+    assert "search space not found: no_such_space" in capsys.readouterr().err

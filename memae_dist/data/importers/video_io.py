@@ -74,10 +74,13 @@ def _open(path: Path):
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
         raise UserError(f"cannot open video {path}: {exc}") from None
-    if not container.streams.video:
+    # Cover art and thumbnails are video streams too (one still picture): never the footage.
+    stills = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
+    streams = [s for s in container.streams.video if not (s.disposition & stills)]
+    if not streams:
         container.close()
         raise UserError(f"{path} has no video stream")
-    stream = container.streams.video[0]
+    stream = streams[0]
     stream.thread_type = "AUTO"  # frame + slice threads: same frames, decoded faster
     return container, stream
 

@@ -1,0 +1,186 @@
+"""Sweeps end to end on a tiny synthetic set: ASHA, exported config, divergence, resumption."""
+
+import copy
+import csv
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import yaml
+from ray import tune
+
+from memae_dist.cli import main
+from memae_dist.config import load_config
+from memae_dist.data.manifest import load_manifest
+from memae_dist.errors import UserError
+from memae_dist.tune.space import load_space, parse_space
+from memae_dist.tune.sweep import (
+    SweepOptions,
+    check_same_sweep,
+    make_search,
+    plan_concurrency,
+    run_sweep,
+)
+
+# Tiny trials: 16x16 clips, 9 steps of 8 clips per epoch, 2 epochs, one worker of half a CPU.
+BASE = {
+    "model": {"num_slots": 40, "shrink_threshold": 0.05},
+    "data": {"shuffle_buffer": 16},
+    "train": {"batch_size": 8, "epochs": 2, "workers": 1, "cpus_per_worker": 0.5,
+              "tensorboard": False},
+}
+
+
+def copy_data(tiny_data: str, tmp_path: Path) -> str:
+    """The carve rewrites the manifest: work on a copy, not the session's shared set."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_data, dst)
+    return str(dst)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_plan_concurrency_counts_train_workers_tune_cannot_see():
+    # 8 CPUs, 1 kept for Ray Data; trials of 2 workers x 1 CPU (+ the trial driver) -> 3.
+    assert plan_concurrency({"CPU": 8}, 2, 1.0, 0.0, total=10, requested=None) == 3
+    assert plan_concurrency({"CPU": 8}, 2, 1.0, 0.0, total=2, requested=None) == 2
+    assert plan_concurrency({"CPU": 8}, 2, 1.0, 0.0, total=10, requested=1) == 1
+    assert plan_concurrency({"CPU": 8}, 2, 1.0, 0.0, total=10, requested=9) == 3
+    # GPUs bound it too: 4 GPUs, trials of 2 workers x 1 GPU -> 2.
+    assert plan_concurrency({"CPU": 64, "GPU": 4}, 2, 1.0, 1.0, total=10, requested=None) == 2
+    with pytest.raises(UserError, match="one trial needs 4 worker"):
+        plan_concurrency({"CPU": 4}, 4, 1.0, 0.0, total=2, requested=None)
+
+
+def test_search_algorithms_respect_the_concurrency_limit():
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    spaces = Path(__file__).parents[2] / "tune_spaces"
+    video, smoke = load_space(spaces / "memae_video.yaml"), load_space(spaces / "smoke.yaml")
+    random = make_search(SweepOptions(), smoke, 3)
+    assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
+    optuna = make_search(SweepOptions(search="optuna"), video, 3)
+    assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 3
+    with pytest.raises(UserError, match="params.train.lr uses grid"):
+        make_search(SweepOptions(search="optuna"), smoke, 3)
+
+
+def test_resuming_with_another_space_or_config_is_refused(tmp_path):
+    cfg = load_config(None, [f"run.storage={tmp_path}"])
+    sweep = str(tmp_path / "sweeps" / "s")
+    check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 2})
+    check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 2})  # same: resumes
+    with pytest.raises(UserError, match="already exists with a different samples"):
+        check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 3})
+    with pytest.raises(UserError, match="different space"):
+        check_same_sweep(sweep, cfg, {"space": {"k": [1, 4]}, "samples": 2})
+
+
+def test_smoke_sweep_stops_weak_trials_and_exports_a_trainable_config(tiny_data, tmp_path,
+                                                                       capsys):
+    data = copy_data(tiny_data, tmp_path)
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({**BASE, "run": {"storage": str(tmp_path / "runs")}}))
+    out = tmp_path / "out"
+    rc = main(["tune", "--space", "smoke", "--config", str(base), "--data", data,
+               "--val-from-test", "1", "--max-concurrent", "2", "--storage",
+               str(tmp_path / "sweeps"), "--name", "smoke", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    # The val split is a labelled test video; the final test uses only the others.
+    manifest = load_manifest(data)
+    assert [v.name for v in manifest.videos("val")] == ["01"]
+    assert [v.name for v in manifest.videos("test")] == ["02"]
+
+    rows = read_rows(out / "trials.csv")
+    assert len(rows) == 4
+    statuses = [r["status"] for r in rows]
+    assert set(statuses) <= {"COMPLETED", "STOPPED_EARLY"} and "COMPLETED" in statuses
+    assert "STOPPED_EARLY" in statuses  # ASHA stopped a weak trial after its first epoch
+    for r in rows:
+        n, k = int(r["model.num_slots"]), float(r["k"])
+        assert n in (20, 40) and 1 <= k <= 3
+        assert float(r["model.shrink_threshold"]) == pytest.approx(k / n)
+        assert float(r["train.lr"]) in (1e-3, 1e-6)
+        assert int(r["epochs"]) == (2 if r["status"] == "COMPLETED" else 1)
+        assert float(r["objective"]) == pytest.approx(float(r["metric.val_recon"]))
+        assert r["trial_id"] in printed  # the table is printed too
+    assert (out / "objective_vs_params.png").stat().st_size > 1000
+
+    best = json.loads((out / "best.json").read_text())
+    assert best["objective"]["metric"] == "val_recon" and best["objective"]["mode"] == "min"
+    assert best["value"] == min(float(r["objective"]) for r in rows)
+    assert best["params"]["train.lr"] == 1e-3  # the learning rate that learns wins
+    assert Path(best["checkpoint"], "state.pt").exists()
+    # Scored once on the untouched test video, with the best checkpoint only.
+    assert best["test"]["split"] == "test" and best["test"]["checkpoint"] == best["checkpoint"]
+    assert (out / "test" / "metrics.json").exists()
+    assert f"best checkpoint: {best['checkpoint']}" in printed
+
+    # best.yaml is a plain config that `train` accepts and trains.
+    cfg = load_config(out / "best.yaml")
+    assert cfg.model.num_slots == best["params"]["model.num_slots"]
+    assert cfg.model.shrink_threshold == pytest.approx(best["params"]["model.shrink_threshold"])
+    assert cfg.data.val_split == "val" and cfg.data.path == data
+    assert main(["train", "--config", str(out / "best.yaml"), "--epochs", "1"]) == 0
+    assert (tmp_path / "runs" / "smoke-best" / "checkpoint_epoch_0001" / "state.pt").exists()
+
+
+class InterruptOnce(tune.Callback):
+    """Ctrl-C (a real SIGINT to this process) after the first epoch any trial reports."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("epoch") == 1 and not os.path.exists(self.marker):
+            Path(self.marker).write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_diverging_trial_is_marked_and_an_interrupted_sweep_resumes(tiny_data, tmp_path):
+    data = copy_data(tiny_data, tmp_path)
+    cfg = load_config(None, [f"data.path={data}", f"run.storage={tmp_path / 'runs'}"],
+                      base=copy.deepcopy(BASE))
+    # Two trials in order: a sane learning rate, then one that sends the loss to NaN.
+    space = parse_space({"name": "nan", "samples": 1,
+                         "params": {"train.lr": {"grid": [1e-3, 1e30]}}}, "nan.yaml")
+    marker = str(tmp_path / "interrupted")
+
+    def sweep():
+        return run_sweep(space, cfg, SweepOptions(
+            storage=str(tmp_path / "sweeps"), name="nan", out=tmp_path / "out",
+            max_concurrent=1, scheduler="fifo", val_from_test="1",
+            callbacks=[InterruptOnce(marker)]))
+
+    first = sweep()
+    assert first.interrupted and first.best is None
+    assert [r.status for r in first.rows][0] == "INTERRUPTED"
+    assert not (tmp_path / "out" / "best.yaml").exists()
+    sane_id = Path(marker).read_text()
+    history = tmp_path / "sweeps" / "nan" / "runs" / sane_id / "history.json"
+    epoch1 = json.loads(history.read_text())[0]
+    assert epoch1["epoch"] == 1
+
+    second = sweep()  # the same call again: resumes
+    assert not second.interrupted
+    by_lr = {r.params["train.lr"]: r for r in second.rows}
+    assert len(second.rows) == 2
+    sane, wild = by_lr[1e-3], by_lr[1e30]
+    assert sane.trial_id == sane_id and sane.status == "COMPLETED" and sane.epochs == 2
+    assert wild.status == "DIVERGED" and "non-finite" in wild.error
+    # No epoch was trained twice: the rerun continued the run from its last checkpoint (or,
+    # when the run finished while the sweep was shutting down, just reported its last epoch).
+    rows = json.loads(history.read_text())
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0] == epoch1 and rows[1]["run_starts"] in (1, 2)
+    assert second.objective.metric == "val_auc" and second.best.trial_id == sane_id
+    assert second.checkpoint and Path(second.checkpoint, "state.pt").exists()
+    table = read_rows(tmp_path / "out" / "trials.csv")
+    assert {r["status"] for r in table} == {"COMPLETED", "DIVERGED"}
