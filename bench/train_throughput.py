@@ -146,7 +146,7 @@ def cluster_section(args, data: str, runs: str) -> dict:
     cluster = Cluster(initialize_head=True, head_node_args={**node, "include_dashboard": False})
     cluster.add_node(**node)
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, logging_level="WARNING",
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False,
              runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
     out: dict = {"cluster-1": [], "cluster-2": []}
     try:
@@ -193,11 +193,14 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU")
     logging.basicConfig(level=logging.WARNING)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
     import ray
 
     with tempfile.TemporaryDirectory(prefix="memae-bench-") as tmp:
         ray.init(num_cpus=int(args.cpus_per_worker) + 2, include_dashboard=False,
-                 object_store_memory=200 * 2**20, logging_level="WARNING")
+                 object_store_memory=200 * 2**20, logging_level="WARNING", log_to_driver=False)
         data = prepare(args, Path(tmp))
         res = local_section(args, data, str(Path(tmp) / "runs"))
         if not args.skip_cluster and args.device == "cpu":

@@ -255,6 +255,17 @@ def manifest_check(data: str, cfg: StorageConfig, node: str) -> Check:
         manifest = load_manifest(data, cfg)
     except UserError as exc:
         return Check("manifest", FAIL, str(exc), _manifest_fix(str(exc)), node)
+    try:
+        from memae_dist.data.info import shard_size_problems
+
+        problems = shard_size_problems(data, manifest, cfg)
+    except UserError as exc:
+        return Check("manifest", FAIL, str(exc), _manifest_fix(str(exc)), node)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check("manifest", FAIL, problems[0] + more,
+                     "re-run the same prepare command to rewrite it (memae-dist data verify "
+                     "checks every byte)", node)
     videos = sum(len(v) for v in manifest.splits.values())
     return Check("manifest", PASS, f"{manifest.name}: {videos} videos in "
                  f"{', '.join(manifest.splits)}", node=node)

@@ -28,6 +28,8 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
         return
     cores = os.cpu_count() or 1
     ray.init(
+        # "local": never join a cluster that some `ray start` left running on this machine.
+        address="local",
         num_cpus=max(cores, math.ceil(cpus_needed)) + 2,
         object_store_memory=int(os.environ.get("MEMAE_OBJECT_STORE_BYTES",
                                                DEFAULT_OBJECT_STORE_BYTES)),

@@ -64,7 +64,8 @@ def ray_local(s3_server):
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
+        ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20,
+                 include_dashboard=False,
                  logging_level="WARNING")
     yield ray
 

@@ -9,7 +9,7 @@ from memae_dist.commands.score import add_scoring_flags, score_config, storage_c
 
 
 def _protocol_help() -> str:
-    from memae_dist.evaluate.protocol import PROTOCOL_HELP, PROTOCOLS
+    from memae_dist.evaluate.definitions import PROTOCOL_HELP, PROTOCOLS
 
     lines = [f"{name}: {text} [{', '.join(PROTOCOLS[name])}]"
              for name, text in PROTOCOL_HELP.items()]

@@ -58,6 +58,23 @@ def dataset_info(uri: str, window: int = 16, stride: int = 1,
     }
 
 
+def shard_size_problems(uri: str, manifest, cfg: storage.StorageConfig | None = None) -> list[str]:
+    """One message per shard that is missing or not the size the manifest records.
+
+    One listing of the dataset, no shard read: cheap enough to run before every training run
+    (a truncated shard otherwise fails deep inside Ray Data, mid-epoch).
+    """
+    sizes = _object_sizes(uri, cfg)
+    out = []
+    for s in manifest.shards:
+        if s.path not in sizes:
+            out.append(f"shard {storage.join(uri, s.path)} is missing")
+        elif sizes[s.path] != s.bytes:
+            out.append(f"shard {storage.join(uri, s.path)} is corrupt or stale: "
+                       f"{sizes[s.path]} bytes, manifest says {s.bytes}")
+    return out
+
+
 def _object_sizes(uri: str, cfg: storage.StorageConfig | None) -> dict[str, int]:
     """Relative path -> size of every file under the dataset root (one recursive listing)."""
     fs, root = storage.pyarrow_fs(uri, cfg)

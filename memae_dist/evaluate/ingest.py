@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from memae_dist.data.manifest import load_manifest
-from memae_dist.data.storage import StorageConfig, fsspec_fs, is_remote, join, local_path
+from memae_dist.data.storage import StorageConfig, fsspec_fs, is_remote, local_path
 from memae_dist.errors import UserError
 
 log = logging.getLogger("memae_dist.score")
@@ -83,4 +83,4 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> Path:
 
 def prepared_uri(out_uri: str, prepared: str | None) -> str:
     uri = prepared or default_prepared_uri(out_uri)
-    return uri if is_remote(uri) else join(local_path(uri))
+    return uri if is_remote(uri) else local_path(uri)

@@ -7,7 +7,7 @@ import pytest
 
 from memae_dist.data import storage
 from memae_dist.errors import UserError
-from tests.data.conftest import DUMMY_SECRET
+from tests.conftest import DUMMY_SECRET
 
 
 def test_uri_kinds_and_join(tmp_path):

@@ -264,7 +264,8 @@ def test_window_error_torch():
 
 def test_evaluate_modules_import_neither_torch_nor_ray():
     # Checked in a clean interpreter: this test process may already have imported torch.
-    code = ("import sys, memae_dist.evaluate.protocol, memae_dist.evaluate.plots; "
+    code = ("import sys, memae_dist.evaluate.protocol, memae_dist.evaluate.plots, "
+            "memae_dist.evaluate.definitions; "
             "sys.exit(int('torch' in sys.modules or 'ray' in sys.modules))")
     repo = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=repo).returncode == 0

@@ -140,18 +140,25 @@ def _split_roots(src: Path, default_split: str) -> list[tuple[str, Path]]:
     return sorted(split_dirs, key=lambda item: order.index(item[0]))
 
 
-def _walk(folder: Path, root: Path, split: str) -> list[Source]:
+def _walk(folder: Path, root: Path, split: str, seen: set[Path] | None = None) -> list[Source]:
+    # Symlinked folders are followed once: a link back up the tree (a loop) is skipped.
+    seen = seen if seen is not None else {folder.resolve()}
     out = []
     for p in sorted(folder.iterdir()):
         if video_io.is_hidden(p):
             continue
+        if p.is_symlink() and p.is_dir():
+            real = p.resolve()
+            if real in seen or real in folder.resolve().parents:
+                continue
+            seen.add(real)
         rel = p.relative_to(root).as_posix()
         if video_io.is_video_file(p):
             parts = [*p.relative_to(root).parent.parts, p.stem]
         elif video_io.is_frame_folder(p):
             parts = list(p.relative_to(root).parts)
         elif p.is_dir():
-            out += _walk(p, root, split)
+            out += _walk(p, root, split, seen)
             continue
         else:
             continue

@@ -139,9 +139,15 @@ def load_frame_folder(folder: str | Path, size: tuple[int, int]) -> np.ndarray:
     if not files:
         raise UserError(f"no frame images in {folder}")
     out = np.empty((len(files), *size), dtype=np.uint8)  # (N, H, W)
+    first = None  # (W, H) of frame 0: a camera's frames share one size
     for i, path in enumerate(files):
         try:
             with Image.open(path) as img:
+                first = first or img.size
+                if img.size != first:
+                    raise UserError(f"image {path} is {img.size[0]}x{img.size[1]}, but the "
+                                    f"other frames of {folder} are {first[0]}x{first[1]} "
+                                    "(mixed frame sizes)")
                 out[i] = gray_resized(img, size)
         except OSError as exc:
             raise UserError(f"cannot read image {path}: {exc}") from None

@@ -1,0 +1,76 @@
+"""Damaged datasets at read time: `data verify` and `train` name the shard or the manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.faults.helpers import assert_user_error, memae
+
+TRAIN = ("--workers", "0", "--epochs", "1", "--storage", "runs", "--name", "r",
+         "--set", "model.num_slots=20", "--set", "train.batch_size=4",
+         "--set", "train.max_steps_per_epoch=2", "--set", "data.shuffle_buffer=0")
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+
+
+def _manifest(root: Path) -> dict:
+    return json.loads((root / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (_truncate, "bytes, manifest says"),
+    (_flip, "sha256 does not match"),
+])
+def test_verify_names_the_damaged_shard(tiny_copy, tmp_path, damage, says):
+    shard = _manifest(tiny_copy)["shards"][0]["path"]
+    damage(tiny_copy / shard)
+    proc = memae("data", "verify", str(tiny_copy), cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    bad = [line for line in proc.stdout.splitlines() if line.startswith("BAD: ")]
+    assert len(bad) == 1 and shard in bad[0] and says in bad[0], proc.stdout
+    n = len(_manifest(tiny_copy)["shards"])
+    assert f"{n - 1} of {n} shards OK" in proc.stdout
+
+
+def test_train_refuses_a_truncated_shard_before_training(tiny_copy, tmp_path):
+    shard = _manifest(tiny_copy)["shards"][0]["path"]
+    _truncate(tiny_copy / shard)
+    proc = memae("train", "--data", str(tiny_copy), *TRAIN, cwd=tmp_path)
+    assert_user_error(proc, "preflight failed, nothing was started", shard)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("state.pt"))
+
+
+def test_future_format_version_is_refused_by_verify_and_train(tiny_copy, tmp_path):
+    manifest = _manifest(tiny_copy)
+    manifest["format_version"] = 99
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    for args in (("data", "verify", str(tiny_copy)), ("train", "--data", str(tiny_copy), *TRAIN)):
+        proc = memae(*args, cwd=tmp_path)
+        assert_user_error(proc, "manifest.json", "unsupported format_version 99")
+    assert not list(tmp_path.rglob("state.pt"))
+
+
+def test_shard_path_escaping_the_dataset_is_refused(tiny_copy, tmp_path):
+    manifest = _manifest(tiny_copy)
+    (tmp_path / "x.parquet").write_bytes((tiny_copy / manifest["shards"][0]["path"]).read_bytes())
+    manifest["shards"][0]["path"] = "../x.parquet"
+    manifest["splits"]["train"]["videos"][0]["shard"] = "../x.parquet"
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    for args in (("data", "verify", str(tiny_copy)), ("data", "info", str(tiny_copy)),
+                 ("train", "--data", str(tiny_copy), *TRAIN)):
+        proc = memae(*args, cwd=tmp_path)
+        assert_user_error(proc, "manifest.json", "'../x.parquet'", "stay inside the dataset")
