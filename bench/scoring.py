@@ -17,6 +17,7 @@ baseline may stop after ``--max-windows`` windows per repeat (it is slow on a CP
 
     python bench/scoring.py --size 64 64 --videos 1            # CPU: a few minutes
     python bench/scoring.py --size 256 256 --videos 12         # the paper's setting, on a GPU
+    python bench/scoring.py --model-only --repeats 8           # batching alone, no data
 """
 
 from __future__ import annotations
@@ -97,6 +98,32 @@ def official_loop(model, jpegs: Path, device: torch.device, max_windows: int) ->
     return done, time.perf_counter() - t0
 
 
+@torch.no_grad()
+def model_only(size: tuple[int, int], batch: int, repeats: int, device: torch.device) -> dict:
+    """The model alone: alternating 3-second runs at batch 1 and at ``batch``, clips/s."""
+    model = build_model(load_config(None, ["model.num_slots=2000"]).model).eval().to(device)
+
+    def rate(b: int) -> float:
+        x = torch.rand((b, 1, 16, *size), device=device) * 2 - 1
+        model(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 3:
+            model(x).recon.sum().item()  # .item() waits for a GPU
+            n += b
+        return n / (time.perf_counter() - t0)
+
+    ones, many = [], []
+    for _ in range(repeats):
+        ones.append(rate(1))
+        many.append(rate(batch))
+        print(f"batch 1 {ones[-1]:.2f} clips/s   batch {batch} {many[-1]:.2f} clips/s   "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    ratios = [m / o for o, m in zip(ones, many)]
+    return {"batch1_clips_per_s": [round(v, 2) for v in ones],
+            f"batch{batch}_clips_per_s": [round(v, 2) for v in many],
+            "ratio_median": round(statistics.median(ratios), 2)}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ped2", type=Path, default=PED2, help="UCSD Ped2 ('frames' layout)")
@@ -110,15 +137,20 @@ def main() -> int:
                    help="auto: the GPU when torch sees one")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="ours: auto = bf16 on GPU, fp32 on CPU (the baseline is always fp32)")
+    p.add_argument("--model-only", action="store_true",
+                   help="only time the model at batch 1 vs --batch-size (no data, no Ray)")
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
-    if not (args.ped2 / "testing" / "frames").is_dir():
+    if not args.model_only and not (args.ped2 / "testing" / "frames").is_dir():
         sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if gpu and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no CUDA device")
     device = torch.device("cuda" if gpu else "cpu")
     size = tuple(args.size)
+    if args.model_only:
+        print(json.dumps(model_only(size, args.batch_size, args.repeats, device), indent=1))
+        return 0
 
     import ray
 

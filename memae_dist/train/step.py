@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from memae_dist.config import ExperimentConfig
+from memae_dist.errors import UserError
 from memae_dist.models import memae_loss
 from memae_dist.models.memory import slot_mass
 from memae_dist.train.checkpoint import TrainState
@@ -24,8 +25,11 @@ from memae_dist.train.history import EpochStats
 from memae_dist.train.precision import Precision
 
 
-class NonFiniteLoss(RuntimeError):
-    """A NaN/inf loss: the run stops here rather than write a poisoned checkpoint."""
+class NonFiniteLoss(UserError, RuntimeError):
+    """A NaN/inf loss: the run stops here rather than write a poisoned checkpoint.
+
+    A UserError: the fix is a setting (``train.lr``, ``train.on_nonfinite``), so the CLI shows
+    one line naming the step and batch rather than a traceback."""
 
 
 @dataclass
@@ -71,11 +75,19 @@ def micro_step(w: Worker, x: torch.Tensor, sync: bool):
     optimizer step pays for the gradient all-reduce.
     """
     quiet = w.world > 1 and not sync and hasattr(w.net, "no_sync")
+    # The forward pass updates BatchNorm running statistics; a skipped batch must not leave
+    # NaN/inf there (they would be saved in the next checkpoint), so they are restored.
+    saved = ([b.detach().clone() for b in w.model.buffers()]
+             if w.cfg.train.on_nonfinite == "skip" else None)
     with w.net.no_sync() if quiet else contextlib.nullcontext():
         with w.precision.autocast():
             out = w.net(x)
             loss, parts = memae_loss(out, x, w.cfg.model.effective_entropy_weight)
         if not all_finite(loss, w.world):
+            if saved is not None:
+                with torch.no_grad():
+                    for buf, old in zip(w.model.buffers(), saved, strict=True):
+                        buf.copy_(old)
             return None
         w.precision.backward(loss / w.cfg.train.grad_accum)
     mass = slot_mass(out.attention) if out.attention is not None else None

@@ -26,8 +26,10 @@ def assert_user_error(proc, *names: str) -> str:
     """Exit code 2, no traceback, last stderr line ``memae-dist: error: ...`` naming ``names``."""
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("memae-dist: error: "), proc.stderr[-3000:]
+    # Exactly one error line (Ray may still log its own shutdown after it).
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("memae-dist: error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    line = errors[0]
     for name in names:
         assert name in line, (name, line)
     return line
