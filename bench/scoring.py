@@ -149,7 +149,10 @@ def main() -> int:
     device = torch.device("cuda" if gpu else "cpu")
     size = tuple(args.size)
     if args.model_only:
-        print(json.dumps(model_only(size, args.batch_size, args.repeats, device), indent=1))
+        out = model_only(size, args.batch_size, args.repeats, device)
+        print(json.dumps(out, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1) + "\n")
         return 0
 
     import ray

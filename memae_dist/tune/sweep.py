@@ -20,6 +20,7 @@ from typing import Any
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes, write_bytes_atomic
 from memae_dist.errors import UserError
+from memae_dist.tune import cleanup
 from memae_dist.tune import results as res
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
 from memae_dist.tune.space import SearchSpace
@@ -106,11 +107,13 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
                                       "scheduler": opts.scheduler, "seed": opts.seed})
     preflight_sweep(cfg, storage, name, opts.address)
     concurrent = start_ray(cfg, opts, samples * space.grid_size)
+    registry_name = cleanup.registry_name(sweep_uri)
+    registry = cleanup.start_registry(registry_name)
     log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri,
              samples * space.grid_size, concurrent, objective.metric, objective.mode)
     trainable = tune.with_resources(
         tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
-                             sweep_uri=sweep_uri),
+                             sweep_uri=sweep_uri, registry=registry_name),
         {"cpu": TRIAL_CPU},
     )
     if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
@@ -130,10 +133,14 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
             run_config=tune.RunConfig(
                 name=name, storage_path=fs_path.rsplit("/", 1)[0], storage_filesystem=fs,
                 stop=stop_diverged, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=list(opts.callbacks), verbose=1,
+                callbacks=[cleanup.ReleaseEndedTrials(registry_name), *opts.callbacks],
+                verbose=1,
             ),
         )
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        cleanup.release_all(registry)
     return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
 
 

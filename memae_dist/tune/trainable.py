@@ -16,6 +16,7 @@ from typing import Any
 
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.storage import join
+from memae_dist.tune.cleanup import RecordPlacementGroups
 from memae_dist.tune.objective import Objective, ObjectiveReportCallback
 from memae_dist.tune.space import SearchSpace
 
@@ -34,7 +35,7 @@ def trial_config(space: SearchSpace, base: dict[str, Any], sample: dict[str, Any
 
 
 def run_trial(sample: dict[str, Any], *, space: SearchSpace, base: dict[str, Any],
-              objective: Objective, sweep_uri: str) -> None:
+              objective: Objective, sweep_uri: str, registry: str = "") -> None:
     """The Tune trainable (bound to the sweep's constants with ``tune.with_parameters``)."""
     import ray.tune
 
@@ -43,8 +44,11 @@ def run_trial(sample: dict[str, Any], *, space: SearchSpace, base: dict[str, Any
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_config(space, base, sample, sweep_uri, trial_id)
     done_before = completed_epochs(run_uri(cfg), cfg)
+    callbacks = [ObjectiveReportCallback(objective)]
+    if registry:  # so the sweep can free this trial's workers if Tune stops it
+        callbacks.append(RecordPlacementGroups(registry, trial_id))
     try:
-        result = fit(cfg, callbacks=[ObjectiveReportCallback(objective)])
+        result = fit(cfg, callbacks=callbacks)
     except Exception as exc:
         reason = divergence(exc)
         if reason is not None:

@@ -41,6 +41,13 @@ def copy_data(tiny_data: str, tmp_path: Path) -> str:
     return str(dst)
 
 
+def live_placement_groups() -> list[str]:
+    """Groups still holding resources: trials stopped by Tune must not leave any behind."""
+    from ray.util import placement_group_table
+
+    return [k for k, v in placement_group_table().items() if v["state"] != "REMOVED"]
+
+
 def read_rows(path: Path) -> list[dict]:
     with path.open() as fh:
         return list(csv.DictReader(fh))
@@ -103,6 +110,7 @@ def test_smoke_sweep_stops_weak_trials_and_exports_a_trainable_config(tiny_data,
     statuses = [r["status"] for r in rows]
     assert set(statuses) <= {"COMPLETED", "STOPPED_EARLY"} and "COMPLETED" in statuses
     assert "STOPPED_EARLY" in statuses  # ASHA stopped a weak trial after its first epoch
+    assert live_placement_groups() == []  # and its workers' resources were given back
     for r in rows:
         n, k = int(r["model.num_slots"]), float(r["k"])
         assert n in (20, 40) and 1 <= k <= 3
@@ -163,6 +171,7 @@ def test_diverging_trial_is_marked_and_an_interrupted_sweep_resumes(tiny_data, t
     assert first.interrupted and first.best is None
     assert [r.status for r in first.rows][0] == "INTERRUPTED"
     assert not (tmp_path / "out" / "best.yaml").exists()
+    assert live_placement_groups() == []
     sane_id = Path(marker).read_text()
     history = tmp_path / "sweeps" / "nan" / "runs" / sane_id / "history.json"
     epoch1 = json.loads(history.read_text())[0]
