@@ -114,5 +114,5 @@ def remove_groups(groups: list[str]) -> None:
         info = placement_group_table().get(hex_id)
         if info is None or info.get("state") == "REMOVED":
             continue
-        log.info("releasing placement group %s of a stopped trial", hex_id)
+        log.info("releasing placement group %s of an ended trial", hex_id)
         remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(hex_id)))

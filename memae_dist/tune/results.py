@@ -185,7 +185,8 @@ def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: P
     import matplotlib.pyplot as plt
 
     names = [p.name for p in space.params] + [k for k, _ in space.derived]
-    logs = {p.name for p in space.params if p.log_scale}
+    logs = {p.name for p in space.params if p.log_scale} | {n for n in names if _spans_decades(
+        [r.params.get(n) for r in rows])}
     fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.2), squeeze=False)
     colors = {COMPLETED: "tab:blue", STOPPED_EARLY: "tab:orange"}
     for ax, name in zip(axes[0], names):
@@ -205,6 +206,12 @@ def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: P
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _spans_decades(values: list) -> bool:
+    """Positive numbers two or more orders of magnitude apart read best on a log axis."""
+    nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return bool(nums) and min(nums) > 0 and max(nums) / min(nums) >= 100
 
 
 def format_table(rows: list[TrialRow], space: SearchSpace, objective: Objective) -> str:
