@@ -36,13 +36,15 @@ def register(sub) -> None:
 
 
 def resolve_space(name: str) -> Path:
-    """A space file, or the name of one in the repository's ``tune_spaces/``."""
+    """A space file, or the name of a shipped one (``tune_spaces/``, packaged with memae-dist)."""
+    from importlib.resources import files
+
     path = Path(name)
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    shipped = Path(__file__).resolve().parents[2] / "tune_spaces" / f"{name}.yaml"
+    shipped = files("memae_dist.tune_spaces") / f"{name}.yaml"
     if shipped.is_file():
-        return shipped
+        return Path(str(shipped))
     raise UserError(f"search space not found: {name} (a YAML file or a name in tune_spaces/)")
 
 

@@ -1,0 +1,1 @@
+"""Shipped search spaces (installed as the ``memae_dist.tune_spaces`` package)."""
