@@ -28,7 +28,7 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "nonsense", "--dst", "out"], "unknown dataset kind 'nonsense'"),
         (["prepare", "ucsd-ped2", "--src", "no/such/dir", "--dst", "out"], "no/such/dir"),
         (["evaluate", "--checkpoint", "no/such/run", "--data", "d", "--out", "o"],
-         "no checkpoint found at no/such/run"),
+         "no/such/run (expected a checkpoint or a run folder)"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
