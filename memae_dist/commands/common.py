@@ -70,3 +70,17 @@ def print_metrics(metrics: dict) -> None:
         value = metrics.get(key)
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"  {key:<{width}}  {text}")
+
+
+def add_storage_config_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
+                                    "to use; default: the AWS_* environment")
+
+
+def storage_config(args: argparse.Namespace):
+    """The ``storage:`` section of ``--config`` (None: the AWS_* environment)."""
+    if not getattr(args, "config", None):
+        return None
+    from memae_dist.config import load_config
+
+    return load_config(resolve_config_path(args.config), []).storage

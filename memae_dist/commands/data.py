@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from memae_dist.commands.common import add_storage_config_flag, storage_config
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="inspect a prepared dataset (info, verify)")
@@ -15,27 +17,12 @@ def register(sub) -> None:
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.add_argument("--window", type=int, default=16, help="frames per window (default 16)")
     info.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
-    _config_flag(info)
+    add_storage_config_flag(info)
     info.set_defaults(func=run_info)
     verify = verbs.add_parser("verify", help="read every shard, check sizes and checksums")
     verify.add_argument("uri", help="dataset URI: path, file:// or s3://")
-    _config_flag(verify)
+    add_storage_config_flag(verify)
     verify.set_defaults(func=run_verify)
-
-
-def _config_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
-                                    "to use; default: the AWS_* environment")
-
-
-def storage_config(args: argparse.Namespace):
-    """The ``storage:`` section of ``--config`` (None without one)."""
-    if not getattr(args, "config", None):
-        return None
-    from memae_dist.commands.common import resolve_config_path
-    from memae_dist.config import load_config
-
-    return load_config(resolve_config_path(args.config), []).storage
 
 
 def run_info(args: argparse.Namespace) -> int:

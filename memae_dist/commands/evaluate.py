@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from memae_dist.commands.score import add_scoring_flags, score_config, storage_config
+from memae_dist.commands.common import storage_config
+from memae_dist.commands.score import add_scoring_flags, score_config
 
 
 def _protocol_help() -> str:

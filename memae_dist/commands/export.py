@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import frame_size
-from memae_dist.commands.score import storage_config
+from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
 
 
 def register(sub) -> None:
@@ -17,8 +16,7 @@ def register(sub) -> None:
                    help="frame size (default: the checkpoint's training size)")
     p.add_argument("--error", default="mse", choices=["mse", "mae"],
                    help="window error computed by the exported graph")
-    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
-                                    "to use; default: the AWS_* environment")
+    add_storage_config_flag(p)
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import frame_size
+from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
 
 
 def register(sub) -> None:
@@ -22,14 +22,12 @@ def register(sub) -> None:
                    help="folder: split of sources outside train/test/val folders")
     p.add_argument("--seed", type=int, default=0, help="seed (synthetic)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos, list them")
-    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
-                                    "to use; default: the AWS_* environment")
+    add_storage_config_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.commands.data import storage_config
     from memae_dist.data import prepare
 
     manifest = prepare.run_import(

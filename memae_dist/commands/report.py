@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.score import storage_config
+from memae_dist.commands.common import add_storage_config_flag, storage_config
 
 
 def register(sub) -> None:
@@ -21,8 +21,7 @@ def register(sub) -> None:
     p.add_argument("--slots", type=int, default=32, help="memory slots to decode (default 32)")
     p.add_argument("--max-videos", type=int, default=200,
                    help="regularity plots for at most this many videos (default 200)")
-    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
-                                    "to use; default: the AWS_* environment")
+    add_storage_config_flag(p)
     p.set_defaults(func=run)
 
 

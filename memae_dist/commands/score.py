@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import frame_size
+from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
 
 
 def register(sub) -> None:
@@ -40,18 +40,7 @@ def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> N
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto = bf16 on GPU, fp32 on CPU")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
-    p.add_argument("--config", help="YAML recipe whose storage: section (S3 endpoint, region) "
-                                    "to use; default: the AWS_* environment")
-
-
-def storage_config(args: argparse.Namespace):
-    """The ``storage:`` section of ``--config`` (None: the AWS_* environment)."""
-    if not getattr(args, "config", None):
-        return None
-    from memae_dist.commands.common import resolve_config_path
-    from memae_dist.config import load_config
-
-    return load_config(resolve_config_path(args.config), []).storage
+    add_storage_config_flag(p)
 
 
 def score_config(args: argparse.Namespace):
