@@ -17,19 +17,22 @@ def frame_size(values: list[int] | None) -> tuple[int, int] | None:
     return h, w
 
 
-def resolve_config_path(name: str | None) -> Path | None:
-    """A YAML path, or the name of a shipped recipe (``demo``, ``ped2``, ``ped2_lite``)."""
-    if name is None:
-        return None
+def resolve_yaml(name: str, package: str, what: str) -> Path:
+    """A YAML path, or the name of one shipped in ``package`` (installed with memae-dist)."""
+    from importlib.resources import files
+
     path = Path(name)
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    from importlib.resources import files
-
-    shipped = files("memae_dist.configs") / f"{name}.yaml"
+    shipped = files(package) / f"{name}.yaml"
     if shipped.is_file():
         return Path(str(shipped))
-    raise UserError(f"config not found: {name} (a YAML file or a shipped recipe name)")
+    raise UserError(f"{what} not found: {name} (a YAML file or a shipped name)")
+
+
+def resolve_config_path(name: str | None) -> Path | None:
+    """A YAML path, or the name of a shipped recipe (``demo``, ``ped2``, ``ped2_lite``)."""
+    return None if name is None else resolve_yaml(name, "memae_dist.configs", "config")
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:

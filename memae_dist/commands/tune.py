@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from memae_dist.errors import UserError
-
 
 def register(sub) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA, random/optuna)")
@@ -37,15 +35,9 @@ def register(sub) -> None:
 
 def resolve_space(name: str) -> Path:
     """A space file, or the name of a shipped one (``tune_spaces/``, packaged with memae-dist)."""
-    from importlib.resources import files
+    from memae_dist.commands.common import resolve_yaml
 
-    path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
-        return path
-    shipped = files("memae_dist.tune_spaces") / f"{name}.yaml"
-    if shipped.is_file():
-        return Path(str(shipped))
-    raise UserError(f"search space not found: {name} (a YAML file or a name in tune_spaces/)")
+    return resolve_yaml(name, "memae_dist.tune_spaces", "search space")
 
 
 def run(args: argparse.Namespace) -> int:
