@@ -51,10 +51,7 @@ def avenue_videos(src: str | Path, size: tuple[int, int],
                   for name, p in test]
         return specs
     ranges = _label_file_ranges(root, [p for _, p in test], workers)
-    specs += [VideoSpec("test", name, functools.partial(video_io.load_with_ranges, str(p), size,
-                                                        r))
-              for (name, p), r in zip(test, ranges, strict=True)]
-    return specs
+    return specs + video_io.labelled_specs("test", test, ranges, size)
 
 
 def import_avenue(src: str | Path, dst: str, size: tuple[int, int] = (256, 256),

@@ -56,10 +56,7 @@ def shanghaitech_videos(src: str | Path, size: tuple[int, int]) -> list[VideoSpe
         )
     counts = [video_io.count_source_frames(p) for _, p in test]
     ranges = npy_ranges(label_file, counts)
-    specs += [VideoSpec("test", name, functools.partial(video_io.load_with_ranges, str(p), size,
-                                                        r))
-              for (name, p), r in zip(test, ranges, strict=True)]
-    return specs
+    return specs + video_io.labelled_specs("test", test, ranges, size)
 
 
 def import_shanghaitech(src: str | Path, dst: str, size: tuple[int, int] = (256, 256),

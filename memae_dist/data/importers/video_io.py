@@ -9,6 +9,7 @@ container headers often lie (variable frame rate, packed B-frames, truncated fil
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -172,6 +173,14 @@ def load_source(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 def load_with_ranges(path: str, size: tuple[int, int], ranges: list[list[int]] | None):
     """VideoSpec loader: frames plus abnormal ranges known in advance (or None)."""
     return load_source(path, size), ranges
+
+
+def labelled_specs(split: str, sources, ranges, size: tuple[int, int]) -> list:
+    """VideoSpecs for ``(name, path)`` sources whose abnormal ranges are already known."""
+    from memae_dist.data.writer import VideoSpec
+
+    return [VideoSpec(split, name, functools.partial(load_with_ranges, str(p), size, r))
+            for (name, p), r in zip(sources, ranges, strict=True)]
 
 
 def load_with_frame_labels(path: str, size: tuple[int, int], labels_file: str):
