@@ -98,8 +98,11 @@ def resume(w: Worker) -> TrainState:
     state, scaler = TrainState(), {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state, scaler = restore(Path(folder), w.model, w.optimizer)
+        # A private copy per worker: Ray's shared ``as_directory`` download lets a second
+        # worker on the node re-download into the folder while the first is still reading it.
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint.to_directory(tmp)
+            state, scaler = restore(Path(tmp), w.model, w.optimizer)
     elif w.cfg.train.workers == 0:
         latest = latest_checkpoint(run_uri(w.cfg), w.cfg.storage)
         if latest is not None:
