@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from memae_dist.data.storage import enable_endpoint_probe
+
+    enable_endpoint_probe()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -48,15 +51,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
-    """Ray wraps errors raised on workers; dig out a ``UserError`` if that is what happened."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
+    """Ray wraps errors raised on workers (Train V2 keeps them per rank in ``worker_failures``,
+    the controller's in ``controller_failure``); dig out a ``UserError`` if one is there."""
+    seen, todo = set(), [exc]
+    while todo:
+        exc = todo.pop(0)
+        if exc is None or id(exc) in seen:
+            continue
         seen.add(id(exc))
         if isinstance(exc, UserError):
             return exc
-        exc = exc.__cause__ or exc.__context__
+        todo += [exc.__cause__, exc.__context__, getattr(exc, "controller_failure", None),
+                 getattr(exc, "cause", None)]
+        todo += list((getattr(exc, "worker_failures", None) or {}).values())
     return None
-
 
 if __name__ == "__main__":
     sys.exit(main())

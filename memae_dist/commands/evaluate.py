@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.data:
             raise UserError("--checkpoint needs --data (the prepared dataset to score)")
-        out.mkdir(parents=True, exist_ok=True)
+        # No out.mkdir here: the scores file creates the folder once scoring has worked.
         result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
                                score_config(args), storage=storage, address=args.address)
         metrics = evaluate_table(result.table, result.meta, out, args.protocol)

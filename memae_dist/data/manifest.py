@@ -168,8 +168,7 @@ class Manifest:
 
 def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) -> Manifest:
     uri = storage.join(dataset_uri, MANIFEST_FILE)
-    if storage.is_remote(dataset_uri):
-        storage.makedirs(dataset_uri, cfg)  # on S3 only checks the bucket: a clearer error
+    storage.check_bucket(dataset_uri, cfg)  # a missing bucket gets its own, clearer error
     if not storage.exists(uri, cfg):
         raise UserError(
             f"no {MANIFEST_FILE} in dataset {storage.describe(dataset_uri, cfg)} "

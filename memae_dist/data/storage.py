@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -24,10 +25,13 @@ import pyarrow.fs as pafs
 from memae_dist.errors import UserError
 
 DEFAULT_REGION = "us-east-1"
-# A down endpoint should fail in seconds, not minutes: short connect timeout, few attempts.
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
-MAX_ATTEMPTS = 3
+# Transient faults (dropped connections, a restarting server, 5xx) are retried with exponential
+# backoff: 10 attempts wait 25 ms * (1 + 2 + ... + 2^8), about 13 s, per call. Ray Data retries
+# failed shard reads again on top of that. A command still fails in seconds when the endpoint
+# is down at its start: the CLI probes each endpoint once before its first request.
+MAX_ATTEMPTS = 10
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
@@ -112,7 +116,48 @@ def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSys
     if not is_remote(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     cfg = (cfg or StorageConfig()).resolved()
+    probe_endpoint(cfg.endpoint_url)
     return _s3_pyarrow(cfg.endpoint_url, cfg.region, _cred_key()), _s3_path(uri)
+
+
+def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """Like :func:`pyarrow_fs`, for a filesystem that is pickled to Ray workers: S3 keeps its
+    retry policy there (see ``s3handler``)."""
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), local_path(uri)
+    from memae_dist.data.s3handler import RetryingS3Handler
+
+    cfg = (cfg or StorageConfig()).resolved()
+    probe_endpoint(cfg.endpoint_url)
+    handler = RetryingS3Handler(cfg.endpoint_url, cfg.region)
+    return pafs.PyFileSystem(handler), _s3_path(uri)
+
+
+_PROBE = {"enabled": False, "reached": set()}
+
+
+def enable_endpoint_probe() -> None:
+    """Probe each S3 endpoint once, before this process's first request to it (the CLI does).
+
+    The patient retries above are right in the middle of a run and wrong at its start: a
+    mistyped or stopped endpoint must fail in seconds with its address, not after minutes of
+    backoff. Ray workers never probe: a worker started during an outage retries instead.
+    """
+    _PROBE["enabled"] = True
+
+
+def probe_endpoint(endpoint: str | None) -> None:
+    if not endpoint or not _PROBE["enabled"] or endpoint in _PROBE["reached"]:
+        return
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(f"S3 endpoint {_redact_url(endpoint)} is unreachable ({reason.lower()}): "
+                        "check storage.endpoint_url / AWS_ENDPOINT_URL and the network") from None
+    _PROBE["reached"].add(endpoint)
 
 
 def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
@@ -124,6 +169,7 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
     import s3fs
 
     cfg = (cfg or StorageConfig()).resolved()
+    probe_endpoint(cfg.endpoint_url)
     fs = s3fs.S3FileSystem(
         client_kwargs={"endpoint_url": cfg.endpoint_url, "region_name": cfg.region},
         config_kwargs={
@@ -218,6 +264,15 @@ def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
             _check_bucket(fs, path, uri, cfg)
         else:
             os.makedirs(path, exist_ok=True)
+
+
+def check_bucket(uri: str, cfg: StorageConfig | None = None) -> None:
+    """For an S3 URI: raise a clear UserError when its bucket is missing or unreadable."""
+    if not is_remote(uri):
+        return
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "access", cfg):
+        _check_bucket(fs, path, uri, cfg)
 
 
 def listdir(uri: str, cfg: StorageConfig | None = None) -> list[str]:

@@ -24,7 +24,7 @@ from ray.data.datasource import FileShuffleConfig
 from memae_dist.data.config import DataConfig
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import owned_window_starts
-from memae_dist.data.storage import StorageConfig, join, pyarrow_fs
+from memae_dist.data.storage import StorageConfig, join, portable_fs, pyarrow_fs
 from memae_dist.errors import UserError
 
 SEGMENT_COLUMNS = ["video", "start", "num_frames", "video_frames", "height", "width", "frames"]
@@ -156,7 +156,7 @@ def window_dataset(
     split = split or cfg.train_split
     uris, manifest = shard_uris(data_uri, split, storage)
     check_window(manifest, cfg, data_uri)
-    fs, _ = pyarrow_fs(data_uri, storage)
+    fs, _ = portable_fs(data_uri, storage)
     paths = [pyarrow_fs(u, storage)[1] for u in uris]
     ds = ray.data.read_binary_files(
         paths,

@@ -23,17 +23,23 @@ class MemAE(nn.Module):
     With ``memory=None`` this is the plain autoencoder baseline.
     """
 
-    def __init__(self, encoder: nn.Module, memory: MemoryUnit | None, decoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, memory: MemoryUnit | None, decoder: nn.Module,
+                 flatten_query: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.memory = memory
         self.decoder = decoder
+        self.flatten_query = flatten_query
 
     def forward(self, x: Tensor) -> MemAEOutput:
-        z = self.encoder(x)
+        z = self.encoder(x)  # (B, C, *spatial)
         attention = None
         if self.memory is not None:
-            z, attention = self.memory(z)
+            if self.flatten_query:
+                z_hat, attention = self.memory(z.flatten(1))  # (B, C*prod(spatial)), (B, N)
+                z = z_hat.view_as(z)
+            else:
+                z, attention = self.memory(z)  # attention (B, N, *spatial)
         return MemAEOutput(self.decoder(z), attention)
 
 
@@ -47,6 +53,8 @@ def build_model(cfg: ModelConfig) -> MemAE:
         encoder = image.image_encoder(cfg.in_channels)
         decoder = image.image_decoder(cfg.in_channels)
         features = image.FEATURES
+        if cfg.memory_query == "flatten":
+            features *= image.CODE_SIZE**2  # one query: the whole (64, 4, 4) code
     else:
         encoder = mlp_encoder(cfg.input_dim, cfg.mlp_hidden)
         decoder = mlp_decoder(cfg.input_dim, cfg.mlp_hidden)
@@ -54,4 +62,4 @@ def build_model(cfg: ModelConfig) -> MemAE:
     memory = None
     if cfg.uses_memory:
         memory = MemoryUnit(cfg.num_slots, features, cfg.effective_threshold, cfg.addressing)
-    return MemAE(encoder, memory, decoder)
+    return MemAE(encoder, memory, decoder, flatten_query=cfg.memory_query == "flatten")

@@ -10,6 +10,7 @@ from memae_dist.errors import UserError
 ARCHS = ("video", "image", "mlp")
 VARIANTS = ("memae", "memae_nonsparse", "ae")
 ADDRESSING = ("dot", "cosine")
+QUERIES = ("position", "flatten")
 
 
 @dataclass
@@ -29,6 +30,11 @@ class ModelConfig:
     entropy_weight: float = 0.0002
     # Similarity used to address memory: "dot" (official code) or "cosine" (paper Eq. 5).
     addressing: str = "dot"
+    # What one memory query is: "position" = every spatial position of the encoding (the
+    # official video code); "flatten" = the whole encoding as one vector, so a slot is a whole
+    # prototype image code (image arch only; how image reimplementations reach the paper's
+    # MNIST numbers). Same for the mlp arch, whose code is a vector anyway.
+    memory_query: str = "position"
     # Channels of a frame / image (1 = grayscale). Ignored by the mlp arch.
     in_channels: int = 1
     # mlp only: length of the input vector.
@@ -40,6 +46,10 @@ class ModelConfig:
         _check_choice("model.arch", self.arch, ARCHS)
         _check_choice("model.variant", self.variant, VARIANTS)
         _check_choice("model.addressing", self.addressing, ADDRESSING)
+        _check_choice("model.memory_query", self.memory_query, QUERIES)
+        if self.memory_query == "flatten" and self.arch == "video":
+            raise UserError("model.memory_query=flatten is for arch image or mlp; the video "
+                            "net's encoding size depends on the frame size")
         _check_int("model.num_slots", self.num_slots)
         _check_int("model.in_channels", self.in_channels)
         _check_int("model.input_dim", self.input_dim)

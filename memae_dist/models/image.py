@@ -12,6 +12,7 @@ from torch import nn
 from memae_dist.models.init import init_weights
 
 FEATURES = 64  # channels of the (B, 64, 4, 4) encoding, i.e. the memory slot size C
+CODE_SIZE = 4  # height = width of the encoding of a 28x28 image
 
 
 def _block(conv: nn.Module, channels: int) -> list[nn.Module]:

@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from memae_dist.data.storage import StorageConfig, exists, join, listdir, read_bytes
+from memae_dist.data.storage import (
+    StorageConfig,
+    check_bucket,
+    exists,
+    join,
+    listdir,
+    read_bytes,
+)
 from memae_dist.errors import UserError
 
 STATE_FILE = "state.pt"
@@ -161,6 +168,7 @@ def latest_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str
 
 def resolve_checkpoint(uri: str, storage: StorageConfig | None = None) -> str:
     """A checkpoint URI, or a run URI (``STORAGE/NAME``) meaning its latest checkpoint."""
+    check_bucket(uri, storage)
     if exists(join(uri, STATE_FILE), storage):
         return uri
     latest = latest_checkpoint(uri, storage)
@@ -178,17 +186,50 @@ def read_checkpoint_config(ckpt_uri: str, storage: StorageConfig | None = None) 
 
 def upload_dir(local: Path, uri: str, storage: StorageConfig | None = None) -> None:
     """Copy a finished checkpoint folder to ``uri``; ``state.pt`` goes last, so a folder
-    without it (an interrupted upload) is never taken for a checkpoint."""
-    import pyarrow.fs as pafs
+    without it (an interrupted upload) is never taken for a checkpoint.
 
+    Each file is written and closed explicitly, then its stored size checked: pyarrow's
+    ``copy_files`` only logs a failed multipart upload ("Error ignored when destroying file"),
+    which would let a checkpoint without its ``state.pt`` be registered as the latest.
+    """
     from memae_dist.data.storage import pyarrow_fs
 
     fs, path = pyarrow_fs(uri, storage)
     fs.create_dir(path, recursive=True)
     names = sorted(p.name for p in local.iterdir() if p.name != STATE_FILE) + [STATE_FILE]
     for name in names:
-        pafs.copy_files(str(local / name), f"{path}/{name}",
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        upload_file(fs, local / name, f"{path}/{name}")
+
+
+def upload_file(fs, local: Path, path: str, chunk: int = 8 * 2**20) -> None:
+    """Stream one local file to ``fs``; raises OSError unless all of it arrived."""
+    out = fs.open_output_stream(path)
+    try:
+        with local.open("rb") as src:
+            while data := src.read(chunk):
+                out.write(data)
+    finally:
+        out.close()  # completes (or fails) the upload: the error surfaces here, not in a log
+    size = fs.get_file_info(path).size
+    if size != local.stat().st_size:
+        raise OSError(f"upload of {path} stored {size} of {local.stat().st_size} bytes")
+
+
+def ray_uploader(run_uri: str, storage: StorageConfig | None = None):
+    """A ``checkpoint_upload_fn`` for ``ray.train.report``: :func:`upload_dir` instead of
+    Ray's ``copy_files``, so a failed upload raises before Ray registers the checkpoint."""
+
+    def upload(checkpoint, dir_name: str):
+        import ray.train
+
+        from memae_dist.data.storage import portable_fs
+
+        uri = join(run_uri, dir_name)
+        upload_dir(Path(checkpoint.path), uri, storage)
+        fs, path = portable_fs(uri, storage)
+        return ray.train.Checkpoint(path=path, filesystem=fs)
+
+    return upload
 
 
 def download_dir(uri: str, local: Path, storage: StorageConfig | None = None) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,8 @@ import ray.train.torch
 import torch
 
 from memae_dist.config import ExperimentConfig, from_dict
-from memae_dist.data.storage import join
+from memae_dist.data.storage import join, user_errors
+from memae_dist.errors import UserError
 from memae_dist.models import build_model
 from memae_dist.train.checkpoint import (
     TrainState,
@@ -26,6 +29,7 @@ from memae_dist.train.checkpoint import (
     download_dir,
     latest_checkpoint,
     prune,
+    ray_uploader,
     restore,
     save_best,
     save_checkpoint,
@@ -135,7 +139,8 @@ def report(w: Worker, state: TrainState, metrics: dict, raw: dict) -> None:
     metrics["best_epoch"] = state.best_epoch
     t0 = time.perf_counter()
     run = run_uri(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
+    target = join(run, checkpoint_dir_name(state.epoch))
+    with tempfile.TemporaryDirectory() as tmp, checkpoint_upload(target, cfg):
         ckpt = None
         if w.rank == 0:
             save_checkpoint(Path(tmp), w.model, w.optimizer, state, raw,
@@ -146,12 +151,26 @@ def report(w: Worker, state: TrainState, metrics: dict, raw: dict) -> None:
                           state.best_value, cfg.storage)
             if cfg.train.workers == 0:
                 # Debug mode: Ray keeps no checkpoints, but a debug run should stay resumable.
-                upload_dir(Path(tmp), join(run, checkpoint_dir_name(state.epoch)), cfg.storage)
+                upload_dir(Path(tmp), target, cfg.storage)
                 prune(run, cfg.train.keep_checkpoints, cfg.storage)
         ray.train.report(metrics, checkpoint=ckpt,
-                         checkpoint_dir_name=checkpoint_dir_name(state.epoch))
+                         checkpoint_dir_name=checkpoint_dir_name(state.epoch),
+                         checkpoint_upload_fn=ray_uploader(run, cfg.storage) if ckpt else None)
     state.last_report_s = time.perf_counter() - t0
     if w.rank == 0:
         state.history[-1]["checkpoint_s"] = state.last_report_s
         write_history(run, state.history, cfg.storage)
         log_epoch(state.history[-1], cfg.train.epochs)
+
+
+@contextmanager
+def checkpoint_upload(target: str, cfg: ExperimentConfig) -> Iterator[None]:
+    """A storage failure while a checkpoint is written (after the client's own retries) ends
+    the attempt with one line naming it. The folder is never registered with Ray, so the
+    previous checkpoint stays the one a restart or a rerun restores."""
+    try:
+        with user_errors(target, "write checkpoint", cfg.storage):
+            yield
+    except UserError as exc:
+        raise UserError(f"{exc}; the previous checkpoint is kept: rerun the same command to "
+                        "resume from it") from None

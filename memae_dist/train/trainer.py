@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 
 from memae_dist.config import ExperimentConfig, from_dict
-from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
+from memae_dist.data.storage import exists, join, portable_fs, read_bytes
 from memae_dist.errors import UserError
 from memae_dist.runtime import check_room_for_data, ensure_ray
 from memae_dist.train.checkpoint import (
@@ -115,7 +115,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=()) -> Trai
     train_cpus = cfg.train.workers * cfg.train.cpus_per_worker
     ensure_ray(train_cpus, address)
     check_room_for_data(train_cpus)
-    fs, storage_path = pyarrow_fs(absolute(cfg.run.storage), cfg.storage)
+    fs, storage_path = portable_fs(absolute(cfg.run.storage), cfg.storage)
     experiment = for_workers(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,

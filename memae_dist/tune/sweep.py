@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from memae_dist.config import ExperimentConfig, from_dict
-from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes, write_bytes_atomic
+from memae_dist.data.storage import exists, join, portable_fs, read_bytes, write_bytes_atomic
 from memae_dist.errors import UserError
 from memae_dist.tune import cleanup
 from memae_dist.tune import results as res
@@ -101,7 +101,7 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     name = opts.name or space.name
     storage = opts.storage or cfg.run.storage
     sweep_uri = join(storage if "://" in storage else os.path.abspath(storage), name)
-    fs, fs_path = pyarrow_fs(sweep_uri, cfg.storage)
+    fs, fs_path = portable_fs(sweep_uri, cfg.storage)
     check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
                                       "samples": samples, "search": opts.search,
                                       "scheduler": opts.scheduler, "seed": opts.seed})

@@ -1,0 +1,152 @@
+"""Reproduce the MemAE paper's UCSD Ped2 result and its ablation with the product's own CLI.
+
+For each (variant, seed) of the chosen profile this runs exactly what a user would run:
+
+    memae-dist prepare ucsd-ped2 --src PED2 --dst WORK/data_<size> --size S S
+    memae-dist train --config RECIPE --data ... --storage WORK/runs --name V_sN \
+        --set model.variant=V --set train.seed=N
+    memae-dist evaluate --checkpoint WORK/runs/V_sN --data ... --out WORK/eval/V_sN
+
+then collects frame AUC (paper protocol and the others), training clips/s and wall time into
+``bench/results/ped2_<profile>.json`` and the Ped2 table of ``bench/RESULTS.md``.
+
+Profiles:
+- ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4): about
+  half an hour of two cores per variant; 3 seeds of memae, 1 of each ablation.
+- ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
+
+A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
+interrupted reproduction continues where it stopped (training itself resumes by run name).
+
+Usage: python bench/reproduce_ped2.py [--profile lite|paper] [--src ../shared/data/ucsd_ped2]
+       [--work bench/.work/ped2] [--only memae:0,ae:0] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = {"ae": 0.917, "memae_nonsparse": 0.929, "memae": 0.941}
+PROFILES = {
+    "lite": {"recipe": "ped2_lite", "size": 64,
+             "runs": [("memae", 0), ("memae", 1), ("memae", 2), ("ae", 0),
+                      ("memae_nonsparse", 0)]},
+    "paper": {"recipe": "ped2", "size": 256,
+              "runs": [("memae", 0), ("ae", 0), ("memae_nonsparse", 0)]},
+}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "memae_dist.cli", *args]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run one CLI step, its output appended to ``log``; returns its wall time in seconds."""
+    t0 = time.perf_counter()
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd[2:]) + "\n")
+        out.flush()
+        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit(f"step failed (exit {proc.returncode}): {' '.join(cmd[2:])}; see {log}")
+    return time.perf_counter() - t0
+
+
+def prepare(args, size: int, log: Path) -> str:
+    data = args.work / f"data_{size}"
+    if not (data / "manifest.json").exists():
+        run(cli("prepare", "ucsd-ped2", "--src", str(args.src), "--dst", str(data),
+                "--size", str(size), str(size), "--no-progress"), log)
+    return str(data)
+
+
+def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) -> dict:
+    name = f"{variant}_s{seed}"
+    out = args.work / "eval" / name
+    metrics_file = out / "metrics.json"
+    log = args.work / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    runs = args.work / "runs"
+    train_s = eval_s = None
+    if not metrics_file.exists():
+        cmd = cli("train", "--config", profile["recipe"], "--data", data, "--storage",
+                  str(runs), "--name", name, "--set", f"model.variant={variant}",
+                  "--set", f"train.seed={seed}")
+        for item in args.set:
+            cmd += ["--set", item]
+        train_s = run(cmd, log)
+        eval_s = run(cli("evaluate", "--checkpoint", str(runs / name), "--data", data,
+                         "--out", str(out), "--no-progress"), log)
+    metrics = json.loads(metrics_file.read_text())
+    history = json.loads((runs / name / "history.json").read_text())
+    steady = [row["clips_per_s"] for row in history[1:]] or [history[0]["clips_per_s"]]
+    return {
+        "variant": variant, "seed": seed,
+        "auc_paper": metrics["auc_paper"], "auc_micro": metrics.get("auc_micro"),
+        "auc_per_video_mean": metrics.get("auc_per_video_mean"),
+        "epochs": len(history), "train_clips_per_s": statistics.median(steady),
+        "train_wall_s": train_s or sum(row["epoch_s"] for row in history),
+        "eval_wall_s": eval_s,
+        "final_loss": history[-1]["loss"],
+        "slots_used": history[-1].get("slots_used"),
+    }
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for variant in PAPER:
+        aucs = [r["auc_paper"] for r in rows if r["variant"] == variant]
+        if aucs:
+            out[variant] = {"mean": statistics.fmean(aucs), "n": len(aucs),
+                            "std": statistics.stdev(aucs) if len(aucs) > 1 else 0.0,
+                            "spread": max(aucs) - min(aucs), "paper": PAPER[variant]}
+    return out
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="lite")
+    parser.add_argument("--src", type=Path, default=ROOT.parent / "shared/data/ucsd_ped2")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench/.work/ped2")
+    parser.add_argument("--only", default="", help="comma list of VARIANT:SEED to run")
+    parser.add_argument("--set", action="append", default=[], help="extra recipe override")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    profile = PROFILES[args.profile]
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    selected = profile["runs"]
+    if args.only:
+        selected = [(v, int(s)) for v, s in (item.split(":") for item in args.only.split(","))]
+    data = prepare(args, profile["size"], args.work / "prepare.log")
+    rows = []
+    for variant, seed in selected:
+        rows.append(train_and_evaluate(args, profile, data, variant, seed))
+        print(json.dumps(rows[-1]), flush=True)
+    result = {"profile": args.profile, "recipe": profile["recipe"], "size": profile["size"],
+              "overrides": args.set, "machine": machine(), "runs": rows,
+              "summary": summarise(rows),
+              "command": "python bench/reproduce_ped2.py " + " ".join(sys.argv[1:])}
+    target = args.json or ROOT / "bench/results" / f"ped2_{args.profile}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(target)
+    print(json.dumps(result["summary"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""A TCP proxy in front of the S3 server that can take the endpoint down and cut uploads.
+
+Clients talk to ``proxy.endpoint``; the proxy forwards bytes to the real server. Faults:
+
+- ``down()``: the listening socket closes and every open connection is reset, so new requests
+  get "connection refused", exactly what a stopped server gives; ``up()`` listens again on the
+  same port (a restarted server).
+- ``cut_uploads_over(n)``: a connection that sends more than ``n`` bytes towards the server is
+  reset; small requests (listing, GETs of shards, small JSON files) pass, a large upload such as
+  a checkpoint's ``state.pt`` never completes. ``cut_uploads_over(None)`` heals it.
+
+The proxy works on bytes, not HTTP, so it needs no knowledge of S3 and the client sees real
+network errors.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+
+class FaultProxy:
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self.upload_limit: int | None = None
+        self.resets = 0  # connections reset by an injected fault
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.up()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for conn in conns:
+            _reset(conn)
+        self.resets += len(conns)
+
+    def cut_uploads_over(self, limit: int | None) -> None:
+        self.upload_limit = limit
+
+    def close(self) -> None:
+        self.down()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # listener closed by down()
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+                server.settimeout(None)
+            except OSError:
+                _reset(client)
+                continue
+            with self._lock:
+                self._conns.update((client, server))
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                sent += len(data)
+                if upstream and self.upload_limit is not None and sent > self.upload_limit:
+                    self.resets += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            _reset(sock)
+            with self._lock:
+                self._conns.discard(sock)
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with RST (SO_LINGER 0), as a crashed peer or a dropped network would."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
