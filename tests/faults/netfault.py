@@ -4,7 +4,9 @@ Clients talk to ``proxy.endpoint``; the proxy forwards bytes to the real server.
 
 - ``down()``: the listening socket closes and every open connection is reset, so new requests
   get "connection refused", exactly what a stopped server gives; ``up()`` listens again on the
-  same port (a restarted server).
+  same port (a restarted server). ``down(count=True)`` keeps listening but resets every new
+  connection at once (a crashed server behind a load balancer), and counts them in
+  ``refused``: proof that clients kept trying during the outage.
 - ``cut_uploads_over(n)``: a connection that sends more than ``n`` bytes towards the server is
   reset; small requests (listing, GETs of shards, small JSON files) pass, a large upload such as
   a checkpoint's ``state.pt`` never completes. ``cut_uploads_over(None)`` heals it.
@@ -26,16 +28,18 @@ class FaultProxy:
         self.port = 0
         self.upload_limit: int | None = None
         self.resets = 0  # connections reset by an injected fault
+        self.refused = 0  # connections attempted during a counted outage
+        self.counting = False
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
-        self.up()
+        self._listen()
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def up(self) -> None:
+    def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -44,21 +48,38 @@ class FaultProxy:
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def down(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+    def down(self, count: bool = False) -> None:
+        self.counting = count
+        if not count:
+            self._close_listener()
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
             _reset(conn)
         self.resets += len(conns)
 
+    def up(self) -> None:
+        self.counting = False
+        if self._listener is None:
+            self._listen()
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown() first: a plain close() leaves the socket listening for as long as the
+            # accept thread is blocked on it.
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+
     def cut_uploads_over(self, limit: int | None) -> None:
         self.upload_limit = limit
 
     def close(self) -> None:
         self.down()
+        self._close_listener()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -66,6 +87,10 @@ class FaultProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # listener closed by down()
+            if self.counting:
+                self.refused += 1
+                _reset(client)
+                continue
             try:
                 server = socket.create_connection(self.target, timeout=5)
                 server.settimeout(None)
