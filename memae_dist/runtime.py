@@ -33,7 +33,10 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
         num_cpus=max(cores, math.ceil(cpus_needed)) + 2,
         object_store_memory=int(os.environ.get("MEMAE_OBJECT_STORE_BYTES",
                                                DEFAULT_OBJECT_STORE_BYTES)),
-        include_dashboard=False,
+        # Ray Train's placement-group cleaner polls the state API, which the dashboard serves;
+        # without it every run logs "Failed to query Ray Train Controller actor state" each
+        # second. A busy port 8265 makes Ray take the next free one.
+        include_dashboard=True,
         log_to_driver=True,
     )
 
