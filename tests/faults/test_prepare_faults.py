@@ -114,6 +114,8 @@ def test_prepare_folder_missing_or_empty_source(tmp_path, layout, message):
     ("missing", ["UCSD source folder not found"]),
     ("empty", ["no UCSD ped2 dataset in"]),
     ("label_length", ["frame_labels_ped2.npy", "19 frame labels", "20 frames"]),
+    ("label_garbage", ["frame_labels_ped2.npy", "not a .npy array file"]),
+    ("mat_truncated", ["ped2.mat", "cannot read variable 'gt'"]),
 ])
 def test_prepare_ucsd_bad_layout_fails_before_any_work(tmp_path, layout, names):
     src = tmp_path / "ped2"
@@ -122,6 +124,12 @@ def test_prepare_ucsd_bad_layout_fails_before_any_work(tmp_path, layout, names):
     if layout == "label_length":
         write_ucsd(src, train=1, test=1, n=20)
         np.save(src / "frame_labels_ped2.npy", np.zeros((1, 19), np.int64))
+    if layout == "label_garbage":
+        write_ucsd(src, train=1, test=1, n=20)
+        (src / "frame_labels_ped2.npy").write_bytes(b"not numpy" * 10)
+    if layout == "mat_truncated":  # the .mat wins over the .npy when both are there
+        write_ucsd(src, train=1, test=1, n=20)
+        (src / "ped2.mat").write_bytes(b"MATLAB 5.0 MAT-file")
     dst = tmp_path / "out"
     proc = memae("prepare", "ucsd-ped2", "--src", str(src), "--dst", str(dst), *PREP,
                  cwd=tmp_path)

@@ -143,7 +143,7 @@ def read_mask_volume(path: str | Path) -> np.ndarray:
         vol = scipy.io.loadmat(str(path), variable_names=["volLabel"])["volLabel"]
     except NotImplementedError:
         raise UserError(f"{path}: MATLAB v7.3 files are not supported; re-save with -v7") from None
-    except (KeyError, ValueError, OSError, TypeError) as exc:
+    except (KeyError, ValueError, OSError, TypeError, scipy.io.matlab.MatReadError) as exc:
         raise UserError(f"{path}: cannot read variable 'volLabel' ({exc})") from None
     cells = np.asarray(vol, dtype=object).ravel()
     return np.array([np.asarray(mask).any() for mask in cells], dtype=np.uint8)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from memae_dist.data.importers.video_io import load_label_array
 from memae_dist.data.storage import StorageConfig
 from memae_dist.data.writer import VideoSpec, ranges_from_labels, write_dataset
 from memae_dist.errors import UserError
@@ -121,7 +122,8 @@ def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
 
     try:
         gt = scipy.io.loadmat(str(path))["gt"]
-    except (KeyError, ValueError, OSError, NotImplementedError) as exc:
+    except (KeyError, ValueError, OSError, NotImplementedError,
+            scipy.io.matlab.MatReadError) as exc:
         raise UserError(f"{path}: cannot read variable 'gt' ({exc})") from None
     cells = np.asarray(gt, dtype=object).ravel()
     if len(cells) != len(counts):
@@ -143,10 +145,7 @@ def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
 
 def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
     """Per test video, ranges from one array of frame labels (test videos concatenated)."""
-    try:
-        labels = np.load(path).reshape(-1)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+    labels = load_label_array(path)
     if len(labels) != sum(counts):
         raise UserError(
             f"{path}: {len(labels)} frame labels, but the test videos have {sum(counts)} frames"
@@ -225,3 +224,4 @@ def _read_gray(path: Path) -> np.ndarray:
             return np.asarray(img.convert("L"))  # (H0, W0) uint8
     except OSError as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
+

@@ -193,12 +193,20 @@ def load_with_frame_labels(path: str, size: tuple[int, int], labels_file: str):
     return frames, ranges_from_labels(labels)
 
 
+def load_label_array(path: str | Path) -> np.ndarray:
+    """A ``.npy`` of frame labels, flattened; never unpickles (a label file is not code)."""
+    try:
+        return np.load(path, allow_pickle=False).reshape(-1)
+    except ValueError as exc:
+        reason = "not a .npy array file" if "pickle" in str(exc) else str(exc)
+        raise UserError(f"{path}: cannot read frame labels ({reason})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+
+
 def read_frame_labels(path: str | Path) -> np.ndarray:
     """(N,) 0/1 labels from a ``.npy`` file of any shape holding one value per frame."""
-    try:
-        labels = np.load(path, allow_pickle=False).reshape(-1)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+    labels = load_label_array(path)
     if labels.dtype.kind not in "biuf":
         raise UserError(f"{path}: frame labels must be numbers, got {labels.dtype}")
     return (labels != 0).astype(np.uint8)
