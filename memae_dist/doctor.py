@@ -229,11 +229,22 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
     marker = join(root, f".memae-doctor-{uuid.uuid4().hex[:12]}")
     token = uuid.uuid4().bytes
     checks: list[Check] = []
+    # One fast, clear failure instead of minutes of retries against a dead endpoint.
+    remote = storage.is_remote(root) or bool(data and storage.is_remote(data))
+    unreachable = _unreachable(scfg) if remote else None
     storage_ok = True
     try:
-        checks.append(_driver_storage(root, marker, token, scfg))
+        if unreachable and storage.is_remote(root):
+            checks.append(Check("storage", FAIL, unreachable, storage_fix(unreachable, root),
+                                "driver"))
+        else:
+            checks.append(_driver_storage(root, marker, token, scfg))
         storage_ok = not checks[-1].failed
-        checks.append(manifest_check(data, scfg, "driver"))
+        if unreachable and data and storage.is_remote(data):
+            checks.append(Check("manifest", FAIL, unreachable, _manifest_fix(unreachable),
+                                "driver"))
+        else:
+            checks.append(manifest_check(data, scfg, "driver"))
         if nodes:
             checks += _node_checks(nodes, marker if storage_ok else None, token, data, scfg,
                                    system)
@@ -244,6 +255,14 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
         if storage_ok:
             checks.append(_cleanup(marker, scfg))
     return [c for c in checks if c is not None]
+
+
+def _unreachable(cfg: StorageConfig | None) -> str | None:
+    try:
+        storage.probe_endpoint((cfg or StorageConfig()).resolved().endpoint_url, force=True)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def manifest_check(data: str, cfg: StorageConfig, node: str) -> Check:

@@ -146,8 +146,10 @@ def enable_endpoint_probe() -> None:
     _PROBE["enabled"] = True
 
 
-def probe_endpoint(endpoint: str | None) -> None:
-    if not endpoint or not _PROBE["enabled"] or endpoint in _PROBE["reached"]:
+def probe_endpoint(endpoint: str | None, force: bool = False) -> None:
+    """One TCP connection to ``endpoint`` (when probing is enabled, or ``force``: checks such
+    as the doctor's, on any node, must answer in seconds too)."""
+    if not endpoint or endpoint in _PROBE["reached"] or not (force or _PROBE["enabled"]):
         return
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)

@@ -80,7 +80,7 @@ def test_doctor_failures_name_their_fix(ray_local, s3_server, s3_bucket, tmp_pat
     storage_ok = rows(checks, "storage")[0]
     manifest = rows(checks, "manifest")[0]
     assert storage_ok.status == PASS  # local folder: the endpoint does not matter
-    assert manifest.status == FAIL and "endpoint unreachable" in manifest.detail
+    assert manifest.status == FAIL and "unreachable" in manifest.detail
     assert "storage.endpoint_url" in manifest.fix
 
 
