@@ -116,7 +116,7 @@ def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSys
     if not is_remote(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url)
+    probe_endpoint(cfg.endpoint_url, uri=uri)
     return _s3_pyarrow(cfg.endpoint_url, cfg.region, _cred_key()), _s3_path(uri)
 
 
@@ -128,7 +128,7 @@ def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSy
     from memae_dist.data.s3handler import RetryingS3Handler
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url)
+    probe_endpoint(cfg.endpoint_url, uri=uri)
     handler = RetryingS3Handler(cfg.endpoint_url, cfg.region)
     return pafs.PyFileSystem(handler), _s3_path(uri)
 
@@ -146,7 +146,7 @@ def enable_endpoint_probe() -> None:
     _PROBE["enabled"] = True
 
 
-def probe_endpoint(endpoint: str | None, force: bool = False) -> None:
+def probe_endpoint(endpoint: str | None, force: bool = False, uri: str = "") -> None:
     """One TCP connection to ``endpoint`` (when probing is enabled, or ``force``: checks such
     as the doctor's, on any node, must answer in seconds too)."""
     if not endpoint or endpoint in _PROBE["reached"] or not (force or _PROBE["enabled"]):
@@ -157,8 +157,10 @@ def probe_endpoint(endpoint: str | None, force: bool = False) -> None:
         socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise UserError(f"S3 endpoint {_redact_url(endpoint)} is unreachable ({reason.lower()}): "
-                        "check storage.endpoint_url / AWS_ENDPOINT_URL and the network") from None
+        where = f"cannot reach {uri}: " if uri else ""
+        raise UserError(f"{where}S3 endpoint {_redact_url(endpoint)} is unreachable "
+                        f"({reason.lower()}): check storage.endpoint_url / AWS_ENDPOINT_URL and "
+                        "the network") from None
     _PROBE["reached"].add(endpoint)
 
 
@@ -171,7 +173,7 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
     import s3fs
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url)
+    probe_endpoint(cfg.endpoint_url, uri=uri)
     fs = s3fs.S3FileSystem(
         client_kwargs={"endpoint_url": cfg.endpoint_url, "region_name": cfg.region},
         config_kwargs={

@@ -106,7 +106,9 @@ def test_s3_missing_key_names_uri(s3_bucket):
     assert uri in str(err.value)
 
 
-def test_unreachable_endpoint_fails_fast_without_secrets(s3_server):
+def test_unreachable_endpoint_fails_fast_without_secrets(s3_server, monkeypatch):
+    # As in the CLI: probe each endpoint before the first request (library calls retry).
+    monkeypatch.setitem(storage._PROBE, "enabled", True)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
