@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 from memae_dist.errors import UserError
 
@@ -27,18 +28,40 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
         ray.init(address=address or None, log_to_driver=True)
         return
     cores = os.cpu_count() or 1
+    start_local_ray(max(cores, math.ceil(cpus_needed)) + 2,
+                    int(os.environ.get("MEMAE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES)))
+
+
+def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:
+    """A private local Ray whose processes find their own state API, and no other.
+
+    Ray Train's placement-group cleaner asks the state API whether the controller is alive. By
+    default a process finds that API through the cluster most recently started on the machine
+    (``/tmp/ray/ray_current_cluster``): with two local Rays (a sweep and a debug run, tests and
+    a benchmark) it asked the other one's dashboard, was told the controller did not exist, and
+    removed the placement group, killing a healthy run. ``RAY_API_SERVER_ADDRESS`` is read
+    first, and Ray's processes inherit it from this one, so it pins this cluster's dashboard.
+    """
+    import ray
+
+    port = free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(
         # "local": never join a cluster that some `ray start` left running on this machine.
         address="local",
-        num_cpus=max(cores, math.ceil(cpus_needed)) + 2,
-        object_store_memory=int(os.environ.get("MEMAE_OBJECT_STORE_BYTES",
-                                               DEFAULT_OBJECT_STORE_BYTES)),
-        # Ray Train's placement-group cleaner polls the state API, which the dashboard serves;
-        # without it every run logs "Failed to query Ray Train Controller actor state" each
-        # second. A busy port 8265 makes Ray take the next free one.
-        include_dashboard=True,
-        log_to_driver=True,
+        num_cpus=num_cpus,
+        object_store_memory=object_store_bytes,
+        include_dashboard=True,  # the state API that cleaner needs
+        dashboard_host="127.0.0.1",
+        dashboard_port=port,
+        **{"log_to_driver": True, **kwargs},
     )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def check_room_for_data(cpus_for_training: float) -> None:

@@ -63,10 +63,10 @@ def ray_local(s3_server):
     """
     import ray
 
+    from memae_dist.runtime import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20,
-                 include_dashboard=False,
-                 logging_level="WARNING")
+        start_local_ray(4, 256 * 2**20, logging_level="WARNING")
     yield ray
 
 

@@ -78,10 +78,11 @@ def test_soak(s3_server, s3_bucket, tmp_path):
     proxy = FaultProxy(parts.hostname, parts.port)
     # Everything, Ray workers included, reaches S3 through the proxy.
     os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+    from memae_dist.runtime import start_local_ray
+
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20,
-             include_dashboard=False, logging_level="WARNING")
+    start_local_ray(4, 256 * 2**20, logging_level="WARNING")
     stop, outages = threading.Event(), [0]
     threading.Thread(target=_outages, args=(proxy, stop, outages), daemon=True).start()
     me, rows, errors = psutil.Process(), [], []

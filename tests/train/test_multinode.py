@@ -20,6 +20,7 @@ import torch
 
 from memae_dist.config import ExperimentConfig, from_dict, load_config
 from memae_dist.data.storage import join, read_bytes
+from memae_dist.runtime import start_local_ray
 from memae_dist.train.checkpoint import STATE_FILE
 from memae_dist.train.trainer import fit
 
@@ -54,6 +55,8 @@ def cluster(s3_server):
 
     was_running = ray.is_initialized()
     ray.shutdown()
+    # The local Ray's state-API pin would point this cluster's processes at a dead dashboard.
+    api = os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     c = start_cluster()
     # Ray's helper actors look for "the" cluster; other Ray instances on the machine must not
     # be mistaken for this one.
@@ -62,9 +65,10 @@ def cluster(s3_server):
     yield c
     ray.shutdown()
     c.shutdown()
+    if api:
+        os.environ["RAY_API_SERVER_ADDRESS"] = api
     if was_running:  # as the session's ray_local fixture left it
-        ray.init(num_cpus=4, object_store_memory=256 * 2**20, include_dashboard=False,
-                 logging_level="WARNING")
+        start_local_ray(4, 256 * 2**20, logging_level="WARNING")
 
 
 @pytest.fixture(scope="module")
