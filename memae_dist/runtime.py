@@ -40,22 +40,31 @@ def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:
     (``/tmp/ray/ray_current_cluster``): with two local Rays (a sweep and a debug run, tests and
     a benchmark) it asked the other one's dashboard, was told the controller did not exist, and
     removed the placement group, killing a healthy run. ``RAY_API_SERVER_ADDRESS`` is read
-    first, and Ray's processes inherit it from this one, so it pins this cluster's dashboard.
+    first, and the processes Ray starts inherit it, so it pins this cluster's dashboard.
     """
     import ray
 
     port = free_port()
+    # Only for the processes ray.init spawns (they keep a copy of this environment): left in
+    # this process it would also redirect its own `ray job submit` or state calls.
+    saved = os.environ.get("RAY_API_SERVER_ADDRESS")
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    ray.init(
-        # "local": never join a cluster that some `ray start` left running on this machine.
-        address="local",
-        num_cpus=num_cpus,
-        object_store_memory=object_store_bytes,
-        include_dashboard=True,  # the state API that cleaner needs
-        dashboard_host="127.0.0.1",
-        dashboard_port=port,
-        **{"log_to_driver": True, **kwargs},
-    )
+    try:
+        ray.init(
+            # "local": never join a cluster that some `ray start` left running here.
+            address="local",
+            num_cpus=num_cpus,
+            object_store_memory=object_store_bytes,
+            include_dashboard=True,  # the state API that cleaner needs
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            **{"log_to_driver": True, **kwargs},
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_API_SERVER_ADDRESS", None)
+        else:
+            os.environ["RAY_API_SERVER_ADDRESS"] = saved
 
 
 def free_port() -> int:

@@ -55,8 +55,6 @@ def cluster(s3_server):
 
     was_running = ray.is_initialized()
     ray.shutdown()
-    # The local Ray's state-API pin would point this cluster's processes at a dead dashboard.
-    api = os.environ.pop("RAY_API_SERVER_ADDRESS", None)
     c = start_cluster()
     # Ray's helper actors look for "the" cluster; other Ray instances on the machine must not
     # be mistaken for this one.
@@ -65,8 +63,6 @@ def cluster(s3_server):
     yield c
     ray.shutdown()
     c.shutdown()
-    if api:
-        os.environ["RAY_API_SERVER_ADDRESS"] = api
     if was_running:  # as the session's ray_local fixture left it
         start_local_ray(4, 256 * 2**20, logging_level="WARNING")
 
