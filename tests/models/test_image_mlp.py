@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from memae_dist.errors import UserError
 from memae_dist.models import ModelConfig, build_model, memae_loss
 
 
@@ -89,3 +90,21 @@ def test_trace_whole_model(arch):
     x2 = torch.randn(5, *x.shape[1:])
     for got, want in zip(traced(x2), model(x2), strict=True):
         torch.testing.assert_close(got, want)
+
+
+def test_flatten_query_addresses_memory_once_per_image():
+    # No shrinkage here: at initialisation every weight is about 1/N, which lambda = 2/N zeroes.
+    cfg = ModelConfig(arch="image", variant="memae_nonsparse", num_slots=100,
+                      memory_query="flatten")
+    model = build_model(cfg)
+    assert model.memory.memory.shape == (100, 64 * 4 * 4)  # a slot is a whole image code
+    x = torch.randn(5, 1, 28, 28)
+    out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.attention.shape == (5, 100)  # one attention row per image
+    torch.testing.assert_close(out.attention.sum(1), torch.ones(5))
+
+
+def test_flatten_query_is_refused_for_the_video_net():
+    with pytest.raises(UserError, match="model.memory_query=flatten"):
+        ModelConfig(arch="video", memory_query="flatten")
