@@ -26,9 +26,9 @@ class RetryingS3Handler(pafs.FileSystemHandler):
     @property
     def fs(self) -> pafs.S3FileSystem:
         if self._fs is None:
-            from memae_dist.data.storage import _cred_key, _s3_pyarrow
+            from memae_dist.data.storage import s3_filesystem
 
-            self._fs = _s3_pyarrow(self.endpoint, self.region, _cred_key())
+            self._fs = s3_filesystem(self.endpoint, self.region)
         return self._fs
 
     def __eq__(self, other) -> bool:

@@ -117,7 +117,7 @@ def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSys
         return pafs.LocalFileSystem(), local_path(uri)
     cfg = (cfg or StorageConfig()).resolved()
     probe_endpoint(cfg.endpoint_url, uri=uri)
-    return _s3_pyarrow(cfg.endpoint_url, cfg.region, _cred_key()), _s3_path(uri)
+    return s3_filesystem(cfg.endpoint_url, cfg.region), _s3_path(uri)
 
 
 def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
@@ -315,6 +315,11 @@ def _s3_path(uri: str) -> str:
     if not path:
         raise UserError(f"S3 URI must name a bucket: {uri!r}")
     return path
+
+
+def s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+    """This process's pyarrow S3 client for (endpoint, region), with the retry policy above."""
+    return _s3_pyarrow(endpoint, region, _cred_key())
 
 
 def _cred_key() -> str | None:
