@@ -231,7 +231,7 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
     checks: list[Check] = []
     # One fast, clear failure instead of minutes of retries against a dead endpoint.
     remote = storage.is_remote(root) or bool(data and storage.is_remote(data))
-    unreachable = _unreachable(scfg) if remote else None
+    unreachable = storage.unreachable_reason(scfg) if remote else None
     storage_ok = True
     try:
         if unreachable and storage.is_remote(root):
@@ -255,14 +255,6 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
         if storage_ok:
             checks.append(_cleanup(marker, scfg))
     return [c for c in checks if c is not None]
-
-
-def _unreachable(cfg: StorageConfig | None) -> str | None:
-    try:
-        storage.probe_endpoint((cfg or StorageConfig()).resolved().endpoint_url, force=True)
-    except UserError as exc:
-        return str(exc)
-    return None
 
 
 def manifest_check(data: str, cfg: StorageConfig, node: str) -> Check:

@@ -30,12 +30,11 @@ def probe_node(marker: str | None, token: bytes, key: str, data: str, cfg: Stora
            "python": platform.python_version(), "memae_dist": memae_dist.__version__,
            "gpus": gpu_info(ray_gpus) if ray_gpus >= 0 else None, "storage": None,
            "manifest": None}
-    try:
-        if any(u and storage.is_remote(u) for u in (marker, data)):
-            storage.probe_endpoint((cfg or StorageConfig()).resolved().endpoint_url, True)
-    except UserError as exc:  # unreachable from this node: both checks fail with this reason
-        out["storage"] = out["manifest"] = str(exc)
-        return out
+    if any(u and storage.is_remote(u) for u in (marker, data)):
+        reason = storage.unreachable_reason(cfg)
+        if reason:  # unreachable from this node: both checks fail with this reason
+            out["storage"] = out["manifest"] = reason
+            return out
     if marker:
         try:
             if storage.read_bytes(join(marker, "driver"), cfg) != token:

@@ -28,7 +28,7 @@ DEFAULT_REGION = "us-east-1"
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
 # Transient faults (dropped connections, a restarting server, 5xx) are retried with exponential
-# backoff: 10 attempts wait 25 ms * (1 + 2 + ... + 2^8), about 13 s, per call. Ray Data retries
+# backoff: 10 attempts give up after about 80 s against a dead port (measured). Ray Data retries
 # failed shard reads again on top of that. A command still fails in seconds when the endpoint
 # is down at its start: the CLI probes each endpoint once before its first request.
 MAX_ATTEMPTS = 10
@@ -162,6 +162,15 @@ def probe_endpoint(endpoint: str | None, force: bool = False, uri: str = "") -> 
                         f"({reason.lower()}): check storage.endpoint_url / AWS_ENDPOINT_URL and "
                         "the network") from None
     _PROBE["reached"].add(endpoint)
+
+
+def unreachable_reason(cfg: StorageConfig | None = None) -> str | None:
+    """Why the configured S3 endpoint cannot be reached (one TCP connection), or None."""
+    try:
+        probe_endpoint((cfg or StorageConfig()).resolved().endpoint_url, force=True)
+    except UserError as exc:
+        return str(exc)
+    return None
 
 
 def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
