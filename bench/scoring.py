@@ -1,14 +1,15 @@
 """Scoring throughput: ``memae-dist score`` against the official MemAE test loop, same machine.
 
 Baseline ("official"): the authors' ``script_testing.py`` way. Frames were resized once to JPEG
-files (their MATLAB preparation, not timed); then, for every stride-1 window, the 16 JPEG frames
-are decoded, converted and normalised one by one, the clip goes through the model alone (batch
-1), and the error is brought back to the host.
+files and one index ``.mat`` was written per window (their MATLAB preparation, not timed); then,
+for every stride-1 window, its index file is read, the 16 JPEG frames are decoded, converted and
+normalised one by one, the clip goes through the model alone (batch 1, the plain model), and the
+error is brought back to the host.
 
 Ours: ``score_dataset`` (the ``score`` verb) on the prepared Parquet frames: Ray Data actors that
-load the model once, cut windows from stored segments and run ``--batch-size`` windows per
-forward pass (bf16 autocast on a GPU). Ray itself is started before the clock; actor start-up
-and model loading are timed.
+load the model once (BatchNorm folded; channels-last on a CPU), cut windows from stored segments
+and run ``--batch-size`` windows per forward pass (bf16 autocast on a GPU). Ray itself is
+started before the clock; actor start-up and model loading are timed.
 
 Both use the same untrained model of the paper's configuration (N = 2000 slots; throughput does
 not depend on the weights) and the same UCSD Ped2 test videos. Runs alternate (baseline, ours)
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.io import loadmat, savemat
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -75,20 +77,27 @@ def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple
         (jpegs / v.name).mkdir(parents=True)
         for i, f in enumerate(frames):
             Image.fromarray(f).save(jpegs / v.name / f"{i:03d}.jpg", quality=95)
+        # The official clip index: one .mat per window naming its video and 16 frame numbers.
+        index = jpegs / f"{v.name}_idx"
+        index.mkdir()
+        for start in range(len(frames) - 15):
+            savemat(index / f"{v.name}_i{start + 1:03d}.mat",
+                    {"v_name": v.name, "idx": np.arange(start, start + 16)[None]})
     return data, jpegs
 
 
 @torch.no_grad()
 def official_loop(model, jpegs: Path, device: torch.device, max_windows: int) -> tuple[int, float]:
-    """(windows scored, seconds): per window, 16 JPEG decodes + batch-1 forward pass."""
+    """(windows scored, seconds): per window, its index file, 16 JPEG decodes, batch 1."""
     done, t0 = 0, time.perf_counter()
-    for video in sorted(jpegs.iterdir()):
-        files = sorted(video.iterdir())
-        for start in range(len(files) - 15):
+    for video in sorted(p for p in jpegs.iterdir() if not p.name.endswith("_idx")):
+        for index_file in sorted((jpegs / f"{video.name}_idx").iterdir()):
             if done >= max_windows:
                 return done, time.perf_counter() - t0
-            frames = [torch.from_numpy(np.asarray(Image.open(f), np.float32) / 255.0)
-                      .sub_(0.5).div_(0.5)[None, None] for f in files[start:start + 16]]
+            frame_idx = loadmat(index_file)["idx"][0, :]
+            frames = [torch.from_numpy(np.asarray(Image.open(video / f"{i:03d}.jpg"), np.float32)
+                                       / 255.0).sub_(0.5).div_(0.5)[None, None]
+                      for i in frame_idx]
             clip = torch.cat(frames, 1)[None].to(device)  # (1, 1, 16, H, W)
             recon = model(clip).recon
             r = recon - clip
