@@ -11,8 +11,9 @@ then collects frame AUC (paper protocol and the others), training clips/s and wa
 ``bench/results/ped2_<profile>.json`` and the Ped2 table of ``bench/RESULTS.md``.
 
 Profiles:
-- ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4): about
-  half an hour of two cores per variant; 3 seeds of memae, 1 of each ablation.
+- ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4, lambda 1/N,
+  batch 4 per worker): about 35 minutes of two quiet cores per variant (200 s an epoch); 3 seeds
+  of memae, 1 of each ablation.
 - ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
 
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
