@@ -112,11 +112,11 @@ def model_only(size: tuple[int, int], batch: int, repeats: int, device: torch.de
     """The model alone, alternating 3-second runs, clips/s: the official way (plain model,
     batch 1), the plain model at ``batch``, and what ``score`` runs (``for_inference``: BatchNorm
     folded, channels-last on a CPU) at ``batch``."""
-    from memae_dist.models.fuse import for_inference
+    from memae_dist.models.fuse import for_inference, inference_layout
 
     plain = build_model(load_config(None, ["model.num_slots=2000"]).model).eval().to(device)
     fast = for_inference(plain, device)
-    layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    layout = inference_layout(device)
 
     def rate(model, b: int, memory_format=torch.contiguous_format) -> float:
         x = (torch.rand((b, 1, 16, *size), device=device) * 2 - 1).contiguous(

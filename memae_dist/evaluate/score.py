@@ -29,7 +29,7 @@ from memae_dist.data.storage import StorageConfig, join, pyarrow_fs, read_bytes,
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows, window_error
 from memae_dist.models import MemAE, build_model
-from memae_dist.models.fuse import for_inference
+from memae_dist.models.fuse import for_inference, inference_layout
 from memae_dist.train.checkpoint import STATE_FILE, read_checkpoint_config, resolve_checkpoint
 
 log = logging.getLogger("memae_dist.score")
@@ -93,8 +93,7 @@ def score_clips(model: MemAE, clips: np.ndarray, error: str = "mse",
     device = device or torch.device("cpu")
     x = torch.from_numpy(clips).to(device, non_blocking=True)
     x = x.float().div_(127.5).sub_(1.0).unsqueeze(1)  # (B, 1, L, H, W)
-    if device.type == "cpu":
-        x = x.contiguous(memory_format=torch.channels_last_3d)  # the layout for_inference picks
+    x = x.contiguous(memory_format=inference_layout(device))
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     with autocast:

@@ -32,13 +32,15 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def inference_layout(device: torch.device) -> torch.memory_format:
+    """The memory layout ``for_inference`` gives a model on ``device``; inputs should match it."""
+    return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+
+
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """BatchNorm folded, and on a CPU the channels-last layout oneDNN's 3D kernels run fastest.
 
     Measured on a quiet 2-core x86 VM (64x64 Ped2 clips, batch 32): 1.34x the clips/s of the
     plain model; outputs differ by about 1e-7. A GPU keeps the default layout.
     """
-    model = fold_batchnorm(model).to(device)
-    if device.type == "cpu":
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+    return fold_batchnorm(model).to(device, memory_format=inference_layout(device))
