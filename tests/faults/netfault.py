@@ -10,6 +10,11 @@ Clients talk to ``proxy.endpoint``; the proxy forwards bytes to the real server.
 - ``cut_uploads_over(n)``: a connection that sends more than ``n`` bytes towards the server is
   reset; small requests (listing, GETs of shards, small JSON files) pass, a large upload such as
   a checkpoint's ``state.pt`` never completes. ``cut_uploads_over(None)`` heals it.
+- ``when_sent(pattern, fault)``: runs ``fault`` (for example ``proxy.down``) the moment a client
+  sends bytes containing ``pattern`` (an object key: S3 puts it in the request line), before
+  those bytes reach the server. Tests use it to strike at a chosen point of a run, such as the
+  first request for checkpoint 2, instead of racing the run with a timer; ``tripped`` is set
+  once it has fired.
 
 The proxy works on bytes, not HTTP, so it needs no knowledge of S3 and the client sees real
 network errors.
@@ -30,6 +35,8 @@ class FaultProxy:
         self.resets = 0  # connections reset by an injected fault
         self.refused = 0  # connections attempted during a counted outage
         self.counting = False
+        self.tripped = threading.Event()
+        self._trigger: tuple[bytes, object] | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -77,6 +84,18 @@ class FaultProxy:
     def cut_uploads_over(self, limit: int | None) -> None:
         self.upload_limit = limit
 
+    def when_sent(self, pattern: bytes, fault) -> None:
+        self._trigger = (pattern, fault)
+
+    def _check_trigger(self, tail: bytes, data: bytes) -> bool:
+        trigger = self._trigger
+        if trigger is None or trigger[0] not in tail + data:
+            return False
+        self._trigger = None
+        trigger[1]()
+        self.tripped.set()
+        return True
+
     def close(self) -> None:
         self.down()
         self._close_listener()
@@ -103,10 +122,14 @@ class FaultProxy:
             threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, upstream: bool) -> None:
-        sent = 0
+        sent, tail = 0, b""
         try:
             while data := src.recv(65536):
                 sent += len(data)
+                # A pattern may straddle two reads: keep the end of the previous one.
+                if upstream and self._check_trigger(tail, data) and src not in self._conns:
+                    break  # the fault closed this connection: the request never arrives
+                tail = data[-256:]
                 if upstream and self.upload_limit is not None and sent > self.upload_limit:
                     self.resets += 1
                     break
