@@ -19,11 +19,17 @@ baseline may stop after ``--max-windows`` windows per repeat (it is slow on a CP
     python bench/scoring.py --size 64 64 --videos 1            # CPU: a few minutes
     python bench/scoring.py --size 256 256 --videos 12         # the paper's setting, on a GPU
     python bench/scoring.py --model-only --repeats 8           # batching alone, no data
+
+``--prepared DIR`` keeps the prepared videos (Parquet store and JPEG copies) in DIR and reuses
+them on the next run, so a GPU node can be handed data prepared elsewhere; with ``--workers 0``
+ours scores in the benchmark's own process (the ``score --workers 0`` path, on the GPU when there
+is one) and Ray is not needed at all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,6 +50,7 @@ sys.path.insert(0, str(REPO))
 from memae_dist.config import load_config  # noqa: E402
 from memae_dist.data.manifest import load_manifest  # noqa: E402
 from memae_dist.evaluate.batch_score import ScoreConfig, score_dataset  # noqa: E402
+from memae_dist.evaluate.score import use_bf16  # noqa: E402
 from memae_dist.models import build_model  # noqa: E402
 from memae_dist.train.checkpoint import TrainState, save_checkpoint  # noqa: E402
 
@@ -61,14 +68,22 @@ def make_checkpoint(folder: Path, data: str) -> str:
 
 
 def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple[str, Path]:
-    """The chosen test videos twice: our Parquet store, and resized JPEGs for the baseline."""
+    """The chosen test videos twice: our Parquet store, and resized JPEGs for the baseline.
+
+    A folder prepared earlier with the same videos and size is reused as it is."""
+    data, jpegs = root / "data", root / "jpeg"
+    if (data / "manifest.json").exists():
+        manifest = load_manifest(str(data))
+        if list(manifest.size) == list(size) and len(manifest.videos("test")) == videos:
+            return str(data), jpegs
+        sys.exit(f"{root} holds another preparation ({manifest.size}, "
+                 f"{len(manifest.videos('test'))} videos): pass another --prepared folder")
     from memae_dist.data.importers.ucsd import ucsd_videos
     from memae_dist.data.writer import write_dataset
 
     specs = [s for s in ucsd_videos(ped2, "ped2") if s.split == "test"][:videos]
-    data = str(root / "data")
+    data = str(data)
     write_dataset(specs, data, size, name="ped2-bench", source="ucsd-ped2", progress=False)
-    jpegs = root / "jpeg"
     from memae_dist.data.shards import read_video_frames
 
     manifest = load_manifest(data)
@@ -108,31 +123,34 @@ def official_loop(model, jpegs: Path, device: torch.device, max_windows: int) ->
 
 
 @torch.no_grad()
-def model_only(size: tuple[int, int], batch: int, repeats: int, device: torch.device) -> dict:
+def model_only(size: tuple[int, int], batch: int, repeats: int, device: torch.device,
+               precision: str = "auto") -> dict:
     """The model alone, alternating 3-second runs, clips/s: the official way (plain model,
-    batch 1), the plain model at ``batch``, and what ``score`` runs (``for_inference``: BatchNorm
-    folded, channels-last on a CPU) at ``batch``."""
+    batch 1, fp32), the plain model at ``batch``, and what ``score`` runs (``for_inference``:
+    BatchNorm folded, channels-last on a CPU; bf16 autocast on a GPU) at ``batch``."""
     from memae_dist.models.fuse import for_inference, inference_layout
 
     plain = build_model(load_config(None, ["model.num_slots=2000"]).model).eval().to(device)
     fast = for_inference(plain, device)
     layout = inference_layout(device)
+    bf16 = use_bf16(precision, device)
 
-    def rate(model, b: int, memory_format=torch.contiguous_format) -> float:
+    def rate(model, b: int, memory_format=torch.contiguous_format, autocast=False) -> float:
         x = (torch.rand((b, 1, 16, *size), device=device) * 2 - 1).contiguous(
             memory_format=memory_format)
-        model(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 3:
-            model(x).recon.sum().item()  # .item() waits for a GPU
-            n += b
+        with torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            model(x)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < 3:
+                model(x).recon.float().sum().item()  # .item() waits for a GPU
+                n += b
         return n / (time.perf_counter() - t0)
 
     runs: dict[str, list[float]] = {"official_b1": [], f"plain_b{batch}": [], f"score_b{batch}": []}
     for _ in range(repeats):
         runs["official_b1"].append(rate(plain, 1))
         runs[f"plain_b{batch}"].append(rate(plain, batch))
-        runs[f"score_b{batch}"].append(rate(fast, batch, layout))
+        runs[f"score_b{batch}"].append(rate(fast, batch, layout, bf16))
         print("   ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items())
               + f"   clips/s, load {os.getloadavg()[0]:.1f}", flush=True)
     out: dict = {k + "_clips_per_s": [round(v, 2) for v in vals] for k, vals in runs.items()}
@@ -140,6 +158,34 @@ def model_only(size: tuple[int, int], batch: int, repeats: int, device: torch.de
         ratios = [m / o for o, m in zip(runs["official_b1"], runs[key])]
         out[f"{key}_ratio_median"] = round(statistics.median(ratios), 2)
     return out
+
+
+def compare(data: str, jpegs: Path, ckpt_dir: Path, args, device: torch.device,
+            gpu: bool) -> tuple[list[float], list[float], list[float]]:
+    """Alternating repeats, frames/s: the official loop, ours (timed by ``score_dataset``),
+    ours end to end (checkpoint and manifest reads included)."""
+    from memae_dist.evaluate.score import load_model
+
+    ckpt = make_checkpoint(ckpt_dir, data)
+    model = load_model(ckpt).model.to(device)
+    cfg = ScoreConfig(workers=args.workers, batch_size=args.batch_size, progress=False,
+                      gpus_per_worker=1.0 if gpu else 0.0, precision=args.precision)
+    base, ours, ends = [], [], []
+    for _ in range(args.repeats):
+        n, s = official_loop(model, jpegs, device, args.max_windows)
+        base.append(n / s)
+        t0 = time.perf_counter()
+        result = score_dataset(ckpt, data, None, cfg)
+        ends.append(result.table.num_rows / (time.perf_counter() - t0))
+        ours.append(result.frames_per_s)
+        print(f"official {base[-1]:.2f} frames/s   score {ours[-1]:.2f} frames/s "
+              f"(end to end {ends[-1]:.2f})   load {os.getloadavg()[0]:.1f}", flush=True)
+    return base, ours, ends
+
+
+def machine(gpu: bool) -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+            + (f", {torch.cuda.get_device_name()}" if gpu else ""))
 
 
 def main() -> int:
@@ -158,8 +204,11 @@ def main() -> int:
     p.add_argument("--model-only", action="store_true",
                    help="only time the model at batch 1 vs --batch-size (no data, no Ray)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--prepared", type=Path,
+                   help="keep the prepared videos here and reuse them on later runs")
     args = p.parse_args()
-    if not args.model_only and not (args.ped2 / "testing" / "frames").is_dir():
+    reuse = args.prepared and (args.prepared / "data" / "manifest.json").exists()
+    if not args.model_only and not reuse and not (args.ped2 / "testing" / "frames").is_dir():
         sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     if gpu and not torch.cuda.is_available():
@@ -167,41 +216,28 @@ def main() -> int:
     device = torch.device("cuda" if gpu else "cpu")
     size = tuple(args.size)
     if args.model_only:
-        out = model_only(size, args.batch_size, args.repeats, device)
+        out = model_only(size, args.batch_size, args.repeats, device, args.precision)
+        out.update(machine=machine(gpu), size=list(size), precision=args.precision)
         print(json.dumps(out, indent=1))
         if args.json:
             args.json.write_text(json.dumps(out, indent=1) + "\n")
         return 0
 
-    import ray
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memae-bench-")))
+        if args.workers:
+            import ray
 
-    with tempfile.TemporaryDirectory(prefix="memae-bench-") as tmp:
-        root = Path(tmp)
-        # A private local Ray (never a cluster someone else started on this machine), timed out.
-        ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 2, include_dashboard=False,
-                 object_store_memory=512 * 2**20, logging_level="WARNING")
-        data, jpegs = prepare(args.ped2, args.videos, size, root)
-        ckpt = make_checkpoint(root / "ckpt", data)
-        from memae_dist.evaluate.score import load_model
-
-        model = load_model(ckpt).model.to(device)
+            # A private local Ray (never a cluster someone else started on this machine).
+            ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 2,
+                     include_dashboard=False, object_store_memory=512 * 2**20,
+                     logging_level="WARNING")
+            stack.callback(ray.shutdown)
+        data, jpegs = prepare(args.ped2, args.videos, size, args.prepared or tmp)
+        base, ours, ends = compare(data, jpegs, tmp / "ckpt", args, device, gpu)
         frames = sum(v.num_frames - 15 for v in load_manifest(data).videos("test"))
-        cfg = ScoreConfig(workers=args.workers, batch_size=args.batch_size, progress=False,
-                          gpus_per_worker=1.0 if gpu else 0.0, precision=args.precision)
-        base, ours, ends = [], [], []
-        for _ in range(args.repeats):
-            n, s = official_loop(model, jpegs, device, args.max_windows)
-            base.append(n / s)
-            t0 = time.perf_counter()
-            result = score_dataset(ckpt, data, None, cfg)
-            ends.append(result.table.num_rows / (time.perf_counter() - t0))
-            ours.append(result.frames_per_s)
-            print(f"official {base[-1]:.2f} frames/s   score {ours[-1]:.2f} frames/s "
-                  f"(end to end {ends[-1]:.2f})   load {os.getloadavg()[0]:.1f}", flush=True)
-        ray.shutdown()
     out = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-                   + (f", {torch.cuda.get_device_name()}" if gpu else ""),
+        "machine": machine(gpu),
         "load_avg_1m": round(os.getloadavg()[0], 1),
         "device": device.type, "size": list(size), "videos": args.videos,
         "frames_scored": frames, "repeats": args.repeats, "workers": args.workers,

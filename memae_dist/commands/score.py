@@ -32,7 +32,8 @@ def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> N
     p.add_argument("--workers", type=int, default=workers_default,
                    help=f"scoring actors (default {workers_default}); 0 = in this process")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
-                   help="GPUs per actor (bf16 on GPU); default 0 = CPU")
+                   help="GPUs per actor (bf16 on GPU); default 0 = CPU; with --workers 0, "
+                        "> 0 scores in this process on its GPU")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs (torch threads) per actor; default: cores / workers")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")

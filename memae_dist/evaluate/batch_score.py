@@ -72,11 +72,13 @@ class ScoreConfig:
     error: str = "mse"
     # Windows per forward pass (counted within each stored segment; see score.py).
     batch_size: int = 32
-    # Scoring actors; 0 scores in this process without Ray (same numbers, for debugging).
+    # Scoring actors; 0 scores in this process without Ray (same numbers: for debugging, or a
+    # single machine whose one GPU needs no Ray around it).
     workers: int = 1
     # Logical CPUs (and torch threads) per actor; None = this machine's cores / workers.
     cpus_per_worker: float | None = None
-    # GPUs per actor (fractions share a GPU); 0 = CPU only.
+    # GPUs per actor (fractions share a GPU); 0 = CPU only. With workers=0, any value > 0
+    # scores in this process on its GPU.
     gpus_per_worker: float = 0.0
     # "auto": bf16 autocast on GPU, fp32 on CPU; or force "fp32" / "bf16".
     precision: str = "auto"
@@ -94,8 +96,6 @@ class ScoreConfig:
             raise UserError(f"score.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.gpus_per_worker < 0:
             raise UserError(f"score.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
-        if self.gpus_per_worker and not self.workers:
-            raise UserError("score.gpus_per_worker needs score.workers >= 1 (Ray actors)")
         if self.precision not in PRECISIONS:
             raise UserError(
                 f"score.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
@@ -145,7 +145,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
         ensure_ray(cfg.workers * (cfg.cpus_per_worker or cfg.threads()), address)
     t0 = time.perf_counter()  # from here: actors start, load the model, score
     if cfg.workers == 0:
-        batches = _local_batches((config, state), kwargs, manifest, data_uri, videos, storage)
+        batches = _local_batches((config, state), kwargs, manifest, data_uri, videos)
     else:
         batches = _ray_batches(ckpt, kwargs, manifest, data_uri, videos, cfg)
     starts = _collect(batches, total, cfg.progress)
@@ -170,9 +170,9 @@ def _absolute(uri: str) -> str:
     return uri if is_remote(uri) else local_path(uri)
 
 
-def _local_batches(model: tuple[dict, dict], kwargs, manifest: Manifest, data_uri: str, videos,
-                   storage) -> Iterator[dict]:
-    scorer = SegmentScorer(model=model, **{**kwargs, "use_gpu": False})
+def _local_batches(model: tuple[dict, dict], kwargs, manifest: Manifest, data_uri: str,
+                   videos) -> Iterator[dict]:
+    scorer = SegmentScorer(model=model, **kwargs)
     for video in videos:
         yield scorer(segment_items(manifest, data_uri, video))
 

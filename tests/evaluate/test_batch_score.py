@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
@@ -66,11 +67,25 @@ def test_batch_size_changes_nothing_but_speed(segmented_data, tiny_checkpoint):
                                b.table.column("score").to_numpy(), rtol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback of a machine without a GPU")
+def test_in_process_gpu_request_without_a_gpu_scores_on_the_cpu(tiny_checkpoint, segmented_data,
+                                                                caplog):
+    cpu = score_dataset(tiny_checkpoint, segmented_data, None,
+                        ScoreConfig(workers=0, batch_size=8, progress=False))
+    with caplog.at_level("WARNING"):
+        asked = score_dataset(tiny_checkpoint, segmented_data, None,
+                              ScoreConfig(workers=0, gpus_per_worker=1, batch_size=8,
+                                          progress=False))
+    assert "torch sees none" in caplog.text
+    assert asked.table.equals(cpu.table)
+    assert asked.meta["gpus_per_worker"] == 1
+
+
 def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_data):
     with pytest.raises(UserError, match="score.batch_size"):
         ScoreConfig(batch_size=0)
-    with pytest.raises(UserError, match="score.gpus_per_worker needs"):
-        ScoreConfig(workers=0, gpus_per_worker=1)
+    with pytest.raises(UserError, match="score.gpus_per_worker"):
+        ScoreConfig(gpus_per_worker=-1)
     with pytest.raises(UserError, match="score.precision"):
         ScoreConfig(precision="fp16")
     with pytest.raises(UserError, match="split 'val'"):
