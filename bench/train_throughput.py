@@ -18,8 +18,13 @@ MemAE from the ped2_lite recipe, N=2000 slots):
 Torch threads: Ray gives each worker OMP_NUM_THREADS = its CPUs; the plain loop uses the same
 count (--cpus-per-worker). Repetitions alternate the variants; the table shows medians.
 
+``--plain-only`` times the plain loop alone on random clips (no data preparation, no Ray), at
+each ``--precision`` given: what a GPU node without Ray can tell about the training step, e.g.
+the official recipe at 256x256 (``--size 256 --batch 14 --precision fp32 bf16``).
+
 Usage: python bench/train_throughput.py [--device cpu|cuda] [--size 32] [--batch 8]
        [--steps 20] [--epochs 3] [--reps 3] [--cpus-per-worker 1] [--skip-cluster] [--json OUT]
+       [--plain-only --precision auto|fp32|bf16 ...]
 """
 
 from __future__ import annotations
@@ -42,10 +47,12 @@ sys.path.insert(0, str(ROOT))
 from memae_dist.config import ExperimentConfig, load_config  # noqa: E402
 
 
-def experiment(args, data: str, runs: str, name: str, workers: int) -> ExperimentConfig:
+def experiment(args, data: str, runs: str, name: str, workers: int,
+               precision: str = "auto") -> ExperimentConfig:
     gpus = 1 if args.device == "cuda" else 0
     return load_config(ROOT / "configs" / "ped2_lite.yaml", [
         f"data.path={data}", f"run.storage={runs}", f"run.name={name}", "data.stride=1",
+        f"train.precision={precision}",
         f"train.batch_size={args.batch}", f"train.workers={workers}",
         f"train.cpus_per_worker={args.cpus_per_worker}", f"train.gpus_per_worker={gpus}",
         f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
@@ -160,6 +167,22 @@ def cluster_section(args, data: str, runs: str) -> dict:
     return out
 
 
+def plain_only(args) -> dict:
+    """Plain-loop clips/s per precision, alternating, on random uint8 clips."""
+    clips = torch.randint(0, 256, (max(4 * args.batch, 64), 16, args.size, args.size),
+                          dtype=torch.uint8)
+    res: dict[str, list[float]] = {p: [] for p in args.precision}
+    for _ in range(args.reps):
+        for precision in args.precision:
+            cfg = experiment(args, "unused", "unused", "plain", 0, precision)
+            res[precision].append(plain_loop(cfg, clips, args))
+            print(f"plain {precision}: {res[precision][-1]:.1f} clips/s", flush=True)
+    for precision, rates in res.items():
+        print(f"median {precision}: {statistics.median(rates):.1f} clips/s (size {args.size}, "
+              f"batch {args.batch}, {args.steps} steps, device {args.device})")
+    return res
+
+
 def median_of(runs: list, key: str | None = None) -> float:
     return statistics.median(r[key] if key else r for r in runs)
 
@@ -189,9 +212,18 @@ def main() -> None:
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
     p.add_argument("--skip-cluster", action="store_true")
     p.add_argument("--json", help="write the raw figures here")
+    p.add_argument("--plain-only", action="store_true",
+                   help="only the plain loop, on random clips, without Ray")
+    p.add_argument("--precision", nargs="+", default=["auto"],
+                   choices=("auto", "fp32", "bf16"), help="with --plain-only")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU")
+    if args.plain_only:
+        res = plain_only(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"args": vars(args), "plain": res}, indent=2))
+        return
     logging.basicConfig(level=logging.WARNING)
     import ray.data
 
