@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple
 
     A folder prepared earlier with the same videos and size is reused as it is."""
     data, jpegs = root / "data", root / "jpeg"
-    if (data / "manifest.json").exists():
+    if (data / "manifest.json").exists() and jpegs.is_dir():
         manifest = load_manifest(str(data))
         if list(manifest.size) == list(size) and len(manifest.videos("test")) == videos:
             return str(data), jpegs
@@ -82,6 +83,8 @@ def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple
     from memae_dist.data.writer import write_dataset
 
     specs = [s for s in ucsd_videos(ped2, "ped2") if s.split == "test"][:videos]
+    done, jpegs = jpegs, root / "jpeg.partial"  # renamed once complete: never half reused
+    shutil.rmtree(jpegs, ignore_errors=True)
     data = str(data)
     write_dataset(specs, data, size, name="ped2-bench", source="ucsd-ped2", progress=False)
     from memae_dist.data.shards import read_video_frames
@@ -98,7 +101,8 @@ def prepare(ped2: Path, videos: int, size: tuple[int, int], root: Path) -> tuple
         for start in range(len(frames) - 15):
             savemat(index / f"{v.name}_i{start + 1:03d}.mat",
                     {"v_name": v.name, "idx": np.arange(start, start + 16)[None]})
-    return data, jpegs
+    jpegs.rename(done)
+    return data, done
 
 
 @torch.no_grad()
