@@ -178,7 +178,7 @@ def plain_only(args) -> dict:
             res[precision].append(plain_loop(cfg, clips, args))
             print(f"plain {precision}: {res[precision][-1]:.1f} clips/s", flush=True)
     for precision, rates in res.items():
-        print(f"median {precision}: {statistics.median(rates):.1f} clips/s (size {args.size}, "
+        print(f"median {precision}: {median_of(rates):.1f} clips/s (size {args.size}, "
               f"batch {args.batch}, {args.steps} steps, device {args.device})")
     return res
 
