@@ -13,15 +13,16 @@ frame AUC (paper protocol and the others), training clips/s and wall time into
 
 Profiles:
 - ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4, lambda 1/N,
-  batch 4 per worker): about 35 minutes of two quiet cores per variant (200 s an epoch); 3 seeds
+  global batch 4): about 35 minutes of two quiet cores per variant (200 s an epoch); 3 seeds
   of memae, 1 of each ablation.
 - ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
 
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
-interrupted reproduction continues where it stopped (training itself resumes by run name).
+interrupted reproduction continues where it stopped (training itself resumes by run name). With
+``--only``, the results file still lists every finished run of the plan in the work folder.
 
 Usage: python bench/reproduce_ped2.py [--profile lite|paper] [--src ../shared/data/ucsd_ped2]
-       [--work bench/.work/ped2] [--only memae:0,ae:0] [--set KEY=VALUE ...]
+       [--work bench/.work/ped2] [--only memae:0,ae:0] [--set KEY=VALUE ...] [--size S]
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
     }
 
 
+def finished(args, name: str) -> bool:
+    """Both evaluations of run ``name`` exist in the work folder."""
+    return all((args.work / "eval" / n / "metrics.json").exists() for n in (name, f"{name}_mae"))
+
+
 def summarise(rows: list[dict], key: str = "auc_paper") -> dict:
     out = {}
     for variant in PAPER:
@@ -132,6 +138,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench/.work/ped2")
     parser.add_argument("--only", default="", help="comma list of VARIANT:SEED to run")
     parser.add_argument("--set", action="append", default=[], help="extra recipe override")
+    parser.add_argument("--size", type=int, default=None,
+                        help="frame size (square) instead of the profile's, to study resolution")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
@@ -140,12 +148,18 @@ def main() -> None:
     selected = profile["runs"]
     if args.only:
         selected = [(v, int(s)) for v, s in (item.split(":") for item in args.only.split(","))]
-    data = prepare(args, profile["size"], args.work / "prepare.log")
+    size = args.size or profile["size"]
+    data = prepare(args, size, args.work / "prepare.log")
     rows = []
     for variant, seed in selected:
         rows.append(train_and_evaluate(args, profile, data, variant, seed))
         print(json.dumps(rows[-1]), flush=True)
-    result = {"profile": args.profile, "recipe": profile["recipe"], "size": profile["size"],
+    # The results file describes every finished run of the plan, not only this invocation's:
+    # runs finished earlier in the same work folder are read back (nothing is retrained).
+    for variant, seed in profile["runs"]:
+        if (variant, seed) not in selected and finished(args, f"{variant}_s{seed}"):
+            rows.append(train_and_evaluate(args, profile, data, variant, seed))
+    result = {"profile": args.profile, "recipe": profile["recipe"], "size": size,
               "overrides": args.set, "machine": machine(), "runs": rows,
               "summary": summarise(rows), "summary_mae": summarise(rows, "auc_paper_mae"),
               "command": "python bench/reproduce_ped2.py " + " ".join(sys.argv[1:])}
