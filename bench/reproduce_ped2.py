@@ -8,8 +8,10 @@ For each (variant, seed) of the chosen profile this runs exactly what a user wou
     memae-dist evaluate --checkpoint WORK/runs/V_sN --data ... --out WORK/eval/V_sN
 
 and once more with ``--error mae`` (the official test script's error measure), then collects
-frame AUC (paper protocol and the others), training clips/s and wall time into
-``bench/results/ped2_<profile>.json`` and the Ped2 table of ``bench/RESULTS.md``.
+frame AUC (paper protocol and the others), where the paper protocol loses AUC (mis-ranked frame
+pairs within and across videos), the memory's last-epoch attention entropy, training clips/s
+and wall time into ``bench/results/ped2_<profile>.json`` for the Ped2 table of
+``bench/RESULTS.md``.
 
 Profiles:
 - ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4, lambda 1/N,
@@ -99,7 +101,9 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         walls["train_wall_s"] = run(cmd, log)
         walls["eval_wall_s"] = run(cli("evaluate", "--checkpoint", str(runs / name), "--data",
                                        data, "--out", str(out), "--no-progress"), log)
-        walls_file.write_text(json.dumps(walls))
+        tmp = walls_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(walls))
+        tmp.replace(walls_file)
     elif walls_file.exists():
         walls = json.loads(walls_file.read_text())
     # The official MemAE test script's error: the per-pixel L2 norm over colour channels,
@@ -122,7 +126,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         "final_loss": history[-1]["loss"],
         "slots_used": history[-1].get("slots_used"),
         "per_query_entropy": history[-1].get("entropy"),
-        **pairs_lost(metrics["scores"]),
+        **pairs_lost(str(out / "scores.parquet")),
     }
 
 
