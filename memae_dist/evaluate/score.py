@@ -6,8 +6,9 @@ window's 9th frame (the paper's protocol, see ``protocol.py``).
 Windows are cut from the stored segments, and each segment's windows go through the model in
 chunks of ``batch_size`` counted from the segment's first window. The batch composition therefore
 depends only on the data and ``batch_size``, never on how work is spread over processes, which is
-what makes one process and N Ray workers give bit-identical scores (oneDNN picks a different
-kernel for a batch of one than for larger batches, so composition does matter in the last bits).
+what makes one process and N Ray workers give bit-identical scores at the same threads per
+process (oneDNN picks a different kernel for a batch of one than for larger batches, and may sum
+in another order with another thread count, so both matter in the last bits).
 """
 
 from __future__ import annotations
