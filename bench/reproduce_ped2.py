@@ -39,14 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from memae_dist.evaluate.batch_score import read_scores, video_scores  # noqa: E402
-from memae_dist.evaluate.protocol import abnormality  # noqa: E402
-
 PAPER = {"ae": 0.917, "memae_nonsparse": 0.929, "memae": 0.941}
 PROFILES = {
     "lite": {"recipe": "ped2_lite", "size": 64,
@@ -126,24 +119,23 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         "final_loss": history[-1]["loss"],
         "slots_used": history[-1].get("slots_used"),
         "per_query_entropy": history[-1].get("entropy"),
-        **pairs_lost(str(out / "scores.parquet")),
+        **pairs_lost(metrics),
     }
 
 
-def pairs_lost(scores: str) -> dict:
+def pairs_lost(metrics: dict) -> dict:
     """Where the paper protocol's AUC goes: ``1 - auc_paper`` is the share of (abnormal, normal)
     frame pairs ranked wrongly after per-video min-max normalisation, split here into pairs of
     frames from the same video (the model's ranking within a video) and from different videos
-    (what the normalisation does to the pooled ranking)."""
-    videos = video_scores(read_scores(scores)[0], labelled_only=True)
-    norm = np.concatenate([abnormality(v.scores) for v in videos])
-    labels = np.concatenate([v.labels for v in videos]).astype(bool)
-    owner = np.concatenate([np.full(v.labels.size, i) for i, v in enumerate(videos)])
-    a, b = norm[labels], norm[~labels]
-    wrong = (a[:, None] < b) + 0.5 * (a[:, None] == b)  # (abnormal, normal)
-    same = owner[labels][:, None] == owner[~labels]
-    return {"auc_lost_within_videos": float(wrong[same].sum() / wrong.size),
-            "auc_lost_across_videos": float(wrong[~same].sum() / wrong.size)}
+    (what the normalisation does to the pooled ranking). Each video's own AUC counts its
+    wrongly ranked pairs, so the split follows from the evaluation's metrics alone."""
+    videos = metrics["per_video"]
+    pairs = [v["n_abnormal"] * (v["n_frames"] - v["n_abnormal"]) for v in videos]
+    abnormal = sum(v["n_abnormal"] for v in videos)
+    total = abnormal * (sum(v["n_frames"] for v in videos) - abnormal)
+    within = sum((1 - v["auc"]) * n for v, n in zip(videos, pairs) if n) / total
+    return {"auc_lost_within_videos": within,
+            "auc_lost_across_videos": 1 - metrics["auc_paper"] - within}
 
 
 def finished(args, name: str) -> bool:

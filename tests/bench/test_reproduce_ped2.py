@@ -4,10 +4,8 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from memae_dist.evaluate.batch_score import SCHEMA, SCORES_FORMAT, write_scores
 from memae_dist.evaluate.protocol import VideoScores, evaluate_videos
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "reproduce_ped2.py"
@@ -21,35 +19,23 @@ def reproduce():
     return module
 
 
-def _scores_file(path: Path, videos: list[VideoScores]) -> str:
-    table = pa.table({
-        "video": pa.array([v.name for v in videos for _ in v.frames], pa.string()),
-        "frame": pa.array(np.concatenate([v.frames for v in videos]).astype(np.int32)),
-        "score": pa.array(np.concatenate([v.scores for v in videos])),
-        "regularity": pa.array(np.zeros(sum(v.frames.size for v in videos))),
-        "label": pa.array(np.concatenate([v.labels for v in videos]).astype(np.int8), pa.int8()),
-    }, schema=SCHEMA)
-    write_scores(str(path), table, {"format": SCORES_FORMAT})
-    return str(path)
-
-
-def test_an_all_abnormal_video_loses_auc_across_videos_only(reproduce, tmp_path):
+def test_an_all_abnormal_video_loses_auc_across_videos_only(reproduce):
     # Video a ranks perfectly (normalised 0, .25, .5 | .75, 1); video b is abnormal throughout,
     # so its normalisation puts abnormal frames at 0 and .5, level with or under a's normal ones.
     videos = [VideoScores("a", np.arange(5), [1.0, 2, 3, 4, 5], [0, 0, 0, 1, 1]),
               VideoScores("b", np.arange(3), [1.0, 2, 3], [1, 1, 1])]
-    lost = reproduce.pairs_lost(_scores_file(tmp_path / "s.parquet", videos))
+    lost = reproduce.pairs_lost(evaluate_videos(videos))
     # 15 (abnormal, normal) pairs: b's 0 under a's .25 and .5, tied with a's 0; b's .5 tied.
-    assert lost == {"auc_lost_within_videos": 0.0, "auc_lost_across_videos": 3 / 15}
+    assert lost == pytest.approx({"auc_lost_within_videos": 0.0, "auc_lost_across_videos": 3 / 15})
     assert evaluate_videos(videos)["auc_paper"] == pytest.approx(1 - 3 / 15)
 
 
-def test_the_two_parts_add_up_to_the_paper_protocols_shortfall(reproduce, tmp_path):
+def test_the_two_parts_add_up_to_the_paper_protocols_shortfall(reproduce):
     rng = np.random.default_rng(0)
     videos = []
     for i, n in enumerate([40, 25, 60]):
         labels = (np.arange(n) > n // 3).astype(np.uint8)
         videos.append(VideoScores(f"{i:02d}", np.arange(n), rng.random(n) + 0.5 * labels, labels))
-    lost = reproduce.pairs_lost(_scores_file(tmp_path / "s.parquet", videos))
+    lost = reproduce.pairs_lost(evaluate_videos(videos))
     assert lost["auc_lost_within_videos"] > 0 and lost["auc_lost_across_videos"] > 0
     assert sum(lost.values()) == pytest.approx(1 - evaluate_videos(videos)["auc_paper"])
