@@ -106,13 +106,15 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         run(cli("evaluate", "--checkpoint", str(runs / name), "--data", data, "--error", "mae",
                 "--out", str(mae_file.parent), "--no-progress"), log)
     metrics = json.loads(metrics_file.read_text())
+    mae = json.loads(mae_file.read_text())
     history = json.loads((runs / name / "history.json").read_text())
     steady = [row["clips_per_s"] for row in history[1:]] or [history[0]["clips_per_s"]]
     return {
         "variant": variant, "seed": seed,
         "auc_paper": metrics["auc_paper"], "auc_micro": metrics.get("auc_micro"),
         "auc_per_video_mean": metrics.get("auc_per_video_mean"),
-        "auc_paper_mae": json.loads(mae_file.read_text())["auc_paper"],
+        "auc_paper_mae": mae["auc_paper"],
+        "auc_per_video_mean_mae": mae.get("auc_per_video_mean"),
         "epochs": len(history), "train_clips_per_s": statistics.median(steady),
         "train_wall_s": walls["train_wall_s"] or sum(row["epoch_s"] for row in history),
         "eval_wall_s": walls["eval_wall_s"],
@@ -120,6 +122,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         "slots_used": history[-1].get("slots_used"),
         "per_query_entropy": history[-1].get("entropy"),
         **pairs_lost(metrics),
+        **{f"{key}_mae": value for key, value in pairs_lost(mae).items()},
     }
 
 
