@@ -11,7 +11,9 @@ from memae_dist.errors import UserError
 class EvalConfig:
     # Split scored for the test metrics.
     split: str = "test"
-    # Window error: "mse" (the paper) or "mae" (an option of the official evaluation script).
+    # Window error: "mse" (the training loss; the official AE test code) or "mae" (what the
+    # official MemAE test code computes for grey frames; on Ped2 it ranks frames better, see
+    # the README).
     error: str = "mse"
     # Windows per forward pass when scoring.
     batch_size: int = 32
