@@ -68,7 +68,7 @@ SCHEMA = pa.schema([("video", pa.string()), ("frame", pa.int32()), ("score", pa.
 class ScoreConfig:
     # Split of the prepared dataset to score.
     split: str = "test"
-    # Window error: "mse" (the paper) or "mae" (an option of the official scoring script).
+    # Window error: "mse" (the training loss) or "mae" (the official MemAE test code's, grey).
     error: str = "mse"
     # Windows per forward pass (counted within each stored segment; see score.py).
     batch_size: int = 32

@@ -231,7 +231,7 @@ def headline(metrics: dict[str, Any], protocol: str = "paper") -> dict[str, Any]
 def window_error(recon, clip, kind: str = "mse"):
     """Per-sample reconstruction error, reduced over all but the batch dimension.
 
-    ``kind="mse"`` (the official training/test code) or ``"mae"`` (an option of the official
+    ``kind="mse"`` (the training loss; the official AE test code) or ``"mae"`` (the official MemAE
     scoring script). Duck-typed: numpy arrays give a numpy (B,) array, torch tensors a (B,)
     tensor on the same device, so this module never imports torch.
     """
