@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from memae_dist.data.storage import write_bytes_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"ae": 0.917, "memae_nonsparse": 0.929, "memae": 0.941}
 PROFILES = {
@@ -94,9 +96,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         walls["train_wall_s"] = run(cmd, log)
         walls["eval_wall_s"] = run(cli("evaluate", "--checkpoint", str(runs / name), "--data",
                                        data, "--out", str(out), "--no-progress"), log)
-        tmp = walls_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(walls))
-        tmp.replace(walls_file)
+        write_bytes_atomic(str(walls_file), json.dumps(walls).encode())
     elif walls_file.exists():
         walls = json.loads(walls_file.read_text())
     # The official MemAE test script's error: the per-pixel L2 norm over colour channels,
@@ -194,10 +194,7 @@ def main() -> None:
               "summary": summarise(rows), "summary_mae": summarise(rows, "auc_paper_mae"),
               "command": "python bench/reproduce_ped2.py " + " ".join(sys.argv[1:])}
     target = args.json or ROOT / "bench/results" / f"ped2_{args.profile}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(target)
+    write_bytes_atomic(str(target), json.dumps(result, indent=2).encode())
     print(json.dumps(result["summary"], indent=2))
 
 
