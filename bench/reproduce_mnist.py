@@ -39,6 +39,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
 from memae_dist.models import ModelConfig, build_model  # noqa: E402
 from memae_dist.models.loss import memae_loss  # noqa: E402
 
@@ -153,10 +154,7 @@ def main() -> None:
               "total_wall_s": time.perf_counter() - t0,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               "command": "python bench/reproduce_mnist.py " + " ".join(sys.argv[1:])}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(args.json)
+    write_bytes_atomic(str(args.json), json.dumps(result, indent=2).encode())
     print(json.dumps(summary, indent=2))
 
 
