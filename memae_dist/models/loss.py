@@ -17,7 +17,8 @@ def memae_loss(
     The entropy is computed (for logging) even when ``entropy_weight`` is 0; it is a zero tensor
     when the model has no memory. Pass ``ModelConfig.effective_entropy_weight``.
     """
-    recon = F.mse_loss(out.recon, x)
+    # fp32 even after a bf16/fp16 forward pass: the loss is a mean over millions of voxels.
+    recon = F.mse_loss(out.recon.float(), x.float())
     if out.attention is None:
         entropy = recon.new_zeros(())
     else:

@@ -44,6 +44,16 @@ class MemoryUnit(nn.Module):
         nn.init.uniform_(self.memory, -bound, bound)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        device_type = z.device.type
+        if torch.is_autocast_enabled(device_type):
+            # Addressing stays in fp32 under bf16/fp16 autocast: bf16 logits carry ~3 digits,
+            # enough to move weights across the shrinkage threshold (lambda ~ 1/N), and the
+            # (B*L, N) products are tiny next to the convolutions, so fp32 costs nothing.
+            with torch.autocast(device_type, enabled=False):
+                return self._attend(z.float())
+        return self._attend(z)
+
+    def _attend(self, z: Tensor) -> tuple[Tensor, Tensor]:
         b, c = z.shape[0], z.shape[1]
         queries = z.reshape(b, c, -1).transpose(1, 2).reshape(-1, c)  # (B*L, C)
         weights = self.address(queries)  # (B*L, N)

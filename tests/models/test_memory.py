@@ -93,6 +93,21 @@ def _assert_entropy(att: torch.Tensor) -> None:
     assert abs(got.item() - expected) <= 1e-6 * abs(expected)
 
 
+def test_addressing_stays_fp32_under_bf16_autocast():
+    """bf16 features in, fp32 attention out, equal to the fp32 addressing of the same features."""
+    torch.manual_seed(0)
+    unit = MemoryUnit(50, 16, 1 / 50)
+    z = (torch.randn(2, 16, 3, 4) * 3).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_hat, att = unit(z)
+    assert att.dtype == torch.float32 and z_hat.dtype == torch.float32
+    want_z_hat, want_att = unit(z.float())
+    torch.testing.assert_close(att, want_att, rtol=0, atol=0)
+    torch.testing.assert_close(z_hat, want_z_hat, rtol=0, atol=0)
+    rows = _queries(att.detach().numpy())
+    np.testing.assert_allclose(rows.sum(axis=1), 1.0, rtol=1e-6)
+
+
 def test_entropy_loss_on_sparse_attention():
     rng = np.random.default_rng(1)
     w = rng.random((2, 7, 3, 4)) ** 4

@@ -75,3 +75,23 @@ def test_initialisation_statistics(video_model):
     mem = video_model.memory.memory.detach()
     assert mem.abs().max().item() <= 1 / 16  # uniform(-1/sqrt(256), 1/sqrt(256)), not N(0, 0.02)
     assert mem.std().item() == pytest.approx(1 / 16 / 3**0.5, rel=0.02)
+
+
+def test_bf16_channels_last_step_tracks_fp32():
+    """The CPU fast path (bf16 autocast, channels_last_3d): fp32 loss and attention, a loss
+    within bf16 rounding of the fp32 one, and finite gradients for every parameter."""
+    from memae_dist.models import memae_loss
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="video", num_slots=100, shrink_threshold=0.01))
+    x = torch.rand(2, 1, 16, 32, 32) * 2 - 1
+    want, _ = memae_loss(model(x), x, 0.0002)
+    model = model.to(memory_format=torch.channels_last_3d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x.contiguous(memory_format=torch.channels_last_3d))
+        loss, parts = memae_loss(out, x, 0.0002)
+    assert loss.dtype == torch.float32 and out.attention.dtype == torch.float32
+    assert loss.item() == pytest.approx(want.item(), rel=0.02)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
