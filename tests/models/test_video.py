@@ -95,3 +95,24 @@ def test_bf16_channels_last_step_tracks_fp32():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_decoder_bias_added_apart_is_the_stock_layer():
+    """The training-mode path (bias added after the convolution) computes what
+    ``nn.ConvTranspose3d`` computes, gradients included, and keeps its parameter names."""
+    from memae_dist.models.video import ConvTranspose3d
+
+    torch.manual_seed(0)
+    ours = ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    stock = nn.ConvTranspose3d(8, 4, 3, stride=2, padding=1, output_padding=1)
+    stock.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 8, 3, 5, 5)
+    y_ours, y_stock = ours(x), stock(x)
+    torch.testing.assert_close(y_ours, y_stock)
+    y_ours.square().sum().backward()
+    y_stock.square().sum().backward()
+    torch.testing.assert_close(ours.bias.grad, stock.bias.grad)
+    torch.testing.assert_close(ours.weight.grad, stock.weight.grad)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), stock.eval()(x))
+    assert [n for n, _ in ours.named_parameters()] == ["weight", "bias"]
