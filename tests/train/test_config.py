@@ -46,3 +46,21 @@ def test_precision_modes_on_cpu():
     assert memory_format(TrainConfig(memory_format="channels_last"), "video",
                          cpu) == torch.channels_last_3d
     assert memory_format(TrainConfig(), "video", torch.device("cuda")) == torch.channels_last_3d
+    # bf16 on a CPU: oneDNN's bf16 kernels are fastest channels-last
+    assert memory_format(TrainConfig(precision="bf16"), "video", cpu) == torch.channels_last_3d
+    assert memory_format(TrainConfig(precision="bf16", memory_format="contiguous"), "video",
+                         cpu) == torch.contiguous_format
+
+
+def test_bf16_on_a_cpu_without_amx_warns(monkeypatch, caplog):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with caplog.at_level("WARNING", logger="memae_dist.train"):
+        Precision(TrainConfig(precision="bf16"), cpu)
+    assert "train.precision=bf16" in caplog.text and "slower than fp32" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with caplog.at_level("WARNING", logger="memae_dist.train"):
+        Precision(TrainConfig(precision="bf16"), cpu)
+        Precision(TrainConfig(precision="fp32"), cpu)
+    assert caplog.text == ""
