@@ -27,9 +27,8 @@ class Precision:
         self.mode = mode
         self.device_type = device.type
         if device.type == "cpu" and mode in ("bf16", "fp16") and not cpu_has_native(mode):
-            log.warning("train.precision=%s: this CPU has no AMX %s tiles, so oneDNN emulates "
-                        "%s and training runs slower than fp32 (bf16: 2x to 30x slower); use fp32",
-                        mode, mode, mode)
+            log.warning("train.precision=%s: this CPU has no AMX %s tiles, so training runs "
+                        "no faster than fp32 and up to 30x slower; use fp32", mode, mode)
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
         self.scaler = torch.amp.GradScaler(device.type, enabled=mode == "fp16")
 
