@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -25,29 +26,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, out: str) -> None:
+def layout(net: nn.Module, bf16: bool) -> nn.Module:
+    """bf16 runs take the channels-last layout, as the trainer gives them on a CPU."""
+    return net.to(memory_format=torch.channels_last_3d) if bf16 else net
+
+
+def loss_of(net: nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
+    if not bf16:
+        return (net(x) ** 2).mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return (net(x.contiguous(memory_format=torch.channels_last_3d)).float() ** 2).mean()
+
+
+def ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, out: str, bf16: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    model = convert_batchnorm(small_net(), "cpu")
+    model = layout(convert_batchnorm(small_net(), "cpu"), bf16)
     ddp = nn.parallel.DistributedDataParallel(model)
-    (ddp(x.chunk(world)[rank]) ** 2).mean().backward()
+    loss_of(ddp, x.chunk(world)[rank], bf16).backward()
     grads = {k: p.grad for k, p in model.named_parameters()}
     grads["running_var"] = model[1].running_var
     torch.save(grads, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_workers_match_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-channels-last"])
+def test_two_workers_match_one_process_on_the_global_batch(tmp_path, bf16):
     x = torch.randn(8, 1, 4, 6, 6) * 3 + 1  # (B, C, T, H, W), mean far from 0
-    mp.spawn(ddp_worker, args=(2, free_port(), x, str(tmp_path)), nprocs=2)
-    ref = small_net()
-    (ref(x) ** 2).mean().backward()
+    mp.spawn(ddp_worker, args=(2, free_port(), x, str(tmp_path), bf16), nprocs=2)
+    ref = layout(small_net(), bf16)
+    loss_of(ref, x, bf16).backward()
     expected = {k: p.grad for k, p in ref.named_parameters()}
     expected["running_var"] = ref[1].running_var
+    # bf16 activations carry 3 significant digits; the two sides round in different places.
+    tol = {"rtol": 3e-2, "atol": 3e-3} if bf16 else {"rtol": 1e-4, "atol": 1e-6}
     for rank in range(2):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for key, value in expected.items():
-            torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-6, msg=key)
+            torch.testing.assert_close(got[key], value, **tol, msg=key)
 
 
 def test_conversion_keeps_parameters_and_checkpoint_keys():
