@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train_throughput import prepare  # noqa: E402  (bench/ is this script's folder)
+
 from memae_dist.config import ExperimentConfig, load_config  # noqa: E402
 from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
 
@@ -62,15 +64,6 @@ def steady_clips_per_s(cfg: ExperimentConfig) -> float:
     rows = history[1:] or history  # the first epoch warms up
     return statistics.median(r["clips"] / max(r["epoch_s"] - r["time_to_first_batch_s"], 1e-9)
                              for r in rows)
-
-
-def synthetic(root: Path, size: int) -> str:
-    from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
-
-    data = str(root / "data")
-    generate_synthetic(data, SyntheticConfig(seed=0, size=(size, size), train_videos=6,
-                                             test_videos=1, frames_per_video=96), workers=2)
-    return data
 
 
 def cpu_flags() -> list[str]:
@@ -108,7 +101,7 @@ def main() -> None:
         # Logical CPUs beyond the cores leave Ray Data room for its read tasks.
         ray.init(num_cpus=CORES + 2, include_dashboard=False, object_store_memory=300 * 2**20,
                  logging_level="WARNING", log_to_driver=False)
-        data = args.data or synthetic(Path(tmp), args.size)
+        data = args.data or prepare(args, Path(tmp))  # synthetic, at --size
         for rep in range(args.reps):
             for v in variants:
                 rate = steady_clips_per_s(experiment(args, data, f"{tmp}/runs", f"{v}-{rep}", v))
