@@ -37,6 +37,7 @@ from train_throughput import prepare  # noqa: E402  (bench/ is this script's fol
 
 from memae_dist.config import ExperimentConfig, load_config  # noqa: E402
 from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
+from memae_dist.train.precision import cpu_has_native  # noqa: E402
 
 CORES = os.cpu_count() or 1
 VARIANTS = {  # workers, CPUs per worker, precision, memory format
@@ -64,17 +65,6 @@ def steady_clips_per_s(cfg: ExperimentConfig) -> float:
     rows = history[1:] or history  # the first epoch warms up
     return statistics.median(r["clips"] / max(r["epoch_s"] - r["time_to_first_batch_s"], 1e-9)
                              for r in rows)
-
-
-def cpu_flags() -> list[str]:
-    """The CPU features the bf16 speed depends on (AVX-512 bf16, AMX), where Linux says."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2")))
 
 
 def main() -> None:
@@ -115,7 +105,8 @@ def main() -> None:
         print(f"{v:8s} {s['clips_per_s']:7.2f} clips/s  {s['ratio']:.2f}x {variants[0]}")
     if args.json:
         out = {"command": "python bench/cpu_layouts.py " + " ".join(sys.argv[1:]),
-               "machine": f"{platform.machine()}, {CORES} cores, flags {' '.join(cpu_flags())}",
+               "machine": f"{platform.machine()}, {CORES} cores, "
+                          f"AMX bf16: {cpu_has_native('bf16')}",
                "runs": res, "summary": summary}
         write_bytes_atomic(str(args.json), json.dumps(out, indent=2).encode())
 

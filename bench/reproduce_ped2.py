@@ -158,7 +158,10 @@ def summarise(rows: list[dict], key: str = "auc_paper") -> dict:
 
 
 def machine() -> str:
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from memae_dist.train.precision import cpu_has_native
+
+    return (f"{platform.machine()}, {os.cpu_count()} cores, AMX bf16: {cpu_has_native('bf16')}, "
+            f"Python {platform.python_version()}")
 
 
 def main() -> None:
