@@ -5,9 +5,10 @@ three layouts, on one prepared set, alternating, so machine load hits all of the
 
 - ``w2-fp32``: 2 workers x 1 CPU, fp32 (what ``ped2_lite`` ran before): DDP over gloo and the
   global BatchNorm, whose all-reduces make the two workers wait for each other every layer;
+- ``w2-bf16``: the same with bf16 autocast and the channels-last 3D layout (oneDNN's bf16
+  kernels; AMX tiles where the CPU has them);
 - ``w1-fp32``: 1 worker x every core, fp32 (the stock BatchNorm kernel, no all-reduce);
-- ``w1-bf16``: the same with bf16 autocast and the channels-last 3D layout (oneDNN's bf16
-  kernels; AMX tiles where the CPU has them).
+- ``w1-bf16``: the same in bf16 and channels-last.
 
 Global batch, learning rate and BatchNorm statistics are the same in all three (the global
 BatchNorm makes 2 x 2 clips normalise as 1 x 4), so the layouts train the same model; only the
@@ -15,7 +16,7 @@ speed differs. Throughput comes from each run's own history: ``steady`` = clips 
 time to first batch) over the epochs after the first.
 
 Usage: python bench/cpu_layouts.py [--data PREPARED] [--size 64] [--steps 40] [--epochs 3]
-       [--reps 2] [--variants w2-fp32,w1-fp32,w1-bf16] [--json OUT]
+       [--reps 2] [--variants w2-fp32,w2-bf16,w1-fp32,w1-bf16] [--json OUT]
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from memae_dist.train.precision import cpu_has_native  # noqa: E402
 CORES = os.cpu_count() or 1
 VARIANTS = {  # workers, CPUs per worker, precision, memory format
     "w2-fp32": (2, max(CORES // 2, 1), "fp32", "contiguous"),
+    "w2-bf16": (2, max(CORES // 2, 1), "bf16", "channels_last"),
     "w1-fp32": (1, CORES, "fp32", "contiguous"),
     "w1-bf16": (1, CORES, "bf16", "channels_last"),
 }
