@@ -1,7 +1,7 @@
 """Training on one CPU machine: worker layout and precision, through the product's own ``fit()``.
 
 The same recipe (``configs/ped2_lite.yaml``: the paper's 3D-conv MemAE, global batch 4) in
-three layouts, on one prepared set, alternating, so machine load hits all of them:
+four variants, on one prepared set, alternating, so machine load hits all of them:
 
 - ``w2-fp32``: 2 workers x 1 CPU, fp32 (what ``ped2_lite`` ran before): DDP over gloo and the
   global BatchNorm, whose all-reduces make the two workers wait for each other every layer;
@@ -10,7 +10,7 @@ three layouts, on one prepared set, alternating, so machine load hits all of the
 - ``w1-fp32``: 1 worker x every core, fp32 (the stock BatchNorm kernel, no all-reduce);
 - ``w1-bf16``: the same in bf16 and channels-last.
 
-Global batch, learning rate and BatchNorm statistics are the same in all three (the global
+Global batch, learning rate and BatchNorm statistics are the same in all four (the global
 BatchNorm makes 2 x 2 clips normalise as 1 x 4), so the layouts train the same model; only the
 speed differs. Throughput comes from each run's own history: ``steady`` = clips / (epoch time -
 time to first batch) over the epochs after the first.
