@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from memae_dist.config import ExperimentConfig, load_config  # noqa: E402
+from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
 
 
 def experiment(args, data: str, runs: str, name: str, workers: int,
@@ -222,7 +224,10 @@ def main() -> None:
     if args.plain_only:
         res = plain_only(args)
         if args.json:
-            Path(args.json).write_text(json.dumps({"args": vars(args), "plain": res}, indent=2))
+            # oneDNN's ISA cap (e.g. AVX2) emulates an older CPU: bf16 speed depends on it.
+            out = {"args": vars(args), "plain": res,
+                   "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "")}
+            write_bytes_atomic(args.json, json.dumps(out, indent=2).encode())
         return
     logging.basicConfig(level=logging.WARNING)
     import ray.data
@@ -239,7 +244,8 @@ def main() -> None:
             res.update(cluster_section(args, data, str(Path(tmp) / "runs")))
     report(res, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": res}, indent=2))
+        write_bytes_atomic(args.json, json.dumps({"args": vars(args), "results": res},
+                                                 indent=2).encode())
 
 
 if __name__ == "__main__":
