@@ -15,8 +15,9 @@ and wall time into ``bench/results/ped2_<profile>.json`` for the Ped2 table of
 
 Profiles:
 - ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4, lambda 1/N,
-  global batch 4): about 35 minutes of two quiet cores per variant (200 s an epoch); 3 seeds
-  of memae, 1 of each ablation.
+  global batch 4, one worker with two cores): about 35 minutes of two quiet cores per variant
+  in fp32 (200 s an epoch on two workers, the layout the results table ran), about 15 with
+  ``--set train.precision=bf16`` on a CPU with AMX; 3 seeds of memae, 1 of each ablation.
 - ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
 
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
