@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from train_throughput import prepare  # noqa: E402  (bench/ is this script's folder)
+from train_throughput import prepare, ray_run  # noqa: E402  (bench/ is this script's folder)
 
 from memae_dist.config import ExperimentConfig, load_config  # noqa: E402
 from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
@@ -58,15 +58,6 @@ def experiment(args, data: str, runs: str, name: str, variant: str) -> Experimen
         f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
         "train.tensorboard=false", "train.keep_checkpoints=1",
     ])
-
-
-def steady_clips_per_s(cfg: ExperimentConfig) -> float:
-    from memae_dist.train.trainer import fit
-
-    history = fit(cfg).history
-    rows = history[1:] or history  # the first epoch warms up
-    return statistics.median(r["clips"] / max(r["epoch_s"] - r["time_to_first_batch_s"], 1e-9)
-                             for r in rows)
 
 
 def main() -> None:
@@ -96,7 +87,8 @@ def main() -> None:
         data = args.data or prepare(args, Path(tmp))  # synthetic, at --size
         for rep in range(args.reps):
             for v in variants:
-                rate = steady_clips_per_s(experiment(args, data, f"{tmp}/runs", f"{v}-{rep}", v))
+                cfg = experiment(args, data, f"{tmp}/runs", f"{v}-{rep}", v)
+                rate = ray_run(cfg)["steady"]
                 res[v].append(rate)
                 print(f"rep {rep} {v}: {rate:.2f} clips/s", flush=True)
         ray.shutdown()

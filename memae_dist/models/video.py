@@ -61,7 +61,7 @@ def video_decoder(in_channels: int = 1) -> nn.Sequential:
         prev = width
     layers.append(
         ConvTranspose3d(prev, in_channels, 3, stride=(1, 2, 2), padding=1,
-                           output_padding=(0, 1, 1))
+                        output_padding=(0, 1, 1))
     )
     net = nn.Sequential(*layers)
     net.apply(init_weights)
