@@ -95,8 +95,10 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         for item in args.set:
             cmd += ["--set", item]
         walls["train_wall_s"] = run(cmd, log)
+        # MSE named, not left to the recipe: the two evaluations must stay MSE and MAE.
         walls["eval_wall_s"] = run(cli("evaluate", "--checkpoint", str(runs / name), "--data",
-                                       data, "--out", str(out), "--no-progress"), log)
+                                       data, "--error", "mse", "--out", str(out),
+                                       "--no-progress"), log)
         write_bytes_atomic(str(walls_file), json.dumps(walls).encode())
     elif walls_file.exists():
         walls = json.loads(walls_file.read_text())

@@ -14,8 +14,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output file: path or s3:// URI")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="frame size (default: the checkpoint's training size)")
-    p.add_argument("--error", default="mse", choices=["mse", "mae"],
-                   help="window error computed by the exported graph")
+    p.add_argument("--error", choices=["mse", "mae"],
+                   help="window error computed by the exported graph (default: the "
+                        "checkpoint's eval.error)")
     add_storage_config_flag(p)
     p.set_defaults(func=run)
 

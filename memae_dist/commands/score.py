@@ -37,7 +37,9 @@ def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> N
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs (torch threads) per actor; default: cores / workers")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    p.add_argument("--error", default="mse", choices=["mse", "mae"], help="window error")
+    p.add_argument("--error", choices=["mse", "mae"],
+                   help="window error (default: the checkpoint's eval.error; mse unless its "
+                        "recipe says otherwise)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto = bf16 on GPU, fp32 on CPU")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")

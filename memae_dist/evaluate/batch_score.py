@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -68,8 +68,9 @@ SCHEMA = pa.schema([("video", pa.string()), ("frame", pa.int32()), ("score", pa.
 class ScoreConfig:
     # Split of the prepared dataset to score.
     split: str = "test"
-    # Window error: "mse" (the training loss) or "mae" (the official MemAE test code's, grey).
-    error: str = "mse"
+    # Window error: "mse" (the training loss) or "mae" (the official MemAE test code's, grey);
+    # None = the checkpoint's recipe (its eval.error), so a recipe scores the way it was meant to.
+    error: str | None = None
     # Windows per forward pass (counted within each stored segment; see score.py).
     batch_size: int = 32
     # Scoring actors; 0 scores in this process without Ray (same numbers: for debugging, or a
@@ -86,7 +87,7 @@ class ScoreConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.error not in ("mse", "mae"):
+        if self.error not in (None, "mse", "mae"):
             raise UserError(f"score.error must be 'mse' or 'mae', got {self.error!r}")
         if self.batch_size < 1:
             raise UserError(f"score.batch_size must be >= 1, got {self.batch_size}")
@@ -127,6 +128,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     checkpoint, data_uri = _absolute(checkpoint), _absolute(data_uri)
     ckpt, config, state = read_model_state(checkpoint, storage)
     _, exp = model_from_state(config, state)  # fails early on a bad checkpoint
+    cfg = replace(cfg, error=cfg.error or exp.eval.error)
     manifest = load_manifest(data_uri, storage)
     check_scorable(manifest, exp, data_uri)
     window = exp.data.window

@@ -64,7 +64,7 @@ def random_clips(batch: int, window: int, size: tuple[int, int], seed: int) -> t
 
 
 def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] | None = None,
-                 error: str = "mse", tol: float = 1e-4, check_batch: int = 3,
+                 error: str | None = None, tol: float = 1e-4, check_batch: int = 3,
                  storage: StorageConfig | None = None) -> ExportResult:
     """Export, verify against PyTorch, then write ``out`` atomically (path or s3:// URI)."""
     if fmt not in FORMATS:
@@ -81,6 +81,7 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
     if size[0] % 16 or size[1] % 16:
         raise UserError(f"--size must be multiples of 16, got {size[0]} {size[1]}")
     window = loaded.config.data.window
+    error = error or loaded.config.eval.error
     wrapper = ScoringModel(loaded.model, error).eval()
     meta = {"checkpoint": loaded.checkpoint_uri, "frame_size": list(size), "window": window,
             "error": error, "input": "clip: float32 (B, 1, L, H, W) = uint8 / 127.5 - 1",

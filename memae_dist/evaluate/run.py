@@ -34,7 +34,7 @@ def evaluate_checkpoint(
     out_dir: Path,
     *,
     split: str = "test",
-    error: str = "mse",
+    error: str | None = None,
     batch_size: int = 32,
     storage: StorageConfig | None = None,
     workers: int = 0,

@@ -16,6 +16,7 @@ from memae_dist.evaluate.batch_score import (
     video_scores,
 )
 from memae_dist.evaluate.score import load_model, score_split
+from tests.evaluate.conftest import make_checkpoint
 
 
 def test_two_workers_score_exactly_like_one_process(segmented_data, tiny_checkpoint, s3_bucket,
@@ -80,6 +81,26 @@ def test_in_process_gpu_request_without_a_gpu_scores_on_the_cpu(tiny_checkpoint,
     assert "torch sees none" in caplog.text
     assert asked.table.equals(cpu.table)
     assert asked.meta["gpus_per_worker"] == 1
+
+
+def test_window_error_defaults_to_the_checkpoints_recipe(segmented_data, tiny_checkpoint,
+                                                         tmp_path):
+    """A recipe's eval.error (the Ped2 recipes say mae) is how its checkpoints are scored unless
+    the caller names an error."""
+    mae_ckpt = make_checkpoint(tmp_path / "checkpoint_epoch_0001", segmented_data,
+                               "eval.error=mae")
+    plain = ScoreConfig(workers=0, batch_size=8, progress=False)
+    by_recipe = score_dataset(mae_ckpt, segmented_data, None, plain)
+    named_mae = score_dataset(tiny_checkpoint, segmented_data, None,
+                              ScoreConfig(workers=0, batch_size=8, error="mae", progress=False))
+    named_mse = score_dataset(mae_ckpt, segmented_data, None,
+                              ScoreConfig(workers=0, batch_size=8, error="mse", progress=False))
+    default = score_dataset(tiny_checkpoint, segmented_data, None, plain)
+    assert by_recipe.meta["error"] == "mae" and default.meta["error"] == "mse"
+    # Same weights (same seed), so the recipe's default equals naming the error.
+    assert by_recipe.table.equals(named_mae.table)
+    assert named_mse.table.equals(default.table)
+    assert not by_recipe.table.equals(default.table)
 
 
 def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_data):

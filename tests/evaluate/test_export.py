@@ -9,6 +9,7 @@ import torch
 from memae_dist.cli import main
 from memae_dist.evaluate.export import META_NAME, ScoringModel, random_clips
 from memae_dist.evaluate.score import load_model
+from tests.evaluate.conftest import make_checkpoint
 
 
 def pytorch_outputs(checkpoint, clips):
@@ -55,6 +56,21 @@ def test_torchscript_export_matches_pytorch(tiny_checkpoint, tmp_path):
         want_recon, want_error = (t.numpy() for t in model(clips))
     assert np.abs(recon - want_recon).max() < 1e-4
     assert np.abs(error - want_error).max() < 1e-4
+
+
+def test_export_computes_the_recipes_window_error_by_default(tiny_data, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "checkpoint_epoch_0001", tiny_data, "eval.error=mae")
+    out = tmp_path / "model.pt"
+    assert main(["export", "--checkpoint", ckpt, "--format", "torchscript",
+                 "--out", str(out)]) == 0
+    extra = {META_NAME: ""}
+    scripted = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra[META_NAME])["error"] == "mae"
+    clips = random_clips(2, 16, (16, 16), seed=3)
+    with torch.no_grad():
+        recon, error = scripted(clips)
+    np.testing.assert_allclose(error.numpy(), (recon - clips).abs().flatten(1).mean(1).numpy(),
+                               rtol=1e-5)
 
 
 def test_export_refuses_bad_settings(tiny_checkpoint, tmp_path, capsys):
