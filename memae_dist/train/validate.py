@@ -4,7 +4,8 @@ Videos are dealt round-robin to the workers; each scores windows at stride ``dat
 eval mode without gradients, then the per-video errors are gathered so every rank computes the
 same metrics:
 
-- ``val_recon``: mean window reconstruction error (an unsupervised proxy: lower is better);
+- ``val_recon``: mean window reconstruction error, measured as ``eval.error`` (mse or mae), as
+  the run's checkpoints will be scored (an unsupervised proxy: lower is better);
 - ``val_auc``: the paper's frame AUC (``evaluate_videos()["auc_paper"]``) when every video of
   the split is labelled and both classes occur among the scored frames. At stride 1 this is
   exactly the evaluation protocol; at stride s it scores every s-th frame.
@@ -94,7 +95,8 @@ class Validator:
                     x = x.to(w.device).contiguous(memory_format=w.memory_format)
                     with w.precision.autocast():
                         recon = w.model(x).recon
-                    errors.append(window_error(recon.float(), x).double().cpu().numpy())
+                    err = window_error(recon.float(), x, w.cfg.eval.error)
+                    errors.append(err.double().cpu().numpy())
                 out.append((video.name, starts, np.concatenate(errors)))
         finally:
             w.model.train(was_training)
