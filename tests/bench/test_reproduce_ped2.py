@@ -1,4 +1,4 @@
-"""The Ped2 reproduction's account of where the paper protocol loses AUC."""
+"""The Ped2 reproduction: where the paper protocol loses AUC, and the lite profile's precision."""
 
 import importlib.util
 from pathlib import Path
@@ -39,3 +39,12 @@ def test_the_two_parts_add_up_to_the_paper_protocols_shortfall(reproduce):
     lost = reproduce.pairs_lost(evaluate_videos(videos))
     assert lost["auc_lost_within_videos"] > 0 and lost["auc_lost_across_videos"] > 0
     assert sum(lost.values()) == pytest.approx(1 - evaluate_videos(videos)["auc_paper"])
+
+
+def test_lite_trains_in_bf16_only_where_the_cpu_has_amx_and_the_command_is_silent(reproduce):
+    from memae_dist.train.precision import cpu_has_native
+
+    native = ["train.precision=bf16"] if cpu_has_native("bf16") else []
+    assert reproduce.machine_overrides("lite", ["train.epochs=2"]) == native
+    assert reproduce.machine_overrides("lite", ["train.precision=fp32"]) == []
+    assert reproduce.machine_overrides("paper", []) == []
