@@ -5,19 +5,19 @@ For each (variant, seed) of the chosen profile this runs exactly what a user wou
     memae-dist prepare ucsd-ped2 --src PED2 --dst WORK/data_<size> --size S S
     memae-dist train --config RECIPE --data ... --storage WORK/runs --name V_sN \
         --set model.variant=V --set train.seed=N
-    memae-dist evaluate --checkpoint WORK/runs/V_sN --data ... --out WORK/eval/V_sN
+    memae-dist evaluate --checkpoint WORK/runs/V_sN --data ... --error mse --out WORK/eval/V_sN
 
-and once more with ``--error mae`` (the official test script's error measure), then collects
-frame AUC (paper protocol and the others), where the paper protocol loses AUC (mis-ranked frame
-pairs within and across videos), the memory's last-epoch attention entropy, training clips/s
-and wall time into ``bench/results/ped2_<profile>.json`` for the Ped2 table of
-``bench/RESULTS.md``.
+and once more with ``--error mae`` (the official test script's error measure, and the Ped2
+recipes' own), then collects frame AUC (paper protocol and the others), where the paper
+protocol loses AUC (mis-ranked frame pairs within and across videos), the memory's last-epoch
+attention entropy, training clips/s and wall time into ``bench/results/ped2_<profile>.json``
+for the Ped2 table of ``bench/RESULTS.md``.
 
 Profiles:
-- ``lite``: 64x64, ``configs/ped2_lite.yaml`` (window stride 2, 10 epochs, lr 3e-4, lambda 1/N,
-  global batch 4, one worker with two cores): about 35 minutes of two quiet cores per variant
-  in fp32 (200 s an epoch on two workers, the layout the results table ran), about 15 with
-  ``--set train.precision=bf16`` on a CPU with AMX; 3 seeds of memae, 1 of each ablation.
+- ``lite``: 64x64, ``configs/ped2_lite.yaml`` (N = 500, lambda 1/N, window stride 2, 40
+  epochs, lr 3e-4, global batch 4, one worker with two cores): about an hour of two quiet cores
+  per variant in bf16 on a CPU with AMX tiles (which this script then uses; 60-65 s an epoch),
+  about 1.5 hours in fp32; 3 seeds of memae, 1 of each ablation.
 - ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
 
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an

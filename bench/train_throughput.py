@@ -1,7 +1,8 @@
 """Training throughput: our Ray Train loop against a plain PyTorch loop, and 2 workers against 1.
 
 Measured in one run, on a synthetic set prepared at --size (the model is the paper's 3D-conv
-MemAE from the ped2_lite recipe, N=2000 slots):
+MemAE from the ped2_lite recipe; the results in bench/RESULTS.md were measured when it had
+N=2000 slots, it now has 500):
 
 - ``plain``: one process, no Ray: the same model, Adam, micro-batch and precision, every
   training window held in memory as one uint8 tensor, shuffled; timed over --steps optimizer
