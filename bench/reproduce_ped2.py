@@ -100,8 +100,10 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
                                        data, "--error", "mse", "--out", str(out),
                                        "--no-progress"), log)
         write_bytes_atomic(str(walls_file), json.dumps(walls).encode())
-    elif walls_file.exists():
-        walls = json.loads(walls_file.read_text())
+    else:
+        check_reusable(args, profile, runs / name, variant, seed)
+        if walls_file.exists():
+            walls = json.loads(walls_file.read_text())
     # The official MemAE test script's error: the per-pixel L2 norm over colour channels,
     # averaged, which for grey frames is the mean absolute error.
     mae_file = args.work / "eval" / f"{name}_mae" / "metrics.json"
@@ -127,6 +129,42 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         **pairs_lost(metrics),
         **{f"{key}_mae": value for key, value in pairs_lost(mae).items()},
     }
+
+
+# What a finished run must share with this invocation's plan to be reported as part of it.
+SAME = ("model.variant", "train.seed", "train.epochs", "train.lr", "train.batch_size",
+        "data.window", "data.stride")
+SAME_MEMORY = ("model.num_slots", "model.entropy_weight", "model.shrink_threshold")
+
+
+def check_reusable(args, profile: dict, run: Path, variant: str, seed: int) -> None:
+    """Stop if the finished run ``run`` was trained with other settings than this invocation
+    asks for (an older recipe, other --set values): its numbers would be reported as this
+    plan's."""
+    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.config import load_config
+    from memae_dist.train.checkpoint import latest_checkpoint, read_checkpoint_config
+
+    want = load_config(resolve_config_path(profile["recipe"]),
+                       [f"model.variant={variant}", f"train.seed={seed}", *args.set]).to_dict()
+    ckpt = latest_checkpoint(str(run))
+    if ckpt is None:
+        sys.exit(f"{run} has no checkpoint, but its evaluation exists; delete the evaluation "
+                 "to train it again")
+    got = read_checkpoint_config(ckpt)
+    keys = SAME + (SAME_MEMORY if variant == "memae" else SAME_MEMORY[:1] if variant ==
+                   "memae_nonsparse" else ())
+    differ = [f"{key} {lookup(got, key)} (wanted {lookup(want, key)})" for key in keys
+              if lookup(got, key) != lookup(want, key)]
+    if differ:
+        sys.exit(f"{run} was trained with other settings: {', '.join(differ)}; use another "
+                 "--work folder, or the same --set flags as that run")
+
+
+def lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
+    return tree if tree != {} else None
 
 
 def pairs_lost(metrics: dict) -> dict:

@@ -48,3 +48,23 @@ def test_lite_trains_in_bf16_only_where_the_cpu_has_amx_and_the_command_is_silen
     assert reproduce.machine_overrides("lite", ["train.epochs=2"]) == native
     assert reproduce.machine_overrides("lite", ["train.precision=fp32"]) == []
     assert reproduce.machine_overrides("paper", []) == []
+
+
+def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reproduce, tmp_path,
+                                                                          tiny_data):
+    from argparse import Namespace
+
+    from tests.evaluate.conftest import make_checkpoint
+
+    run = tmp_path / "memae_s0"
+    make_checkpoint(run / "checkpoint_epoch_0001", tiny_data, "model.num_slots=500",
+                    "model.shrink_threshold=0.002", "train.epochs=40", "train.lr=0.0003",
+                    "train.batch_size=4", "data.stride=2")
+    lite = reproduce.PROFILES["lite"]
+    reproduce.check_reusable(Namespace(set=[]), lite, run, "memae", 0)  # the recipe's settings
+    with pytest.raises(SystemExit, match=r"train.epochs 40 \(wanted 10\)"):
+        reproduce.check_reusable(Namespace(set=["train.epochs=10"]), lite, run, "memae", 0)
+    with pytest.raises(SystemExit, match=r"model.num_slots 500 \(wanted 2000\)"):
+        reproduce.check_reusable(Namespace(set=["model.num_slots=2000"]), lite, run, "memae", 0)
+    with pytest.raises(SystemExit, match="has no checkpoint"):
+        reproduce.check_reusable(Namespace(set=[]), lite, tmp_path / "gone", "memae", 0)
