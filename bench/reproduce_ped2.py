@@ -134,7 +134,8 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
 # What a finished run must share with this invocation's plan to be reported as part of it.
 SAME = ("model.variant", "train.seed", "train.epochs", "train.lr", "train.batch_size",
         "data.window", "data.stride")
-SAME_MEMORY = ("model.num_slots", "model.entropy_weight", "model.shrink_threshold")
+SAME_MEMORY = {"memae": ("model.num_slots", "model.entropy_weight", "model.shrink_threshold"),
+               "memae_nonsparse": ("model.num_slots",), "ae": ()}
 
 
 def check_reusable(args, profile: dict, run: Path, variant: str, seed: int) -> None:
@@ -152,9 +153,8 @@ def check_reusable(args, profile: dict, run: Path, variant: str, seed: int) -> N
         sys.exit(f"{run} has no checkpoint, but its evaluation exists; delete the evaluation "
                  "to train it again")
     got = read_checkpoint_config(ckpt)
-    keys = SAME + (SAME_MEMORY if variant == "memae" else SAME_MEMORY[:1] if variant ==
-                   "memae_nonsparse" else ())
-    differ = [f"{key} {lookup(got, key)} (wanted {lookup(want, key)})" for key in keys
+    differ = [f"{key} {lookup(got, key)} (wanted {lookup(want, key)})"
+              for key in SAME + SAME_MEMORY[variant]
               if lookup(got, key) != lookup(want, key)]
     if differ:
         sys.exit(f"{run} was trained with other settings: {', '.join(differ)}; use another "
