@@ -114,6 +114,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
     mae = json.loads(mae_file.read_text())
     history = json.loads((runs / name / "history.json").read_text())
     steady = [row["clips_per_s"] for row in history[1:]] or [history[0]["clips_per_s"]]
+    epochs_s = sum(row["epoch_s"] for row in history)
     return {
         "variant": variant, "seed": seed,
         "auc_paper": metrics["auc_paper"], "auc_micro": metrics.get("auc_micro"),
@@ -121,7 +122,9 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         "auc_paper_mae": mae["auc_paper"],
         "auc_per_video_mean_mae": mae.get("auc_per_video_mean"),
         "epochs": len(history), "train_clips_per_s": statistics.median(steady),
-        "train_wall_s": walls["train_wall_s"] or sum(row["epoch_s"] for row in history),
+        "train_wall_s": walls["train_wall_s"] or epochs_s,
+        # All epochs' time, also those of earlier invocations when the run was resumed.
+        "train_epochs_s": epochs_s,
         "eval_wall_s": walls["eval_wall_s"],
         "final_loss": history[-1]["loss"],
         "slots_used": history[-1].get("slots_used"),

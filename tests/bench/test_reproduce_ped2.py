@@ -68,3 +68,32 @@ def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reprod
         reproduce.check_reusable(Namespace(set=["model.num_slots=2000"]), lite, run, "memae", 0)
     with pytest.raises(SystemExit, match="has no checkpoint"):
         reproduce.check_reusable(Namespace(set=[]), lite, tmp_path / "gone", "memae", 0)
+
+
+def test_a_resumed_runs_training_time_counts_every_epoch(reproduce, tmp_path, tiny_data):
+    """A run resumed by a later invocation reports that invocation's wall time and, beside
+    it, the time of all its epochs."""
+    import json
+    from argparse import Namespace
+
+    from tests.evaluate.conftest import make_checkpoint
+
+    work = tmp_path / "work"
+    run = work / "runs" / "memae_s0"
+    make_checkpoint(run / "checkpoint_epoch_0001", tiny_data, "model.num_slots=500",
+                    "model.shrink_threshold=0.002", "train.epochs=40", "train.lr=0.0003",
+                    "train.batch_size=4", "data.stride=2")
+    history = [{"epoch": e, "epoch_s": 60.0, "clips_per_s": 19.0, "loss": 0.001}
+               for e in range(1, 41)]
+    (run / "history.json").write_text(json.dumps(history))
+    metrics = {"auc_paper": 0.9, "per_video": [
+        {"name": "01", "n_frames": 10, "n_abnormal": 4, "auc": 1.0}]}
+    for name in ("memae_s0", "memae_s0_mae"):
+        (work / "eval" / name).mkdir(parents=True)
+        (work / "eval" / name / "metrics.json").write_text(json.dumps(metrics))
+    # This invocation trained the last 20 of the 40 epochs.
+    (work / "eval" / "memae_s0" / "walls.json").write_text(
+        json.dumps({"train_wall_s": 1250.0, "eval_wall_s": 60.0}))
+    row = reproduce.train_and_evaluate(Namespace(work=work, set=[]), reproduce.PROFILES["lite"],
+                                       str(tiny_data), "memae", 0)
+    assert (row["epochs"], row["train_wall_s"], row["train_epochs_s"]) == (40, 1250.0, 2400.0)
