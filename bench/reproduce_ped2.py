@@ -165,9 +165,13 @@ def check_reusable(args, profile: dict, run: Path, variant: str, seed: int) -> N
 
 
 def lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part, {}) if isinstance(tree, dict) else {}
-    return tree if tree != {} else None
+    """The setting ``dotted`` of a config tree; None where an older checkpoint lacks it."""
+    from memae_dist.tune.expr import lookup as config_value
+
+    try:
+        return config_value(tree, dotted)
+    except ValueError:
+        return None
 
 
 def pairs_lost(metrics: dict) -> dict:

@@ -1,12 +1,15 @@
 """The Ped2 reproduction: where the paper protocol loses AUC, and the lite profile's precision."""
 
 import importlib.util
+import json
+from argparse import Namespace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from memae_dist.evaluate.protocol import VideoScores, evaluate_videos
+from tests.evaluate.conftest import make_checkpoint
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "reproduce_ped2.py"
 
@@ -50,16 +53,17 @@ def test_lite_trains_in_bf16_only_where_the_cpu_has_amx_and_the_command_is_silen
     assert reproduce.machine_overrides("paper", []) == []
 
 
-def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reproduce, tmp_path,
-                                                                          tiny_data):
-    from argparse import Namespace
-
-    from tests.evaluate.conftest import make_checkpoint
-
-    run = tmp_path / "memae_s0"
-    make_checkpoint(run / "checkpoint_epoch_0001", tiny_data, "model.num_slots=500",
+def lite_checkpoint(run: Path, data) -> None:
+    """A finished run's checkpoint trained with the lite recipe's settings."""
+    make_checkpoint(run / "checkpoint_epoch_0001", data, "model.num_slots=500",
                     "model.shrink_threshold=0.002", "train.epochs=40", "train.lr=0.0003",
                     "train.batch_size=4", "data.stride=2")
+
+
+def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reproduce, tmp_path,
+                                                                          tiny_data):
+    run = tmp_path / "memae_s0"
+    lite_checkpoint(run, tiny_data)
     lite = reproduce.PROFILES["lite"]
     reproduce.check_reusable(Namespace(set=[]), lite, run, "memae", 0)  # the recipe's settings
     with pytest.raises(SystemExit, match=r"train.epochs 40 \(wanted 10\)"):
@@ -73,16 +77,9 @@ def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reprod
 def test_a_resumed_runs_training_time_counts_every_epoch(reproduce, tmp_path, tiny_data):
     """A run resumed by a later invocation reports that invocation's wall time and, beside
     it, the time of all its epochs."""
-    import json
-    from argparse import Namespace
-
-    from tests.evaluate.conftest import make_checkpoint
-
     work = tmp_path / "work"
     run = work / "runs" / "memae_s0"
-    make_checkpoint(run / "checkpoint_epoch_0001", tiny_data, "model.num_slots=500",
-                    "model.shrink_threshold=0.002", "train.epochs=40", "train.lr=0.0003",
-                    "train.batch_size=4", "data.stride=2")
+    lite_checkpoint(run, tiny_data)
     history = [{"epoch": e, "epoch_s": 60.0, "clips_per_s": 19.0, "loss": 0.001}
                for e in range(1, 41)]
     (run / "history.json").write_text(json.dumps(history))
