@@ -53,11 +53,11 @@ def test_lite_trains_in_bf16_only_where_the_cpu_has_amx_and_the_command_is_silen
     assert reproduce.machine_overrides("paper", []) == []
 
 
-def lite_checkpoint(run: Path, data) -> None:
+def lite_checkpoint(run: Path, data, *overrides: str) -> None:
     """A finished run's checkpoint trained with the lite recipe's settings."""
     make_checkpoint(run / "checkpoint_epoch_0001", data, "model.num_slots=500",
                     "model.shrink_threshold=0.002", "train.epochs=40", "train.lr=0.0003",
-                    "train.batch_size=4", "data.stride=2")
+                    "train.batch_size=4", "data.stride=2", *overrides)
 
 
 def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reproduce, tmp_path,
@@ -74,23 +74,44 @@ def test_a_finished_run_with_other_settings_is_not_reported_as_this_plans(reprod
         reproduce.check_reusable(Namespace(set=[]), lite, tmp_path / "gone", "memae", 0)
 
 
+def finished_run(work: Path, data, variant: str, history: list[dict]) -> None:
+    """A run of the lite plan in ``work`` whose training and both evaluations are done."""
+    name = f"{variant}_s0"
+    run = work / "runs" / name
+    lite_checkpoint(run, data, f"model.variant={variant}")
+    (run / "history.json").write_text(json.dumps(history))
+    metrics = {"auc_paper": 0.9, "per_video": [
+        {"name": "01", "n_frames": 10, "n_abnormal": 4, "auc": 1.0}]}
+    for folder in (name, f"{name}_mae"):
+        (work / "eval" / folder).mkdir(parents=True)
+        (work / "eval" / folder / "metrics.json").write_text(json.dumps(metrics))
+
+
 def test_a_resumed_runs_training_time_counts_every_epoch(reproduce, tmp_path, tiny_data):
     """A run resumed by a later invocation reports that invocation's wall time and, beside
     it, the time of all its epochs."""
     work = tmp_path / "work"
-    run = work / "runs" / "memae_s0"
-    lite_checkpoint(run, tiny_data)
     history = [{"epoch": e, "epoch_s": 60.0, "clips_per_s": 19.0, "loss": 0.001}
                for e in range(1, 41)]
-    (run / "history.json").write_text(json.dumps(history))
-    metrics = {"auc_paper": 0.9, "per_video": [
-        {"name": "01", "n_frames": 10, "n_abnormal": 4, "auc": 1.0}]}
-    for name in ("memae_s0", "memae_s0_mae"):
-        (work / "eval" / name).mkdir(parents=True)
-        (work / "eval" / name / "metrics.json").write_text(json.dumps(metrics))
+    finished_run(work, tiny_data, "memae", history)
     # This invocation trained the last 20 of the 40 epochs.
     (work / "eval" / "memae_s0" / "walls.json").write_text(
         json.dumps({"train_wall_s": 1250.0, "eval_wall_s": 60.0}))
     row = reproduce.train_and_evaluate(Namespace(work=work, set=[]), reproduce.PROFILES["lite"],
                                        str(tiny_data), "memae", 0)
     assert (row["epochs"], row["train_wall_s"], row["train_epochs_s"]) == (40, 1250.0, 2400.0)
+
+
+def test_the_ae_reports_no_attention_entropy(reproduce, tmp_path, tiny_data):
+    """The AE's history carries the entropy loss term, always zero; a row must not read it
+    as an attention that picks one slot."""
+    history = [{"epoch": e, "epoch_s": 60.0, "clips_per_s": 19.0, "loss": 0.001,
+                "entropy": 0.0} for e in range(1, 41)]
+    rows = {}
+    for variant in ("ae", "memae"):
+        work = tmp_path / variant
+        finished_run(work, tiny_data, variant, history)
+        rows[variant] = reproduce.train_and_evaluate(
+            Namespace(work=work, set=[]), reproduce.PROFILES["lite"], str(tiny_data), variant, 0)
+    assert rows["ae"]["per_query_entropy"] is None
+    assert rows["memae"]["per_query_entropy"] == 0.0
