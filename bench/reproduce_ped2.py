@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from memae_dist.data.storage import write_bytes_atomic
+from memae_dist.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"ae": 0.917, "memae_nonsparse": 0.929, "memae": 0.941}
@@ -128,8 +129,10 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         "eval_wall_s": walls["eval_wall_s"],
         "final_loss": history[-1]["loss"],
         "slots_used": history[-1].get("slots_used"),
-        # The AE has no attention to measure; its history's entropy column is the zero loss term.
-        "per_query_entropy": None if variant == "ae" else history[-1].get("entropy"),
+        # Without a memory there is no attention to measure: the history's entropy column is
+        # then the zero loss term.
+        "per_query_entropy": (history[-1].get("entropy")
+                              if ModelConfig(variant=variant).uses_memory else None),
         **pairs_lost(metrics),
         **{f"{key}_mae": value for key, value in pairs_lost(mae).items()},
     }
