@@ -88,7 +88,7 @@ def test_working_dir_upload_keeps_the_package_and_drops_the_rest(tmp_path):
     _zip_files(str(REPO), load("runtime_env.yaml")["excludes"], str(out), include_gitignore=True)
     names = set(zipfile.ZipFile(out).namelist())
     for path in ("memae_dist/cli.py", "memae_dist/data/storage.py", "memae_dist/data/stream.py",
-                 "memae_dist/doctor.py", "configs/ped2.yaml", "pyproject.toml"):
+                 "memae_dist/doctor/storage_checks.py", "configs/ped2.yaml", "pyproject.toml"):
         assert path in names, path
     dropped = [n for n in names if n.split("/")[0] in (".venv", ".git", "runs", "demo_out", "data")
                or n.endswith((".parquet", ".pyc")) or "/__pycache__/" in n]

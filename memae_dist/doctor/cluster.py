@@ -1,0 +1,125 @@
+"""Doctor checks of Ray itself: its version, the cluster's address, its nodes and GPUs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from memae_dist.config import ExperimentConfig
+from memae_dist.doctor.checks import FAIL, PASS, SKIP, WARN, Check
+
+MIN_RAY = (2, 50)  # the oldest Ray this package declares in pyproject.toml
+TCP_TIMEOUT_S = 3.0
+
+
+def ray_version_check() -> Check:
+    import ray
+
+    have = tuple(int(p) for p in ray.__version__.split(".")[:2] if p.isdigit())
+    need = ".".join(map(str, MIN_RAY))
+    if have < MIN_RAY:
+        return Check("ray", FAIL, f"Ray {ray.__version__} is older than {need}",
+                     f'pip install "ray[default,train,tune,data]>={need}" on every node')
+    return Check("ray", PASS, f"Ray {ray.__version__} (>= {need})")
+
+
+def connect(address: str | None, *, log_to_driver: bool, required: bool):
+    """(cluster Check, alive nodes); connects this process to the cluster when needed."""
+    import ray
+
+    target = address or os.environ.get("RAY_ADDRESS")
+    if not ray.is_initialized():
+        problem = address_problem(target)
+        if problem:
+            return Check("cluster", FAIL, problem[0], problem[1]), []
+        try:
+            ray.init(address=target or "auto", log_to_driver=log_to_driver,
+                     logging_level=logging.WARNING)
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            if not (target or required) and "Could not find any running Ray" in reason:
+                return Check("cluster", SKIP, "no running Ray cluster found (train starts a "
+                             "local one); only this machine is checked",
+                             "pass --address HOST:6379 or run doctor as a Ray job"), []
+            return Check("cluster", FAIL, f"cannot connect to Ray at {target or 'auto'}: "
+                         f"{reason}", _connect_fix(str(exc))), []
+    nodes = alive_nodes()
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    return Check("cluster", PASS, f"{len(nodes)} nodes alive, {cpus:g} CPUs, {gpus:g} GPUs"), nodes
+
+
+def _connect_fix(reason: str) -> str:
+    if "auth" in reason.lower() or "token" in reason.lower():
+        return ("the cluster uses token authentication: export RAY_AUTH_TOKEN (`ray "
+                "get-auth-token` on the head prints it), or match its RAY_AUTH_MODE")
+    return ("check that the cluster is up (`ray status` on the head) and pass its GCS address "
+            "HOST:6379 with --address; a cluster with token authentication also needs "
+            "RAY_AUTH_TOKEN exported here")
+
+
+def address_problem(target: str | None) -> tuple[str, str] | None:
+    """A quick reason why ``target`` cannot be a Ray address (before a slow ray.init)."""
+    if not target or target == "auto" or target.startswith("ray://"):
+        return None
+    if target.startswith(("http://", "https://")):
+        return (f"{target} is a job server (dashboard) address",
+                "use it for `ray job submit --address`; doctor needs the GCS address "
+                "HOST:6379, or run doctor itself as a Ray job")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return f"bad Ray address {target!r}", "use HOST:PORT, e.g. 10.0.0.5:6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=TCP_TIMEOUT_S).close()
+    except OSError as exc:
+        return (f"cannot reach {target}: {exc.strerror or exc}",
+                "check the head node's address and that port is open to this machine")
+    return None
+
+
+def alive_nodes() -> list[dict]:
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def node_label(node: dict) -> str:
+    return f"{node['NodeManagerAddress']}/{node['NodeID'][:6]}"
+
+
+def resources_check(nodes: list[dict], cfg: ExperimentConfig) -> Check:
+    t = cfg.train
+    cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
+    gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
+    need_cpu, need_gpu = max(t.workers, 1) * t.cpus_per_worker, t.workers * t.gpus_per_worker
+    detail = (f"the run asks {t.workers} workers x ({t.cpus_per_worker:g} CPU, "
+              f"{t.gpus_per_worker:g} GPU); the cluster has {cpus:g} CPUs, {gpus:g} GPUs now")
+    if cpus >= need_cpu + 1 and gpus >= need_gpu:  # + 1 CPU for Ray Data's read tasks
+        return Check("resources", PASS, detail)
+    return Check("resources", WARN, detail, "an autoscaling cluster adds nodes on demand; "
+                 "otherwise add nodes or lower --workers / --cpus-per-worker / --gpus-per-worker")
+
+
+def gpu_check(info: dict | None, ray_gpus: float, label: str) -> Check | None:
+    if info is None:
+        return None
+    smi, seen = info.get("nvidia_smi"), info.get("torch")
+    if info.get("error"):
+        return Check("gpus", FAIL if ray_gpus else WARN, f"GPU probe failed: {info['error']}",
+                     "check the NVIDIA driver (`nvidia-smi`) and torch on this node", label)
+    if ray_gpus == 0 and not smi:
+        return Check("gpus", PASS, "no GPUs (CPU node)", node=label)
+    if ray_gpus == 0:
+        return Check("gpus", WARN, f"{smi} GPUs present but Ray advertises none",
+                     f"start Ray on this node with --num-gpus={smi}", label)
+    if not seen:
+        return Check("gpus", FAIL, f"Ray advertises {ray_gpus:g} GPUs but torch sees none "
+                     f"(torch CUDA build: {info.get('cuda')})",
+                     "install a CUDA build of torch in the node image and check the NVIDIA "
+                     "driver (`nvidia-smi`)", label)
+    if seen < ray_gpus:
+        return Check("gpus", FAIL, f"Ray advertises {ray_gpus:g} GPUs, torch sees {seen}",
+                     f"start Ray on this node with --num-gpus={seen}", label)
+    return Check("gpus", PASS, f"{ray_gpus:g} GPUs, torch (CUDA {info.get('cuda')}) sees "
+                 f"{seen}", node=label)
