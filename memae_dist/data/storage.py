@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from memae_dist.data.redact import error_reason, redact_url
 from memae_dist.errors import UserError
 
 DEFAULT_REGION = "us-east-1"
@@ -32,7 +33,6 @@ REQUEST_TIMEOUT_S = 30.0
 # failed shard reads again on top of that. A command still fails in seconds when the endpoint
 # is down at its start: the CLI probes each endpoint once before its first request.
 MAX_ATTEMPTS = 10
-_SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class StorageConfig:
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UserError(
                     "storage.endpoint_url must look like http(s)://host[:port], "
-                    f"got {_redact_url(self.endpoint_url)!r}"
+                    f"got {redact_url(self.endpoint_url)!r}"
                 )
             if parts.username or parts.password:
                 # Credentials belong in the environment, never in a config that gets logged.
@@ -158,7 +158,7 @@ def probe_endpoint(endpoint: str | None, force: bool = False, uri: str = "") -> 
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         where = f"cannot reach {uri}: " if uri else ""
-        raise UserError(f"{where}S3 endpoint {_redact_url(endpoint)} is unreachable "
+        raise UserError(f"{where}S3 endpoint {redact_url(endpoint)} is unreachable "
                         f"({reason.lower()}): check storage.endpoint_url / AWS_ENDPOINT_URL and "
                         "the network") from None
     _PROBE["reached"].add(endpoint)
@@ -199,7 +199,7 @@ def describe(uri: str, cfg: StorageConfig | None = None) -> str:
     if not is_remote(uri):
         return uri
     cfg = (cfg or StorageConfig()).resolved()
-    endpoint = _redact_url(cfg.endpoint_url) if cfg.endpoint_url else f"AWS ({cfg.region})"
+    endpoint = redact_url(cfg.endpoint_url) if cfg.endpoint_url else f"AWS ({cfg.region})"
     return f"{uri} (S3 endpoint {endpoint})"
 
 
@@ -211,7 +211,7 @@ def user_errors(uri: str, action: str, cfg: StorageConfig | None = None) -> Iter
     except UserError:
         raise
     except OSError as exc:
-        raise UserError(f"cannot {action} {describe(uri, cfg)}: {_reason(exc)}") from None
+        raise UserError(f"cannot {action} {describe(uri, cfg)}: {error_reason(exc)}") from None
 
 
 def read_bytes(uri: str, cfg: StorageConfig | None = None) -> bytes:
@@ -371,43 +371,3 @@ def _require(fs, path: str, uri: str, cfg: StorageConfig | None, kind: pafs.File
     what = "file" if kind == pafs.FileType.File else "directory"
     state = "not found" if info.type == pafs.FileType.NotFound else f"not a {what}"
     raise UserError(f"{what} {state}: {describe(uri, cfg)}")
-
-
-_REASONS = (
-    (("NO_SUCH_BUCKET", "NoSuchBucket"), "bucket does not exist"),
-    (("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
-     "access denied (check the AWS credentials in the environment)"),
-    (("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Could not connect",
-      "Connection refused", "Failed to connect", "timed out", "curlCode: 28"),
-     "endpoint unreachable"),
-)
-
-
-def _reason(exc: OSError) -> str:
-    text = _scrub(str(exc))
-    if isinstance(exc, FileNotFoundError):
-        return "not found"
-    if isinstance(exc, PermissionError):
-        return "permission denied"
-    for needles, reason in _REASONS:
-        if any(n in text for n in needles):
-            return reason
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return first[:300]
-
-
-def _scrub(text: str) -> str:
-    for var in _SECRET_VARS:
-        value = os.environ.get(var)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return text
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
-    return url

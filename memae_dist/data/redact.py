@@ -1,0 +1,53 @@
+"""Storage errors cut down to a short reason that holds no secret.
+
+Every storage failure becomes a one-line user error or a log line. Before any of it is shown, the
+values of the AWS secret variables and the user:password of an endpoint URL become ``***``.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+
+_REASONS = (
+    (("NO_SUCH_BUCKET", "NoSuchBucket"), "bucket does not exist"),
+    (("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"),
+     "access denied (check the AWS credentials in the environment)"),
+    (("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Could not connect",
+      "Connection refused", "Failed to connect", "timed out", "curlCode: 28"),
+     "endpoint unreachable"),
+)
+
+
+def error_reason(exc: OSError) -> str:
+    """A few words for what went wrong: the known S3 failures by name, else the first line."""
+    text = scrub_secrets(str(exc))
+    if isinstance(exc, FileNotFoundError):
+        return "not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    for needles, reason in _REASONS:
+        if any(n in text for n in needles):
+            return reason
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
+def scrub_secrets(text: str) -> str:
+    # Short values would blank out ordinary words; real keys are 16+ characters.
+    for var in SECRET_VARS:
+        value = os.environ.get(var)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+        return parts._replace(netloc=netloc).geturl()
+    return url

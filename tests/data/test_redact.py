@@ -1,0 +1,27 @@
+"""Storage errors shown to users name the failure and hold no secret."""
+
+from memae_dist.data.redact import error_reason, redact_url, scrub_secrets
+
+
+def test_known_s3_failures_get_a_short_reason():
+    assert error_reason(FileNotFoundError("x")) == "not found"
+    assert error_reason(PermissionError("x")) == "permission denied"
+    assert error_reason(OSError("AWS Error NO_SUCH_BUCKET during HeadBucket")) == \
+        "bucket does not exist"
+    assert error_reason(OSError("curlCode: 7, Couldn't connect to server")) == \
+        "endpoint unreachable"
+    assert error_reason(OSError("first line\nsecond line")) == "first line"
+    assert error_reason(OSError("")) == "OSError"
+
+
+def test_secret_values_are_scrubbed_from_reasons(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-1234")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "abc")  # too short to scrub without mangling words
+    text = "request signed with s3cr3t-value-1234 failed (abc)"
+    assert scrub_secrets(text) == "request signed with *** failed (abc)"
+    assert "s3cr3t" not in error_reason(OSError(text))
+
+
+def test_endpoint_credentials_are_redacted():
+    assert redact_url("http://user:pw@minio.local:9000/x") == "http://***@minio.local:9000/x"
+    assert redact_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
