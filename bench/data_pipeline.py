@@ -365,7 +365,9 @@ def report(args, size, store: Path, runs: dict, pipelines: dict, prep_s: float) 
     print(json.dumps(result, indent=1))
     print(markdown(result))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        from memae_dist.data.storage import write_bytes_atomic
+
+        write_bytes_atomic(str(args.json), json.dumps(result, indent=1).encode())
     return 0
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(REPO))
 
 from memae_dist.config import load_config  # noqa: E402
 from memae_dist.data.manifest import load_manifest  # noqa: E402
+from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
 from memae_dist.evaluate.batch_score import ScoreConfig, score_dataset  # noqa: E402
 from memae_dist.evaluate.score import use_bf16  # noqa: E402
 from memae_dist.models import build_model  # noqa: E402
@@ -192,7 +193,7 @@ def machine(gpu: bool) -> str:
             + (f", {torch.cuda.get_device_name()}" if gpu else ""))
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ped2", type=Path, default=PED2, help="UCSD Ped2 ('frames' layout)")
     p.add_argument("--size", type=int, nargs=2, default=(64, 64), metavar=("H", "W"))
@@ -210,23 +211,11 @@ def main() -> int:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--prepared", type=Path,
                    help="keep the prepared videos here and reuse them on later runs")
-    args = p.parse_args()
-    reuse = args.prepared and (args.prepared / "data" / "manifest.json").exists()
-    if not args.model_only and not reuse and not (args.ped2 / "testing" / "frames").is_dir():
-        sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
-    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    if gpu and not torch.cuda.is_available():
-        sys.exit("--device cuda: torch sees no CUDA device")
-    device = torch.device("cuda" if gpu else "cpu")
-    size = tuple(args.size)
-    if args.model_only:
-        out = model_only(size, args.batch_size, args.repeats, device, args.precision)
-        out.update(machine=machine(gpu), size=list(size), precision=args.precision)
-        print(json.dumps(out, indent=1))
-        if args.json:
-            args.json.write_text(json.dumps(out, indent=1) + "\n")
-        return 0
+    return p.parse_args()
 
+
+def end_to_end(args: argparse.Namespace, device: torch.device, gpu: bool) -> dict:
+    """The official test loop against ``score`` on the same videos, repeats interleaved."""
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="memae-bench-")))
         if args.workers:
@@ -237,13 +226,13 @@ def main() -> int:
                      include_dashboard=False, object_store_memory=512 * 2**20,
                      logging_level="WARNING")
             stack.callback(ray.shutdown)
-        data, jpegs = prepare(args.ped2, args.videos, size, args.prepared or tmp)
+        data, jpegs = prepare(args.ped2, args.videos, tuple(args.size), args.prepared or tmp)
         base, ours, ends = compare(data, jpegs, tmp / "ckpt", args, device, gpu)
         frames = sum(v.num_frames - 15 for v in load_manifest(data).videos("test"))
     out = {
         "machine": machine(gpu),
         "load_avg_1m": round(os.getloadavg()[0], 1),
-        "device": device.type, "size": list(size), "videos": args.videos,
+        "device": device.type, "size": list(args.size), "videos": args.videos,
         "frames_scored": frames, "repeats": args.repeats, "workers": args.workers,
         "batch_size": args.batch_size, "precision": args.precision,
         "official_fps_median": round(statistics.median(base), 2),
@@ -253,9 +242,27 @@ def main() -> int:
     out["ratio"] = round(out["score_fps_median"] / out["official_fps_median"], 2)
     # Each repeat's pair ran back to back, under about the same machine load.
     out["ratio_per_repeat"] = [round(o / b, 2) for b, o in zip(base, ours)]
+    return out
+
+
+def main() -> int:
+    args = parse_args()
+    reuse = args.prepared and (args.prepared / "data" / "manifest.json").exists()
+    if not args.model_only and not reuse and not (args.ped2 / "testing" / "frames").is_dir():
+        sys.exit(f"Ped2 not found at {args.ped2} (pass --ped2)")
+    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if gpu and not torch.cuda.is_available():
+        sys.exit("--device cuda: torch sees no CUDA device")
+    device = torch.device("cuda" if gpu else "cpu")
+    if args.model_only:
+        size = tuple(args.size)
+        out = model_only(size, args.batch_size, args.repeats, device, args.precision)
+        out.update(machine=machine(gpu), size=list(size), precision=args.precision)
+    else:
+        out = end_to_end(args, device, gpu)
     print(json.dumps(out, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+        write_bytes_atomic(str(args.json), (json.dumps(out, indent=1) + "\n").encode())
     return 0
 
 
