@@ -8,6 +8,7 @@ scale ``lr`` by new/old batch as a starting point (the linear rule) and check th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from memae_dist.errors import UserError
@@ -15,6 +16,7 @@ from memae_dist.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PLACEMENTS = ("PACK", "SPREAD")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -26,6 +28,10 @@ class TrainConfig:
     batch_size: int = 14
     # Adam learning rate (the paper: 1e-4).
     lr: float = 1e-4
+    # "constant" (the paper's) or "cosine": each epoch e of E trains at lr * (1 + cos(pi e/E)) / 2,
+    # so the first epoch runs at lr and the last near zero. A function of the epoch alone: a
+    # resumed run continues on the same curve (on a new one if train.epochs changes).
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     # Training workers: 0 runs in-process (debugging), N >= 1 runs DDP (NCCL on GPU, gloo on CPU).
     workers: int = 2
@@ -90,6 +96,7 @@ class TrainConfig:
         _choice("train.placement", self.placement, PLACEMENTS)
         _choice("train.checkpoint_mode", self.checkpoint_mode, ("auto", "max", "min"))
         _choice("train.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.batch_size % (max(self.workers, 1) * self.grad_accum):
             raise UserError(
                 f"train.batch_size ({self.batch_size}) must be divisible by "
@@ -100,6 +107,12 @@ class TrainConfig:
     def micro_batch_size(self) -> int:
         """Clips per worker per forward pass, keeping the global batch fixed."""
         return self.batch_size // (max(self.workers, 1) * self.grad_accum)
+
+    def epoch_lr(self, epoch: int) -> float:
+        """Learning rate of 0-based ``epoch``; held for the whole epoch."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
     @property
     def best_mode(self) -> str:

@@ -59,10 +59,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tb = TensorBoard(run_uri(cfg), cfg.storage) if (
         w.rank == 0 and cfg.train.tensorboard) else None
     for epoch in range(state.epoch, cfg.train.epochs):
+        lr = cfg.train.epoch_lr(epoch)
+        for group in w.optimizer.param_groups:
+            group["lr"] = lr
         stats = reduce_stats(train_epoch(w, shard, epoch, state), w)
         state.epoch = epoch + 1
         metrics = epoch_metrics(stats, epoch=state.epoch, step=state.step, world=w.world,
                                 min_used_slots=cfg.train.min_used_slots)
+        metrics["lr"] = lr
         if validator is not None:
             metrics.update(validator.run())
         metrics["run_starts"] = state.starts

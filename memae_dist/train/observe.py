@@ -18,7 +18,7 @@ log = logging.getLogger("memae_dist.train")
 
 _LINE = (("loss", ".5f"), ("recon", ".5f"), ("entropy", ".4f"), ("slots_used", "d"),
          ("clips_per_s", ".1f"), ("data_wait_frac", ".2f"), ("val_recon", ".5f"),
-         ("val_auc", ".4f"))
+         ("val_auc", ".4f"), ("lr", ".3g"))
 
 
 def log_epoch(row: dict, epochs: int) -> None:

@@ -18,6 +18,7 @@ from memae_dist.train.precision import Precision, memory_format
     ("train.precision=fp8", "train.precision"),
     ("train.max_failures=-2", "train.max_failures must be >= -1"),
     ("train.on_nonfinite=ignore", "train.on_nonfinite"),
+    ("train.lr_schedule=linear", "train.lr_schedule must be one of constant, cosine"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(UserError, match=message):
@@ -30,6 +31,14 @@ def test_global_batch_is_kept_and_best_mode_follows_the_metric():
     assert TrainConfig(checkpoint_metric="val_auc").best_mode == "max"
     assert TrainConfig(checkpoint_metric="val_recon").best_mode == "min"
     assert TrainConfig(checkpoint_metric="val_recon", checkpoint_mode="max").best_mode == "max"
+
+
+def test_cosine_schedule_starts_at_lr_and_decays_per_epoch():
+    assert [TrainConfig(lr=1e-3, epochs=4).epoch_lr(e) for e in range(4)] == [1e-3] * 4
+    cosine = TrainConfig(lr=1e-3, epochs=4, lr_schedule="cosine")
+    lrs = [cosine.epoch_lr(e) for e in range(4)]
+    assert lrs[0] == 1e-3 and lrs[2] == pytest.approx(5e-4)
+    assert all(a > b for a, b in zip(lrs, lrs[1:], strict=False)) and lrs[-1] > 0
 
 
 def test_precision_modes_on_cpu():

@@ -65,7 +65,7 @@ def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
 def test_resume_continues_exactly(tiny_data, tmp_path):
     """2 epochs in one go == 1 epoch, stop, rerun the same command for 2 epochs."""
     common = ["train.workers=1", "train.deterministic=true", "train.max_steps_per_epoch=3",
-              "data.augment=true"]
+              "data.augment=true", "train.lr_schedule=cosine"]
     straight = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2",
                                "run.name=straight"))
     fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=1", "run.name=resumed"))
@@ -77,3 +77,6 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     assert resumed.history[1]["loss"] == straight.history[1]["loss"]
+    # The cosine schedule is a function of the epoch: the rerun picks up the same curve.
+    assert [row["lr"] for row in resumed.history] == [row["lr"] for row in straight.history]
+    assert [row["lr"] for row in straight.history] == [1e-3, 5e-4]
