@@ -81,7 +81,33 @@ def wrap_model(model: nn.Module, cfg: TrainConfig, world: int) -> nn.Module:
 
     wrapped = model
     if world > 1:
+        keep_grad_layout(model)
         wrapped = ray.train.torch.prepare_model(model, move_to_device=False)
     if cfg.compile:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+def keep_grad_layout(model: nn.Module) -> None:
+    """Hand each gradient over with its parameter's strides.
+
+    A weight with a size-1 dimension, such as the video decoder's last transposed convolution
+    (96 -> 1 channels, weight (96, 1, 3, 3, 3)), has two stride layouts over the same memory.
+    In fp32 on CPU, oneDNN's backward returns the channels-last one for a contiguous weight,
+    autograd accepts it as contiguous, and DDP, which compares strides exactly, warns in every
+    worker's log that the gradient does not match its bucket. The copy here is the one DDP
+    would make anyway, and only for such a parameter.
+    """
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_hook(_with_strides(param.stride()))
+
+
+def _with_strides(stride: tuple[int, ...]):
+    # The hook keeps the strides, not the parameter: no reference cycle through its hooks.
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        if grad.stride() == stride:
+            return grad
+        return torch.empty_strided(grad.shape, stride, dtype=grad.dtype,
+                                   device=grad.device).copy_(grad)
+    return hook
