@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch import nn
 from memae_dist.config import load_config
 from memae_dist.models.build import build_model
 from memae_dist.train.precision import keep_grad_layout
+from tests.cluster.localcluster import free_port
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
@@ -43,12 +43,6 @@ def test_every_gradient_keeps_its_parameters_strides():
     # The values are untouched: only the layout of a size-1 dimension may differ.
     for (name, p), q in zip(model.named_parameters(), plain.parameters()):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ddp_worker(rank: int, port: int, out: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,18 +11,13 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from memae_dist.train.syncbn import GlobalBatchNorm, convert_batchnorm
+from tests.cluster.localcluster import free_port
 
 
 def small_net() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.LeakyReLU(0.2),
                          nn.Conv3d(4, 1, 3, padding=1))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def layout(net: nn.Module, bf16: bool) -> nn.Module:
