@@ -99,44 +99,48 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
     cfg = w.cfg
     stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
     gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
-    batches = iter(shard.iter_torch_batches(
+    batches = shard.iter_torch_batches(
         batch_size=cfg.train.micro_batch_size,
         drop_last=True,  # equal step counts on every rank keep DDP in lock-step
         local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
         local_shuffle_seed=seed_for(cfg.train.seed, epoch, w.rank, 1) % 2**32,
         prefetch_batches=cfg.data.prefetch_batches,
-    ))
+    )
     w.net.train()
     w.optimizer.zero_grad(set_to_none=True)
     accum, pending, steps = cfg.train.grad_accum, 0, 0
     t_epoch = time.perf_counter()
-    while True:
-        t_wait = time.perf_counter()
-        batch = next(batches, None)
-        stats.data_wait += time.perf_counter() - t_wait
-        if batch is None:
-            break
-        if stats.first_batch_s is None:
-            stats.first_batch_s = time.perf_counter() - t_epoch
-        flip = torch.rand(len(batch["clip"]), generator=gen) < 0.5 if cfg.data.augment else None
-        x = to_model_input(batch["clip"], flip).to(w.device, non_blocking=True)
-        x = x.contiguous(memory_format=w.memory_format)
-        result = micro_step(w, x, sync=pending + 1 == accum)
-        if result is None:
-            handle_nonfinite(cfg, epoch, state, batch)
-            stats.skipped += 1
-            w.optimizer.zero_grad(set_to_none=True)  # the step's partial sum is dropped too
-            pending = 0
-            continue
-        stats.add(len(x), *result)
-        pending += 1
-        if pending == accum:
-            w.precision.step(w.optimizer)
-            w.optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            steps, pending = steps + 1, 0
-            if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+    # Closed here rather than by the garbage collector: a Ray Data iterator finalised on its
+    # own executor thread (after a stop or an early break) cannot join that thread and prints
+    # a traceback.
+    with contextlib.closing(iter(batches)) as batches:
+        while True:
+            t_wait = time.perf_counter()
+            batch = next(batches, None)
+            stats.data_wait += time.perf_counter() - t_wait
+            if batch is None:
                 break
+            if stats.first_batch_s is None:
+                stats.first_batch_s = time.perf_counter() - t_epoch
+            flip = torch.rand(len(batch["clip"]), generator=gen) < 0.5 if cfg.data.augment else None
+            x = to_model_input(batch["clip"], flip).to(w.device, non_blocking=True)
+            x = x.contiguous(memory_format=w.memory_format)
+            result = micro_step(w, x, sync=pending + 1 == accum)
+            if result is None:
+                handle_nonfinite(cfg, epoch, state, batch)
+                stats.skipped += 1
+                w.optimizer.zero_grad(set_to_none=True)  # the step's partial sum is dropped too
+                pending = 0
+                continue
+            stats.add(len(x), *result)
+            pending += 1
+            if pending == accum:
+                w.precision.step(w.optimizer)
+                w.optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                steps, pending = steps + 1, 0
+                if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+                    break
     stats.wall = time.perf_counter() - t_epoch
     return stats
 
