@@ -94,26 +94,33 @@ def micro_step(w: Worker, x: torch.Tensor, sync: bool):
     return loss.detach(), parts, mass
 
 
-def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
-    """One pass over this worker's shard; returns the worker's (un-reduced) statistics."""
+def epoch_batches(w: Worker, shard, epoch: int):
+    """This worker's micro-batches for one epoch, as an iterator the caller closes (``with``).
+
+    Closed by the training thread rather than the garbage collector: a Ray Data iterator
+    finalised on its own executor thread (after a stop or an early break) cannot join that
+    thread and prints a traceback.
+    """
     cfg = w.cfg
-    stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
-    gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
-    batches = shard.iter_torch_batches(
+    return contextlib.closing(iter(shard.iter_torch_batches(
         batch_size=cfg.train.micro_batch_size,
         drop_last=True,  # equal step counts on every rank keep DDP in lock-step
         local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
         local_shuffle_seed=seed_for(cfg.train.seed, epoch, w.rank, 1) % 2**32,
         prefetch_batches=cfg.data.prefetch_batches,
-    )
+    )))
+
+
+def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
+    """One pass over this worker's shard; returns the worker's (un-reduced) statistics."""
+    cfg = w.cfg
+    stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
+    gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
     w.net.train()
     w.optimizer.zero_grad(set_to_none=True)
     accum, pending, steps = cfg.train.grad_accum, 0, 0
     t_epoch = time.perf_counter()
-    # Closed here rather than by the garbage collector: a Ray Data iterator finalised on its
-    # own executor thread (after a stop or an early break) cannot join that thread and prints
-    # a traceback.
-    with contextlib.closing(iter(batches)) as batches:
+    with epoch_batches(w, shard, epoch) as batches:
         while True:
             t_wait = time.perf_counter()
             batch = next(batches, None)
