@@ -1,4 +1,4 @@
-"""``memae-dist export``: a checkpoint as an ONNX or TorchScript scoring model (docs/EXPORT.md)."""
+"""``memae-dist export``: a checkpoint as an ONNX, pt2 or TorchScript model (docs/EXPORT.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from memae_dist.commands.common import add_storage_config_flag, frame_size, stor
 
 
 def register(sub) -> None:
-    p = sub.add_parser("export", help="export a checkpoint to ONNX or TorchScript, verified")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX, pt2 or TorchScript, verified")
     p.add_argument("--checkpoint", required=True, help="checkpoint URI or run URI (latest)")
-    p.add_argument("--format", required=True, choices=["onnx", "torchscript"])
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"],
+                   help="onnx (ONNX Runtime), pt2 (torch.export), torchscript")
     p.add_argument("--out", required=True, help="output file: path or s3:// URI")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="frame size (default: the checkpoint's training size)")

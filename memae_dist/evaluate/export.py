@@ -1,4 +1,4 @@
-"""``memae-dist export``: a checkpoint as a self-contained ONNX or TorchScript scoring model.
+"""``memae-dist export``: a checkpoint as a self-contained ONNX, pt2 or TorchScript model.
 
 The exported graph takes ``clip``: float32 ``(B, 1, L, H, W)`` in [-1, 1] (uint8 frames / 127.5
 - 1, L = 16 frames) and returns ``recon`` (same shape) and ``error`` ``(B,)``: the window's
@@ -26,8 +26,9 @@ from memae_dist.errors import UserError
 from memae_dist.evaluate.ingest import checkpoint_frame_size
 from memae_dist.evaluate.score import load_model
 
-FORMATS = ("onnx", "torchscript")
-META_NAME = "memae_dist.json"  # ONNX metadata key / TorchScript extra file
+SUFFIX = {"onnx": "onnx", "pt2": "pt2", "torchscript": "pt"}  # format -> file suffix
+FORMATS = tuple(SUFFIX)
+META_NAME = "memae_dist.json"  # ONNX metadata key / pt2 and TorchScript extra file
 ONNX_OPSET = 17
 
 
@@ -89,9 +90,10 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
             "variant": loaded.config.model.variant}
     example = random_clips(2, window, size, seed=0)
     with tempfile.TemporaryDirectory(prefix="memae-export-") as tmp:
-        path = Path(tmp) / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
-        run = _export_onnx(wrapper, example, path, meta) if fmt == "onnx" else \
-            _export_torchscript(wrapper, example, path, meta)
+        path = Path(tmp) / f"model.{SUFFIX[fmt]}"
+        exporter = {"onnx": _export_onnx, "pt2": _export_program,
+                    "torchscript": _export_torchscript}[fmt]
+        run = exporter(wrapper, example, path, meta)
         check = random_clips(check_batch, window, size, seed=1)
         with torch.no_grad():
             expected = [t.numpy() for t in wrapper(check)]
@@ -129,6 +131,16 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: di
     return lambda clips: session.run(["recon", "error"], {"clip": clips})
 
 
+def _export_program(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):
+    # torch.export's ExportedProgram: TorchScript's successor upstream, loadable with
+    # torch.export.load and compilable ahead of time (AOTInductor). The batch size stays free.
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(wrapper, (example,), dynamic_shapes={"clip": {0: batch}})
+    torch.export.save(program, str(path), extra_files={META_NAME: json.dumps(meta)})
+    return _numpy_runner(torch.export.load(str(path)).module())
+
+
 def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):
     # TorchScript is deprecated upstream but still what many C++/mobile runtimes load; the
     # warnings would only tell the user what docs/EXPORT.md already says.
@@ -137,9 +149,13 @@ def _export_torchscript(wrapper: nn.Module, example: torch.Tensor, path: Path, m
         traced = torch.jit.trace(wrapper, (example,), check_trace=False)
         torch.jit.save(traced, str(path), _extra_files={META_NAME: json.dumps(meta)})
         loaded = torch.jit.load(str(path), map_location="cpu")
+    return _numpy_runner(loaded)
 
+
+def _numpy_runner(module):
+    """The reloaded file as the check calls it: float32 clips in, numpy outputs back."""
     def run(clips: np.ndarray):
         with torch.no_grad():
-            return [t.numpy() for t in loaded(torch.from_numpy(clips))]
+            return [t.numpy() for t in module(torch.from_numpy(clips))]
 
     return run

@@ -1,4 +1,4 @@
-"""``memae-dist export``: ONNX and TorchScript models give the PyTorch outputs (< 1e-4)."""
+"""``memae-dist export``: ONNX, pt2 and TorchScript models give the PyTorch outputs (< 1e-4)."""
 
 import json
 
@@ -56,6 +56,24 @@ def test_torchscript_export_matches_pytorch(tiny_checkpoint, tmp_path):
         want_recon, want_error = (t.numpy() for t in model(clips))
     assert np.abs(recon - want_recon).max() < 1e-4
     assert np.abs(error - want_error).max() < 1e-4
+
+
+def test_pt2_export_matches_pytorch_at_any_batch_size(tiny_checkpoint, tmp_path):
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", tiny_checkpoint, "--format", "pt2",
+                 "--out", str(out)]) == 0
+    extra = {META_NAME: ""}
+    program = torch.export.load(str(out), extra_files=extra).module()
+    info = json.loads(extra[META_NAME])
+    assert info["error"] == "mse" and info["frame_size"] == [16, 16]
+    for batch in (1, 6):  # neither is the batch size the program was exported with
+        clips = random_clips(batch, 16, (16, 16), seed=batch)
+        with torch.no_grad():
+            recon, error = (t.numpy() for t in program(clips))
+        want_recon, want_error = pytorch_outputs(tiny_checkpoint, clips)
+        assert recon.shape == (batch, 1, 16, 16, 16) and error.shape == (batch,)
+        assert np.abs(recon - want_recon).max() < 1e-4
+        assert np.abs(error - want_error).max() < 1e-4
 
 
 def test_export_computes_the_recipes_window_error_by_default(tiny_data, tmp_path):
