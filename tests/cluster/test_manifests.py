@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import tomllib
 import yaml
 
 from memae_dist.cli import COMMANDS, build_parser
@@ -71,8 +72,6 @@ def test_runtime_envs_are_valid_and_carry_no_secrets(name):
 
 
 def test_pip_runtime_env_installs_what_pyproject_declares():
-    import tomllib
-
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = [d for d in project["dependencies"] if not d.startswith("ray")]
     declared += project["optional-dependencies"]["tune"]
@@ -154,9 +153,16 @@ def test_dockerfile_builds_on_the_same_ray_and_installs_the_package():
     lines = [ln.strip() for ln in (CLUSTER / "Dockerfile").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == f"FROM rayproject/ray:{ray.__version__}-py311-gpu"
-    copied = " ".join(ln for ln in lines if ln.startswith("COPY"))
-    for needed in ("pyproject.toml", "memae_dist", "configs"):
-        assert needed in copied
+    copied = {src for ln in lines if ln.startswith("COPY")
+              for src in shlex.split(ln)[1:-1] if not src.startswith("--")}
+    # What pip needs to build the package: pyproject.toml, its readme, and the folder of every
+    # package (setuptools stops at a missing package-dir folder).
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())
+    dirs = meta["tool"]["setuptools"].get("package-dir", {})
+    needed = {"pyproject.toml", meta["project"]["readme"]}
+    needed |= {dirs.get(pkg, pkg.replace(".", "/")).split("/")[0]
+               for pkg in meta["tool"]["setuptools"]["packages"]}
+    assert needed - copied == set(), "cluster/Dockerfile does not copy these"
     assert any(ln.startswith("RUN pip install") and '".[tune]"' in ln for ln in lines)
     assert f"py{sys.version_info.major}{sys.version_info.minor}" in lines[0]
 
