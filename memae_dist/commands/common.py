@@ -36,14 +36,14 @@ def resolve_config_path(name: str | None) -> Path | None:
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by ``train`` and ``tune``: recipe, data, scale, storage, overrides."""
+    """``train``'s flags: recipe, data, scale, storage, overrides."""
     p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite)")
     p.add_argument("--data", help="prepared dataset URI (data.path)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int, help="0 = in-process debug mode")
     p.add_argument("--cpus-per-worker", type=float)
     p.add_argument("--gpus-per-worker", type=float)
-    p.add_argument("--storage", help="run storage URI (default: runs)")
+    p.add_argument("--storage", help="run storage URI (default: run.storage)")
     p.add_argument("--name", help="run name; rerun with the same name to resume")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")

@@ -15,7 +15,7 @@ def register(sub) -> None:
     p.add_argument("--src", help="source folder (not for synthetic)")
     p.add_argument("--dst", required=True, help="dataset URI: path, file:// or s3://")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="stored frame size (default 256 256)")
+                   help="stored frame size (default 256 256; synthetic: 32 32)")
     p.add_argument("--workers", type=int, default=None, help="parallel import tasks")
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", default="train", choices=("train", "test", "val"),
