@@ -142,7 +142,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: value {raw!r} is not valid YAML") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -151,6 +154,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         text = path.read_text()
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
     except OSError as exc:
         raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
     try:

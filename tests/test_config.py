@@ -79,6 +79,12 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         read_yaml(bad)
     with pytest.raises(UserError, match="config file not found"):
         read_yaml(tmp_path / "missing.yaml")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError, match=r"binary.yaml: not a YAML text file"):
+        read_yaml(binary)
+    with pytest.raises(UserError, match=r"--set train.epochs: value '\[1,' is not valid YAML"):
+        load_config(None, ["train.epochs=[1,"])
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("model:\n  slots: 3\n")
     with pytest.raises(UserError, match=r"unknown.yaml: unknown config key 'model.slots'"):

@@ -141,7 +141,7 @@ class Manifest:
                 shards=[ShardEntry(**s) for s in data["shards"]],
                 skipped=list(data.get("skipped") or []),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
         manifest.validate(where)
         return manifest

@@ -369,5 +369,6 @@ def _require(fs, path: str, uri: str, cfg: StorageConfig | None, kind: pafs.File
     if is_remote(uri) and info.type == pafs.FileType.NotFound:
         _check_bucket(fs, path, uri, cfg)
     what = "file" if kind == pafs.FileType.File else "directory"
-    state = "not found" if info.type == pafs.FileType.NotFound else f"not a {what}"
-    raise UserError(f"{what} {state}: {describe(uri, cfg)}")
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"{what} not found: {describe(uri, cfg)}")
+    raise UserError(f"not a {what}: {describe(uri, cfg)}")

@@ -83,7 +83,8 @@ def labels_from_ranges(ranges, num_frames: int, where: str) -> np.ndarray:
     for rng in ranges or []:
         if len(rng) != 2 or not 0 <= int(rng[0]) <= int(rng[1]) < num_frames:
             raise UserError(
-                f"video {where}: abnormal range {list(rng)} is outside 0..{num_frames - 1}"
+                f"video {where}: abnormal range {list(rng)} must be [first, last] with "
+                f"0 <= first <= last <= {num_frames - 1}"
             )
         labels[int(rng[0]) : int(rng[1]) + 1] = 1
     return labels

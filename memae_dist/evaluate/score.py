@@ -31,7 +31,12 @@ from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows, window_error
 from memae_dist.models import MemAE, build_model
 from memae_dist.models.fuse import for_inference, inference_layout
-from memae_dist.train.checkpoint import STATE_FILE, read_checkpoint_config, resolve_checkpoint
+from memae_dist.train.checkpoint import (
+    STATE_FILE,
+    read_checkpoint_config,
+    resolve_checkpoint,
+    unreadable_state,
+)
 
 log = logging.getLogger("memae_dist.score")
 SEGMENT_COLUMNS = ["video", "start", "num_frames", "video_frames", "height", "width", "frames"]
@@ -53,7 +58,7 @@ def read_model_state(uri: str, storage: StorageConfig | None = None) -> tuple[st
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserError(f"cannot read checkpoint {join(ckpt, STATE_FILE)}: {exc}") from None
+        raise unreadable_state(join(ckpt, STATE_FILE), exc) from None
     return ckpt, config, state["model"]
 
 

@@ -125,7 +125,15 @@ def load_state(folder: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise UserError(f"checkpoint {folder} has no {STATE_FILE}") from None
     except Exception as exc:  # a truncated or foreign file: say which one
-        raise UserError(f"cannot read checkpoint {folder / STATE_FILE}: {exc}") from None
+        raise unreadable_state(folder / STATE_FILE, exc) from None
+
+
+def unreadable_state(path, exc: Exception) -> UserError:
+    """One line for a state file torch cannot load: truncated, foreign or not a checkpoint."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if first.startswith("Weights only load failed"):  # torch's advice would be to unpickle it
+        first = "damaged, or not written by memae-dist"
+    return UserError(f"cannot read checkpoint {path}: {first}")
 
 
 def restore(

@@ -70,6 +70,13 @@ def test_unknown_version_and_format_name_the_file(tmp_path):
     _write(tmp_path, {k: v for k, v in data.items() if k != "size"})
     with pytest.raises(UserError, match="malformed"):
         load_manifest(str(tmp_path))
+    # JSON of the wrong kind: a list where the splits belong, a null where a video belongs.
+    _write(tmp_path, {**data, "splits": [1, 2]})
+    with pytest.raises(UserError, match=r"manifest\.json: malformed manifest"):
+        load_manifest(str(tmp_path))
+    _write(tmp_path, {**data, "splits": {"train": {"videos": [None]}}})
+    with pytest.raises(UserError, match=r"manifest\.json: malformed manifest"):
+        load_manifest(str(tmp_path))
 
 
 def test_missing_manifest(tmp_path):

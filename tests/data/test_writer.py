@@ -8,7 +8,7 @@ from PIL import Image
 from memae_dist.data import storage
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames, verify_shard
-from memae_dist.data.writer import VideoSpec, to_gray_resized, write_dataset
+from memae_dist.data.writer import VideoSpec, labels_from_ranges, to_gray_resized, write_dataset
 from memae_dist.errors import UserError
 
 SIZE = (16, 24)
@@ -124,3 +124,10 @@ def test_write_to_s3(s3_bucket, ray_local):
     frames, _ = read_video_frames(m.shard_uri(s3_bucket, m.videos("train")[0]))
     np.testing.assert_array_equal(frames, _expected(40, 1))
     assert storage.listdir(storage.join(s3_bucket, "train")) == ["a.done.json", "a.parquet"]
+
+
+@pytest.mark.parametrize("rng", [[-3, 5], [10, 5], [0, 40], [1]])
+def test_abnormal_ranges_outside_the_video_name_it(rng):
+    with pytest.raises(UserError, match=r"video test/v1: abnormal range .* <= last <= 39"):
+        labels_from_ranges([rng], 40, "test/v1")
+    assert labels_from_ranges([[0, 39]], 40, "test/v1").sum() == 40
