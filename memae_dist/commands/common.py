@@ -17,6 +17,17 @@ def frame_size(values: list[int] | None) -> tuple[int, int] | None:
     return h, w
 
 
+def local_folder(value: str, flag: str = "--out") -> Path:
+    """An output folder on this machine, checked before any work: not a URI, not a file."""
+    if "://" in value:
+        raise UserError(f"{flag} {value}: must be a local folder (this command writes its "
+                        "figures and tables on this machine)")
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {value}: exists and is not a folder")
+    return path
+
+
 def resolve_yaml(name: str, package: str, what: str) -> Path:
     """A YAML path, or the name of one shipped in ``package`` (installed with memae-dist)."""
     from importlib.resources import files

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from memae_dist.commands.common import print_metrics
+from memae_dist.commands.common import local_folder, print_metrics
 
 
 def register(sub) -> None:
@@ -19,7 +18,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.demo import run_demo
 
-    metrics = run_demo(Path(args.out), workers=args.workers, epochs=args.epochs)
+    metrics = run_demo(local_folder(args.out), workers=args.workers, epochs=args.epochs)
     print_metrics(metrics)
     print(f"results in {args.out}: metrics.json, frames.csv, scores.png, roc.png")
     return 0

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from memae_dist.commands.common import storage_config
+from memae_dist.commands.common import local_folder, storage_config
 from memae_dist.commands.score import add_scoring_flags, score_config
 
 
@@ -37,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.batch_score import score_dataset
     from memae_dist.evaluate.run import SCORES_FILE, evaluate_scores, evaluate_table
 
-    out = Path(args.out)
+    out = local_folder(args.out)
     storage = storage_config(args)
     if args.scores:
         metrics = evaluate_scores(args.scores, out, args.protocol, storage)
@@ -46,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--checkpoint needs --data (the prepared dataset to score)")
         # No out.mkdir here: the scores file creates the folder once scoring has worked.
         result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
-                               score_config(args), storage=storage, address=args.address)
+                               score_config(args), storage=storage, address=args.address,
+                               need_labels=True)
         metrics = evaluate_table(result.table, result.meta, out, args.protocol)
     print_evaluation(metrics)
     print(f"metrics: {out / 'metrics.json'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import add_storage_config_flag, storage_config
+from memae_dist.commands.common import add_storage_config_flag, local_folder, storage_config
 
 
 def register(sub) -> None:
@@ -26,15 +26,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from memae_dist.errors import UserError
     from memae_dist.evaluate.report import build_report
 
     for flag in ("top", "slots", "max_videos"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    report = build_report(args.scores, Path(args.out), checkpoint=args.checkpoint,
+    report = build_report(args.scores, local_folder(args.out), checkpoint=args.checkpoint,
                           data=args.data, frames=args.frames, top=args.top, slots=args.slots,
                           max_videos=args.max_videos, storage=storage_config(args))
     print(f"{len(report.videos)} video plots, {len(report.triptychs)} triptychs"

@@ -120,8 +120,10 @@ class ScoreResult:
 
 def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
                   cfg: ScoreConfig | None = None, *, storage: StorageConfig | None = None,
-                  address: str | None = None) -> ScoreResult:
-    """Score every window of ``cfg.split``; write the per-frame Parquet to ``out_uri`` if given."""
+                  address: str | None = None, need_labels: bool = False) -> ScoreResult:
+    """Score every window of ``cfg.split``; write the per-frame Parquet to ``out_uri`` if given.
+
+    ``need_labels``: refuse, before scoring, a split without a labelled video (evaluation)."""
     cfg = cfg or ScoreConfig()
     storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
     # Absolute paths: Ray workers need not share the driver's working directory.
@@ -136,6 +138,10 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     if not videos:
         raise UserError(f"{join(data_uri, 'manifest.json')}: split '{cfg.split}' has no video "
                         f"of at least {window} frames to score")
+    if need_labels and not any(v.labelled for v in videos):
+        raise UserError(f"{join(data_uri, 'manifest.json')}: no labelled video in split "
+                        f"'{cfg.split}': there is nothing to evaluate against (use 'memae-dist "
+                        "score' and 'memae-dist report' to look at its scores)")
     kwargs = dict(window=window, segment_frames=manifest.segment_frames,
                   overlap=manifest.segment_overlap, error=cfg.error, batch_size=cfg.batch_size,
                   precision=cfg.precision, use_gpu=cfg.gpus_per_worker > 0,

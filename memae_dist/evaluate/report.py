@@ -66,6 +66,11 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     videos = video_scores(table)
     labelled = {v.name for v in video_scores(table, labelled_only=True)}
     report = Report(out_dir / "index.html", None)
+    # Whatever can refuse the input does so before the first file is written.
+    chosen = check_frames(parse_frames(frames), videos) or top_frames(videos, top)
+    sources = _model_sources(report, meta, checkpoint, data, storage)
+    if sources is not None:
+        check_frames(chosen, videos, sources[1].videos(meta.get("split", "test")))
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = [v for v in videos if v.name in labelled]
     if scored:
@@ -84,34 +89,59 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     if len(videos) > max_videos:
         report.notes.append(f"Regularity plots for the first {max_videos} of {len(videos)} "
                             "videos only (--max-videos).")
-    chosen = parse_frames(frames) or top_frames(videos, top)
-    _model_figures(report, meta, videos, chosen, checkpoint, data, slots, out_dir, storage)
+    if sources is not None:
+        _model_figures(report, sources, meta, videos, chosen, slots, out_dir, storage)
     write_index(report, meta, scores_uri, videos, labelled)
     return report
 
 
-def _model_figures(report: Report, meta: dict, videos: list[VideoScores],
-                   chosen: list[tuple[str, int]], checkpoint: str | None, data: str | None,
-                   slots: int, out_dir: Path, storage: StorageConfig | None) -> None:
-    """Triptychs and memory slots; a note instead when the model or the frames are missing."""
+def check_frames(chosen: list[tuple[str, int]], videos: list[VideoScores],
+                 entries: list | None = None) -> list[tuple[str, int]]:
+    """``chosen`` when every frame has a score (and its video is in ``entries``, when given)."""
+    known = {v.name: v for v in videos}
+    in_data = None if entries is None else {e.name for e in entries}
+    for name, frame in chosen:
+        if name not in known:
+            raise UserError(f"--frame {name}:{frame}: no video {name!r} in the scores")
+        if in_data is not None and name not in in_data:
+            raise UserError(f"--frame {name}:{frame}: video {name!r} is not in the dataset "
+                            "(--data) the frames come from")
+        if frame not in set(known[name].frames.tolist()):
+            raise UserError(f"--frame {name}:{frame}: that frame has no score")
+    return chosen
+
+
+def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str | None,
+                   storage: StorageConfig | None) -> tuple | None:
+    """(model, manifest, dataset URI) for the figures, or None with a note saying why not.
+
+    A checkpoint or dataset the user named must load; the ones the scores file merely
+    recorded may have moved since, which costs the figures and not the report."""
     from memae_dist.data.manifest import load_manifest
-    from memae_dist.data.shards import read_video_frames
-    from memae_dist.evaluate import visuals
     from memae_dist.evaluate.score import load_model
 
-    checkpoint = checkpoint or meta.get("checkpoint")
-    data = data or meta.get("data")
-    try:
-        loaded = load_model(checkpoint, storage) if checkpoint else None
-        manifest = load_manifest(data, storage) if data else None
-    except UserError as exc:
-        report.notes.append(f"No reconstructions or memory picture: {exc}")
-        return
-    if loaded is None or manifest is None:
+    ckpt_uri, data_uri = checkpoint or meta.get("checkpoint"), data or meta.get("data")
+    if not ckpt_uri or not data_uri:
         report.notes.append("No reconstructions or memory picture: pass --checkpoint and --data.")
-        return
-    split = meta.get("split", "test")
-    entries = {v.name: v for v in manifest.videos(split)}
+        return None
+    try:
+        return load_model(ckpt_uri, storage), load_manifest(data_uri, storage), data_uri
+    except UserError as exc:
+        if checkpoint or data:
+            raise
+        report.notes.append(f"No reconstructions or memory picture: {exc}")
+        return None
+
+
+def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[VideoScores],
+                   chosen: list[tuple[str, int]], slots: int, out_dir: Path,
+                   storage: StorageConfig | None) -> None:
+    """Input / reconstruction / error triptychs of ``chosen`` and the memory slots, decoded."""
+    from memae_dist.data.shards import read_video_frames
+    from memae_dist.evaluate import visuals
+
+    loaded, manifest, data = sources
+    entries = {v.name: v for v in manifest.videos(meta.get("split", "test"))}
     window = loaded.config.data.window
     known = {v.name: v for v in videos}
     mass_total, cache = None, {}
@@ -123,17 +153,14 @@ def _model_figures(report: Report, meta: dict, videos: list[VideoScores],
         return cache[name]
 
     for name, frame in chosen:
-        if name not in entries or name not in known:
-            raise UserError(f"--frame {name}:{frame}: no video {name!r} in the scores")
-        if frame not in set(known[name].frames.tolist()):
-            raise UserError(f"--frame {name}:{frame}: that frame has no score")
         path = out_dir / "triptychs" / f"{name}_{frame}.png"
         score = float(known[name].scores[known[name].frames.tolist().index(frame)])
         png, mass = visuals.triptych(loaded.model, frames_of(name), frame, window, path,
                                      f"video {name}, frame {frame}: error {score:.5f}")
         report.triptychs.append((name, frame, png))
         mass_total = _add(mass_total, mass)
-    for v in videos[:16]:  # a spread of ordinary windows too, for a fair usage estimate
+    ordinary = [v for v in videos if v.name in entries][:16]  # for a fair usage estimate
+    for v in ordinary:
         starts = visuals.sample_starts(entries[v.name].num_frames, window, 4)
         mass_total = _add(mass_total, visuals.usage_mass(loaded.model, frames_of(v.name),
                                                          starts, window))

@@ -1,6 +1,7 @@
 """``memae-dist evaluate``: the AUC it prints equals one computed independently from the Parquet."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -76,9 +77,23 @@ def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkp
         assert metrics2[key] == metrics[key], key
 
 
-def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, capsys):
+def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys):
     assert main(["evaluate", "--checkpoint", tiny_checkpoint, "--out", str(tmp_path)]) == 2
     assert "--checkpoint needs --data" in capsys.readouterr().err
     assert main(["evaluate", "--scores", str(tmp_path / "none.parquet"), "--out",
                  str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+    # A split without labels is refused before any scoring, so nothing is written.
+    out = tmp_path / "unlabelled"
+    assert main(["evaluate", "--checkpoint", tiny_checkpoint, "--data", tiny_data, "--split",
+                 "train", "--workers", "0", "--no-progress", "--out", str(out)]) == 2
+    assert "no labelled video in split 'train'" in capsys.readouterr().err
+    assert not out.exists()
+    # --out is a local folder: a file or an object-storage URI is refused up front.
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad, why in ((str(afile), "exists and is not a folder"),
+                     ("s3://bucket/eval", "must be a local folder")):
+        assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
+        assert why in capsys.readouterr().err
+    assert not Path("s3:").exists()  # the URI was not taken for a relative path

@@ -1,6 +1,7 @@
 """``memae-dist report``: the expected figures, and an index.html that shows them all."""
 
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,19 @@ def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
     for key in METRICS:
         assert key in text
     assert "video 02, frame 20" in text
+
+
+def test_report_refuses_bad_input_before_writing(scores, tmp_path, capsys):
+    out = tmp_path / "refused"
+    gone = tmp_path / "gone"
+    for extra, why in ((["--frame", "01:3"], "that frame has no score"),
+                       (["--frame", "zz:3"], "no video 'zz' in the scores"),
+                       (["--checkpoint", str(gone)], str(gone)),  # named by the user: must load
+                       ([], "must be a local folder")):
+        dest = "s3://bucket/report" if not extra else str(out)
+        assert main(["report", "--scores", str(scores), "--out", dest, *extra]) == 2
+        assert why in capsys.readouterr().err
+        assert not out.exists() and not Path("s3:").exists()
 
 
 def test_report_top_frames_and_missing_model(scores, tmp_path):
