@@ -47,15 +47,19 @@ def prepare_videos(src: str, dst: str, size: tuple[int, int], *, labels: str | N
     from memae_dist.data.prepare import run_import
 
     with tempfile.TemporaryDirectory(prefix="memae-videos-") as tmp:
-        folder = _local_source(src, Path(tmp), storage)
+        folder, origin = _local_source(src, Path(tmp), storage)
         log.info("preparing %s -> %s at %dx%d", src, dst, *size)
-        return run_import("folder", src=str(folder), dst=dst, size=tuple(size), labels=labels,
-                          split="test", workers=workers, progress=progress,
-                          storage_cfg=storage)
+        try:
+            return run_import("folder", src=str(folder), dst=dst, size=tuple(size),
+                              labels=labels, split="test", workers=workers, progress=progress,
+                              storage_cfg=storage)
+        except UserError as exc:  # name the user's files, not their staged copies
+            raise UserError(str(exc).replace(str(folder), origin)) from None
 
 
-def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> Path:
-    """A local folder holding the sources: the folder itself, a link to one file, a download."""
+def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[Path, str]:
+    """A local folder holding the sources (the folder itself, a link to one file, a download)
+    and the location it stands for."""
     if is_remote(src):
         fs, path = fsspec_fs(src, storage)
         if not fs.exists(path):
@@ -63,13 +67,13 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> Path:
         dest = tmp / "videos"
         if fs.isdir(path):
             fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
-        else:
-            dest.mkdir()
-            fs.get(path, str(dest / os.path.basename(path)))
-        return dest
+            return dest, src.rstrip("/")
+        dest.mkdir()
+        fs.get(path, str(dest / os.path.basename(path)))
+        return dest, src.rsplit("/", 1)[0]
     local = Path(local_path(src))
     if local.is_dir():
-        return local
+        return local, str(local)
     if not local.is_file():
         raise UserError(f"--videos: no such file or folder: {src}")
     dest = tmp / "videos"
@@ -78,7 +82,7 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> Path:
         (dest / local.name).symlink_to(local)
     except OSError:  # file systems without symlinks
         shutil.copy2(local, dest / local.name)
-    return dest
+    return dest, str(local.parent)
 
 
 def prepared_uri(out_uri: str, prepared: str | None) -> str:

@@ -52,3 +52,16 @@ def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, t
     assert main(["report", "--scores", single, "--out", str(report), "--top", "1"]) == 0
     assert (report / "videos" / "gate.png").is_file() and not (report / "roc.png").exists()
     assert len(list((report / "triptychs").glob("gate_*.png"))) == 1
+
+
+def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_local, tmp_path,
+                                                         capsys):
+    broken = tmp_path / "footage" / "a.mp4"
+    broken.parent.mkdir()
+    broken.write_text("not a video")
+    out = tmp_path / "out" / "scores.parquet"
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(broken), "--out",
+                 str(out), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot open video {broken}:" in err and "memae-videos-" not in err
+    assert not out.exists()
