@@ -168,6 +168,10 @@ def write_dataset(
     if todo:
         results.update(_run_tasks(todo, job, workers, skip_bad, progress, len(videos)))
     manifest = _assemble(videos, results, job, name, source)
+    if not manifest.shards:  # --skip-bad skipped them all: no dataset a reader could use
+        first = manifest.skipped[0]
+        raise UserError(f"every video was skipped, so no dataset was written to {dst} (the "
+                        f"first, {first['split']}/{first['video']}: {first['reason']})")
     save_manifest(dst, manifest, job.storage)
     return manifest.to_dict()
 

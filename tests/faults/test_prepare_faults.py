@@ -96,6 +96,17 @@ def test_prepare_folder_skip_bad_lists_every_bad_source(tmp_path):
     assert sorted(p.name for p in (dst / "train").glob("*.parquet")) == ["good.parquet"]
 
 
+def test_prepare_folder_skip_bad_with_nothing_good_is_an_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    bad = _text_as_video(src)
+    dst = tmp_path / "out"
+    proc = memae("prepare", "folder", "--src", str(src), "--dst", str(dst), "--skip-bad", *PREP,
+                 cwd=tmp_path)
+    assert_user_error(proc, "every video was skipped", bad)
+    assert_no_dataset(dst)
+
+
 @pytest.mark.parametrize(("layout", "message"), [
     ("missing", "source folder not found"),
     ("empty", "no videos"),
