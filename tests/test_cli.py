@@ -29,6 +29,9 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "ucsd-ped2", "--src", "no/such/dir", "--dst", "out"], "no/such/dir"),
         (["evaluate", "--checkpoint", "no/such/run", "--data", "d", "--out", "o"],
          "no/such/run (expected a checkpoint or a run folder)"),
+        (["prepare", "synthetic", "--src", "x", "--dst", "out"], "--src is not for"),
+        (["train", "--data", "x", "--set", "train.epochs=[1,"], "'[1,' is not valid YAML"),
+        (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

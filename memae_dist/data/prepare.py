@@ -26,6 +26,8 @@ def run_import(kind: str, *, src: str | None, dst: str, size: tuple[int, int] | 
     if kind == "synthetic":
         from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
 
+        if src:  # a user who passes one expects it to be read
+            raise UserError("--src is not for 'prepare synthetic': the set is generated")
         cfg = SyntheticConfig(seed=seed, **({"size": size} if size else {}))
         if storage_cfg is not None and storage_cfg != StorageConfig():
             raise UserError("prepare synthetic takes its S3 endpoint from AWS_ENDPOINT_URL only")
