@@ -85,7 +85,7 @@ def test_write_read_and_restart(tmp_path, ray_local):
     with pytest.raises(UserError, match="test/c") as err:
         write_dataset(_specs(load_test=functools.partial(make_video, 12, 9, False, [[5, 40]])),
                       dst, (8, 8), name="toy", source="unit", progress=False)
-    assert "outside 0..11" in str(err.value)
+    assert "0 <= first <= last <= 11" in str(err.value)
     assert not (tmp_path / "ds" / "manifest.json").exists()
 
 
