@@ -67,10 +67,9 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     labelled = {v.name for v in video_scores(table, labelled_only=True)}
     report = Report(out_dir / "index.html", None)
     # Whatever can refuse the input does so before the first file is written.
-    chosen = check_frames(parse_frames(frames), videos) or top_frames(videos, top)
+    chosen = parse_frames(frames) or top_frames(videos, top)
     sources = _model_sources(report, meta, checkpoint, data, storage)
-    if sources is not None:
-        check_frames(chosen, videos, sources[1].videos(meta.get("split", "test")))
+    check_frames(chosen, videos, sources and sources[1].videos(meta.get("split", "test")))
     out_dir.mkdir(parents=True, exist_ok=True)
     scored = [v for v in videos if v.name in labelled]
     if scored:
@@ -96,8 +95,8 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
 
 
 def check_frames(chosen: list[tuple[str, int]], videos: list[VideoScores],
-                 entries: list | None = None) -> list[tuple[str, int]]:
-    """``chosen`` when every frame has a score (and its video is in ``entries``, when given)."""
+                 entries: list | None = None) -> None:
+    """Refuse a chosen frame without a score, or whose video is not in ``entries`` (if given)."""
     known = {v.name: v for v in videos}
     in_data = None if entries is None else {e.name for e in entries}
     for name, frame in chosen:
@@ -108,7 +107,6 @@ def check_frames(chosen: list[tuple[str, int]], videos: list[VideoScores],
                             "(--data) the frames come from")
         if frame not in set(known[name].frames.tolist()):
             raise UserError(f"--frame {name}:{frame}: that frame has no score")
-    return chosen
 
 
 def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str | None,
