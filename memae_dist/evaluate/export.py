@@ -26,8 +26,7 @@ from memae_dist.errors import UserError
 from memae_dist.evaluate.ingest import checkpoint_frame_size
 from memae_dist.evaluate.score import load_model
 
-SUFFIX = {"onnx": "onnx", "pt2": "pt2", "torchscript": "pt"}  # format -> file suffix
-FORMATS = tuple(SUFFIX)
+FORMATS = ("onnx", "pt2", "torchscript")
 META_NAME = "memae_dist.json"  # ONNX metadata key / pt2 and TorchScript extra file
 ONNX_OPSET = 17
 
@@ -90,7 +89,7 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
             "variant": loaded.config.model.variant}
     example = random_clips(2, window, size, seed=0)
     with tempfile.TemporaryDirectory(prefix="memae-export-") as tmp:
-        path = Path(tmp) / f"model.{SUFFIX[fmt]}"
+        path = Path(tmp) / f"model.{fmt}"  # a scratch name: the file is written to ``out``
         exporter = {"onnx": _export_onnx, "pt2": _export_program,
                     "torchscript": _export_torchscript}[fmt]
         run = exporter(wrapper, example, path, meta)
