@@ -32,6 +32,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "synthetic", "--src", "x", "--dst", "out"], "--src is not for"),
         (["train", "--data", "x", "--set", "train.epochs=[1,"], "'[1,' is not valid YAML"),
         (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
+        (["score", "--checkpoint", "c", "--data", "d", "--out", "s.csv"],
+         "--out s.csv: scores are written as Parquet"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import PurePosixPath
 
 from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
+
+SCORES_SUFFIXES = (".parquet", ".pq")
 
 
 def register(sub) -> None:
@@ -55,12 +58,23 @@ def score_config(args: argparse.Namespace):
                        progress=not getattr(args, "no_progress", False))
 
 
+def check_scores_name(uri: str) -> None:
+    """Scores are one Parquet file: a name that promises another format is refused up front."""
+    from memae_dist.errors import UserError
+
+    suffix = PurePosixPath(uri.rstrip("/")).suffix.lower()
+    if suffix and suffix not in SCORES_SUFFIXES:
+        raise UserError(f"--out {uri}: scores are written as Parquet; name the file *.parquet "
+                        "('memae-dist evaluate' also writes frames.csv)")
+
+
 def run(args: argparse.Namespace) -> int:
     from memae_dist.errors import UserError
     from memae_dist.evaluate import ingest
     from memae_dist.evaluate.batch_score import score_dataset
     from memae_dist.evaluate.score import read_model_state
 
+    check_scores_name(args.out)
     storage = storage_config(args)
     cfg = score_config(args)
     data = args.data

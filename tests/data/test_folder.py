@@ -67,8 +67,14 @@ def test_folder_errors_name_the_problem(cameras, tmp_path):
         folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [], "hall": [], "gate": []}))
     with pytest.raises(UserError, match=r"must be \[\[first, last\], \.\.\.\] ranges"):
         folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [[1, 2, 3]], "hall": []}))
+    with pytest.raises(UserError, match=r"labels\.json: abnormal range \[10, 5\] of 'door'"):
+        folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [[10, 5]], "hall": []}))
     spec = folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [0, 1], "hall": []}))[4]
     with pytest.raises(UserError, match=r"2 frame labels, but .*door\.mkv has 30 frames"):
+        spec.load()
+    spec = folder_videos(cameras, SIZE, _labels(tmp_path, {"door": [[3, 30]], "hall": []}))[4]
+    with pytest.raises(UserError, match=r"labels\.json: abnormal frame 30 is past the end "
+                                        r"of .*door\.mkv \(30 frames"):
         spec.load()
     write_video(cameras / "loose.avi", 3)
     with pytest.raises(UserError, match="loose videos.*loose.avi"):

@@ -77,7 +77,8 @@ def folder_videos(src: str | Path, size: tuple[int, int], labels: str | Path | N
             load = functools.partial(load_with_label_list, str(s.path), size, tuple(label),
                                      str(labels))
         else:
-            load = functools.partial(video_io.load_with_ranges, str(s.path), size, label)
+            load = functools.partial(load_with_label_ranges, str(s.path), size, label,
+                                     str(labels))
         specs.append(VideoSpec(s.split, s.name, load))
     return specs
 
@@ -209,6 +210,10 @@ def _json_labels(path: Path) -> dict[str, object]:
                 raise UserError(f"{path}: frame labels of {key!r} must be 0 or 1")
             out[key] = [int(v) for v in value]
         elif all(isinstance(r, list) and len(r) == 2 and all(map(_is_int, r)) for r in value):
+            bad = [r for r in value if not 0 <= r[0] <= r[1]]
+            if bad:
+                raise UserError(f"{path}: abnormal range {bad[0]} of {key!r} must be "
+                                "[first, last] with 0 <= first <= last")
             out[key] = [[int(a), int(b)] for a, b in value]
         else:
             raise UserError(f"{path}: labels of {key!r} must be [[first, last], ...] ranges "
@@ -226,3 +231,15 @@ def load_with_label_list(path: str, size: tuple[int, int], labels: tuple[int, ..
     frames = video_io.load_source(path, size)
     video_io.check_label_count(labels_file, len(labels), path, len(frames))
     return frames, ranges_from_labels(np.asarray(labels, dtype=np.uint8))
+
+
+def load_with_label_ranges(path: str, size: tuple[int, int], ranges: list[list[int]],
+                           labels_file: str):
+    """VideoSpec loader: frames plus [first, last] ranges from the labels JSON, checked
+    against the decoded length here, where the labels file can still be named."""
+    frames = video_io.load_source(path, size)
+    last = max((r[1] for r in ranges), default=-1)
+    if last >= len(frames):
+        raise UserError(f"{labels_file}: abnormal frame {last} is past the end of {path} "
+                        f"({len(frames)} frames, last index {len(frames) - 1})")
+    return frames, ranges
