@@ -25,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="tune_out", help="folder for trials.csv, plot, best.yaml")
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("--val-from-test", metavar="K|NAMES",
-                   help="first move K (or the named) labelled test videos into a val split")
+                   help="first move K labelled test videos, or the named ones (06 or 01,04; "
+                        "6 is a count, 6, a name), into a val split")
     p.add_argument("--no-test", action="store_true",
                    help="skip scoring the test split with the best checkpoint")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")

@@ -24,9 +24,11 @@ CARVE_KEY = "val_from_test"
 
 
 def parse_selection(spec: str) -> int | list[str]:
-    """``"2"`` -> the first 2 labelled test videos; ``"01,04"`` -> those videos by name."""
+    """``"2"`` -> the first 2 labelled test videos; ``"01,04"`` -> those videos by name.
+
+    Datasets number their videos "01", "02", ...: a leading zero or a comma makes a name."""
     spec = spec.strip()
-    if spec.isdigit():
+    if spec.isdigit() and (spec == "0" or not spec.startswith("0")):
         count = int(spec)
         if count < 1:
             raise UserError(f"--val-from-test must be a count >= 1 or video names, got {spec!r}")

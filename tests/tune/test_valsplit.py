@@ -75,6 +75,9 @@ def test_bad_selections_are_refused(tmp_path):
         carve_val_from_test(data, ["01", "03"])
     with pytest.raises(UserError, match="count >= 1"):
         parse_selection("0")
+    # Ped2's videos are "01".."12": those are names, as is any number followed by a comma.
+    assert parse_selection("06") == ["06"] and parse_selection("6,") == ["6"]
+    assert parse_selection("6") == 6 and parse_selection(" 12 ") == 12
     assert "val" not in load_manifest(data).splits  # nothing was written
     few = write_dataset(tmp_path / "few", [video("test", "01", [[0, 5]]),
                                            video("test", "02", None), video("test", "03", None)])
