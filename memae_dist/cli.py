@@ -18,8 +18,15 @@ COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "re
             "doctor")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line too, pointing at ``--help`` instead of printing the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="memae-dist",
         description="Distributed MemAE training, sweeps and scoring for video anomaly detection",
     )

@@ -42,6 +42,14 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert lines[-1].startswith("memae-dist: error: ") and message in lines[-1], lines
+
+
+def test_usage_errors_are_one_line_too(tmp_path):
+    proc = memae("train", "--epochs", "x", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "memae-dist train: error: argument --epochs: invalid int value: 'x' "
+        "(see 'memae-dist train --help')"]
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
