@@ -25,15 +25,15 @@ def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
     from memae_dist.train.trainer import fit
 
     out = out.resolve()
-    ensure_ray(cpus_needed=workers)  # before the generator, which would start a smaller Ray
     data = str(out / "data")
-    synthetic = SyntheticConfig(seed=0)
-    if not Path(join(data, MANIFEST_FILE)).exists():
-        log.info("generating the synthetic set (documented in docs/DATA.md) into %s", data)
-        generate_synthetic(data, synthetic)
     overrides = [f"data.path={data}", f"run.storage={out / 'runs'}", f"train.workers={workers}"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
+    # Checked before minutes of data generation.
     cfg = load_config(Path(str(files("memae_dist.configs") / "demo.yaml")), overrides)
+    ensure_ray(cpus_needed=workers)  # before the generator, which would start a smaller Ray
+    if not Path(join(data, MANIFEST_FILE)).exists():
+        log.info("generating the synthetic set (documented in docs/DATA.md) into %s", data)
+        generate_synthetic(data, SyntheticConfig(seed=0))
     result = fit(cfg)
     return evaluate_checkpoint(result.run_uri, data, out)

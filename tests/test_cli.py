@@ -34,6 +34,7 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "s.csv"],
          "--out s.csv: scores are written as Parquet"),
+        (["demo", "--workers", "-1", "--out", "out"], "--workers must be >= 0"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

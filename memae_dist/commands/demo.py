@@ -17,7 +17,12 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.demo import run_demo
+    from memae_dist.errors import UserError
 
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0 = in this process), got {args.workers}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     metrics = run_demo(local_folder(args.out), workers=args.workers, epochs=args.epochs)
     print_metrics(metrics)
     print(f"results in {args.out}: metrics.json, frames.csv, scores.png, roc.png")
