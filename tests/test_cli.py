@@ -34,7 +34,6 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "s.csv"],
          "--out s.csv: scores are written as Parquet"),
-        (["demo", "--workers", "-1", "--out", "out"], "--workers must be >= 0"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
@@ -51,6 +50,12 @@ def test_usage_errors_are_one_line_too(tmp_path):
     assert proc.stderr.splitlines() == [
         "memae-dist train: error: argument --epochs: invalid int value: 'x' "
         "(see 'memae-dist train --help')"]
+    proc = memae("prepare", "synthetic", "--dst", "out", "--workers", "0", cwd=tmp_path,
+                 timeout=120)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "memae-dist prepare: error: argument --workers: must be >= 1, got 0 "
+        "(see 'memae-dist prepare --help')"]
+    assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 

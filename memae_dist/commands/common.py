@@ -17,6 +17,18 @@ def frame_size(values: list[int] | None) -> tuple[int, int] | None:
     return h, w
 
 
+def int_at_least(low: int):
+    """argparse type: an int >= ``low``, refused as a usage error naming the flag."""
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError becomes argparse's "invalid int value"
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def local_folder(value: str, flag: str = "--out") -> Path:
     """An output folder on this machine, checked before any work: not a URI, not a file."""
     if "://" in value:

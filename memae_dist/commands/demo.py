@@ -4,25 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import local_folder, print_metrics
+from memae_dist.commands.common import int_at_least, local_folder, print_metrics
 
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="synthetic data -> Ray Train -> paper-protocol AUC")
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    p.add_argument("--workers", type=int, default=2, help="training workers (default: 2)")
-    p.add_argument("--epochs", type=int, default=None, help="override the demo's epochs")
+    p.add_argument("--workers", type=int_at_least(0), default=2,
+                   help="training workers (default: 2; 0 = in this process)")
+    p.add_argument("--epochs", type=int_at_least(1), default=None,
+                   help="override the demo's epochs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.demo import run_demo
-    from memae_dist.errors import UserError
-
-    if args.workers < 0:
-        raise UserError(f"--workers must be >= 0 (0 = in this process), got {args.workers}")
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     metrics = run_demo(local_folder(args.out), workers=args.workers, epochs=args.epochs)
     print_metrics(metrics)
     print(f"results in {args.out}: metrics.json, frames.csv, scores.png, roc.png")

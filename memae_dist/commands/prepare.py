@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
+from memae_dist.commands.common import (
+    add_storage_config_flag,
+    frame_size,
+    int_at_least,
+    storage_config,
+)
 
 
 def register(sub) -> None:
@@ -16,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("--dst", required=True, help="dataset URI: path, file:// or s3://")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="stored frame size (default 256 256; synthetic: 32 32)")
-    p.add_argument("--workers", type=int, default=None, help="parallel import tasks")
+    p.add_argument("--workers", type=int_at_least(1), default=None, help="parallel import tasks")
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", default="train", choices=("train", "test", "val"),
                    help="folder: split of sources outside train/test/val folders")
