@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import PurePosixPath
 
-from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
+from memae_dist.commands.common import (
+    add_storage_config_flag,
+    frame_size,
+    int_at_least,
+    storage_config,
+)
 
 SCORES_SUFFIXES = (".parquet", ".pq")
 
@@ -32,14 +37,15 @@ def register(sub) -> None:
 def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> None:
     """Flags shared by ``score`` and ``evaluate``."""
     p.add_argument("--split", default="test", help="split to score (default: test)")
-    p.add_argument("--workers", type=int, default=workers_default,
+    p.add_argument("--workers", type=int_at_least(0), default=workers_default,
                    help=f"scoring actors (default {workers_default}); 0 = in this process")
     p.add_argument("--gpus-per-worker", type=float, default=0.0,
                    help="GPUs per actor (bf16 on GPU); default 0 = CPU; with --workers 0, "
                         "> 0 scores in this process on its GPU")
     p.add_argument("--cpus-per-worker", type=float, default=None,
                    help="CPUs (torch threads) per actor; default: cores / workers")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--batch-size", type=int_at_least(1), default=32,
+                   help="windows per forward pass")
     p.add_argument("--error", choices=["mse", "mae"],
                    help="window error (default: the checkpoint's eval.error; mse unless its "
                         "recipe says otherwise)")
