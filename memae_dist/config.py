@@ -148,16 +148,17 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise UserError(f"--set {key}: value {raw!r} is not valid YAML") from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping; ``what`` names the kind of file in errors (a recipe, a tune space)."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise UserError(f"config file not found: {path}") from None
+        raise UserError(f"{what} not found: {path}") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a YAML text file (not UTF-8)") from None
     except OSError as exc:
-        raise UserError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -167,7 +168,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"{path}: the top level must be a mapping of sections")
+        raise UserError(f"{path}: the top level of a {what} must be a mapping, got "
+                        f"{type(data).__name__}")
     return data
 
 

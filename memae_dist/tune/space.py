@@ -154,7 +154,7 @@ class SearchSpace:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a space file; every problem is a one-line ``UserError``."""
     path = Path(path)
-    return parse_space(read_yaml(path), str(path))
+    return parse_space(read_yaml(path, "tune space file"), str(path))
 
 
 def parse_space(data: dict[str, Any], source: str = "space") -> SearchSpace:

@@ -134,6 +134,10 @@ def test_bad_space_files_are_refused_with_one_line_naming_the_key(tmp_path):
     data["params"]["model.entropy_weight"] = {"loguniform": [0, 1e-2]}
     refuse(tmp_path, data, "params.model.entropy_weight", "0 < low < high")
 
+    refuse(tmp_path, [data], "the top level of a tune space file must be a mapping, got list")
+    with pytest.raises(UserError, match="tune space file not found: .*none.yaml"):
+        load_space(tmp_path / "none.yaml")
+
 
 def test_a_space_reaching_an_invalid_config_is_refused_before_any_trial():
     space = parse_space({"params": {"k": {"uniform": [1, 3]},
