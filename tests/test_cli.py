@@ -34,6 +34,10 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "s.csv"],
          "--out s.csv: scores are written as Parquet"),
+        (["export", "--checkpoint", "c", "--format", "pt2", "--out", "m.onnx"],
+         "--out m.onnx: the name says onnx, but --format is pt2"),
+        (["export", "--checkpoint", "c", "--format", "onnx", "--out", "."],
+         "--out .: is a folder"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path, PurePosixPath
 
 from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
 
@@ -22,9 +23,27 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+# File suffixes that promise a format: a model written under another one's name is refused.
+SUFFIX_FORMATS = {".onnx": ("onnx",), ".pt2": ("pt2",), ".ts": ("torchscript",),
+                  ".pt": ("torchscript", "pt2")}
+
+
+def check_out(out: str, fmt: str) -> None:
+    """Refuse, before the export's minutes, an --out that is a folder or names another format."""
+    from memae_dist.errors import UserError
+
+    if "://" not in out and Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder; give the model file's name "
+                        f"(e.g. {Path(out) / ('model.' + fmt)})")
+    formats = SUFFIX_FORMATS.get(PurePosixPath(out).suffix.lower())
+    if formats is not None and fmt not in formats:
+        raise UserError(f"--out {out}: the name says {formats[0]}, but --format is {fmt}")
+
+
 def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.export import export_model
 
+    check_out(args.out, args.format)
     result = export_model(args.checkpoint, args.format, args.out, size=frame_size(args.size),
                           error=args.error, storage=storage_config(args))
     h, w = result.size
