@@ -170,10 +170,11 @@ def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) ->
     uri = storage.join(dataset_uri, MANIFEST_FILE)
     storage.check_bucket(dataset_uri, cfg)  # a missing bucket gets its own, clearer error
     if not storage.exists(uri, cfg):
+        why = ("give the dataset's folder, not its manifest file"
+               if dataset_uri.rstrip("/").endswith(MANIFEST_FILE)
+               else "not imported yet, or the import did not finish")
         raise UserError(
-            f"no {MANIFEST_FILE} in dataset {storage.describe(dataset_uri, cfg)} "
-            "(not imported yet, or the import did not finish)"
-        )
+            f"no {MANIFEST_FILE} in dataset {storage.describe(dataset_uri, cfg)} ({why})")
     raw = storage.read_bytes(uri, cfg)
     try:
         data = json.loads(raw)

@@ -271,8 +271,9 @@ def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Tabl
     blob = read_bytes(uri, storage)
     try:
         table = pq.read_table(io.BytesIO(blob))
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise UserError(f"{uri} is not a Parquet file: {exc}") from None
+    except (pa.ArrowInvalid, OSError):
+        raise UserError(f"{uri} is not a scores file: not Parquet (scores are written by "
+                        "'memae-dist score' and 'memae-dist evaluate')") from None
     raw = (table.schema.metadata or {}).get(META_KEY)
     meta = json.loads(raw) if raw else {}
     if meta.get("format") != SCORES_FORMAT:

@@ -80,8 +80,10 @@ def test_unknown_version_and_format_name_the_file(tmp_path):
 
 
 def test_missing_manifest(tmp_path):
-    with pytest.raises(UserError, match="no manifest.json"):
+    with pytest.raises(UserError, match=r"no manifest.json.*\(not imported yet"):
         load_manifest(str(tmp_path))
+    with pytest.raises(UserError, match="give the dataset's folder, not its manifest file"):
+        load_manifest(str(tmp_path / "manifest.json"))
 
 
 @pytest.mark.parametrize(

@@ -120,5 +120,5 @@ def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_dat
     with pytest.raises(UserError, match="not a memae-dist scores file"):
         read_scores(str(plain))
     (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(UserError, match="not a Parquet file"):
+    with pytest.raises(UserError, match=r"junk\.parquet is not a scores file: not Parquet \("):
         read_scores(str(tmp_path / "junk.parquet"))
