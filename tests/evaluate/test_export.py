@@ -96,7 +96,7 @@ def test_export_refuses_bad_settings(tiny_checkpoint, tmp_path, capsys):
     assert main(["export", "--checkpoint", tiny_checkpoint, "--format", "onnx", "--out",
                  str(out), "--size", "20", "20"]) == 2
     assert "--size must be two multiples of 16" in capsys.readouterr().err
-    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--format", "torchscript",
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--format", "onnx",
                  "--out", str(out)]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
     assert not out.exists()
