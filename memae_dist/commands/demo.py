@@ -19,6 +19,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.demo import run_demo
+
     metrics = run_demo(local_folder(args.out), workers=args.workers, epochs=args.epochs)
     print_metrics(metrics)
     print(f"results in {args.out}: metrics.json, frames.csv, scores.png, roc.png")
