@@ -31,12 +31,19 @@ class RunConfig:
     name: str = "memae"
     # Where checkpoints and history go: a local folder, file:// or s3://bucket/prefix.
     storage: str = "runs"
+    # Seconds without a heartbeat after which the lock a training process holds on its run
+    # (RUN/run.lock, refreshed every lock_ttl_s / 4) counts as stale and may be taken over.
+    # 0 turns the lock off: then nothing stops two processes from training one run.
+    lock_ttl_s: float = 120.0
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise UserError(f"run.name must be a non-empty name without '/', got {self.name!r}")
         if not self.storage:
             raise UserError("run.storage must be a local path or URI, got an empty string")
+        if not (self.lock_ttl_s == 0 or 1 <= self.lock_ttl_s <= 86400):
+            raise UserError("run.lock_ttl_s must be 0 (no lock) or 1..86400 seconds, got "
+                            f"{self.lock_ttl_s}")
 
 
 @dataclass

@@ -311,6 +311,28 @@ def delete(uri: str, cfg: StorageConfig | None = None) -> None:
                 fs.delete_dir(path)
 
 
+def first_missing_folder(root: str) -> str | None:
+    """The outermost folder of a local ``root`` that does not exist yet (None if it does)."""
+    if is_remote(root):
+        return None
+    path, missing = local_path(root), None
+    while not os.path.exists(path):
+        path, missing = os.path.dirname(path), path
+    return missing
+
+
+def remove_empty_folders(path: str, outermost: str) -> None:
+    """rmdir from ``path`` up to ``outermost``; stops at the first folder that is not empty."""
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == outermost:
+            return
+        path = os.path.dirname(path)
+
+
 # --------------------------------------------------------------------------------- internals
 
 

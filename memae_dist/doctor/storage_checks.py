@@ -35,7 +35,7 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
     marker = join(root, f".memae-doctor-{uuid.uuid4().hex[:12]}")
     token = uuid.uuid4().bytes
     checks: list[Check] = []
-    created = _first_missing_folder(root)  # the checks must not leave empty folders behind
+    created = storage.first_missing_folder(root)  # the checks must not leave empty folders behind
     # One fast, clear failure instead of minutes of retries against a dead endpoint.
     remote = storage.is_remote(root) or bool(data and storage.is_remote(data))
     unreachable = storage.unreachable_reason(scfg) if remote else None
@@ -62,30 +62,8 @@ def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,
         if storage_ok:
             checks.append(_cleanup(marker, scfg))
         if created:
-            _remove_empty_folders(storage.local_path(root), created)
+            storage.remove_empty_folders(storage.local_path(root), created)
     return [c for c in checks if c is not None]
-
-
-def _first_missing_folder(root: str) -> str | None:
-    """The outermost folder of a local ``root`` that does not exist yet (None if it does)."""
-    if storage.is_remote(root):
-        return None
-    path, missing = storage.local_path(root), None
-    while not os.path.exists(path):
-        path, missing = os.path.dirname(path), path
-    return missing
-
-
-def _remove_empty_folders(path: str, outermost: str) -> None:
-    """rmdir from ``path`` up to ``outermost``; stops at the first folder that is not empty."""
-    while True:
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
-        if path == outermost:
-            return
-        path = os.path.dirname(path)
 
 
 def manifest_check(data: str, cfg: StorageConfig, node: str) -> Check:

@@ -88,16 +88,16 @@ class TrainData:
                               storage=cfg.storage)
 
 
-def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=()) -> TrainResult:
+def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
+        exclusive: bool = True) -> TrainResult:
     """Train (or resume) the run named ``cfg.run.name`` in ``cfg.run.storage``.
 
     ``callbacks``: Ray Train callbacks (a sweep passes one that forwards metrics to Tune).
+    ``exclusive``: hold the run's lock (``RunLock``) while training; a sweep passes False,
+    since Tune already runs each trial once and restarts trials on any node at any time.
     """
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
-
     from memae_dist.doctor import preflight
-    from memae_dist.train.loop import train_loop_per_worker
+    from memae_dist.train.runlock import RunLock
     from memae_dist.train.validate import check_val_split
 
     if not cfg.data.path:
@@ -105,13 +105,24 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=()) -> Trai
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
     check_val_split(cfg)
     run = run_uri(cfg)
-    done = completed_epochs(run, cfg)
-    if done >= cfg.train.epochs:
-        log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run, done,
-                 cfg.train.epochs)
-        return finished(run, cfg, {})
-    if done:
-        log.info("resuming %s after epoch %d", run, done)
+    with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
+        done = completed_epochs(run, cfg)
+        if done >= cfg.train.epochs:
+            log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run,
+                     done, cfg.train.epochs)
+            return finished(run, cfg, {})
+        if done:
+            log.info("resuming %s after epoch %d", run, done)
+        return finished(run, cfg, run_trainer(cfg, address, callbacks))
+
+
+def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks) -> dict:
+    """Start Ray if needed, run the TorchTrainer, and return its final metrics."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from memae_dist.train.loop import train_loop_per_worker
+
     train_cpus = cfg.train.workers * cfg.train.cpus_per_worker
     ensure_ray(train_cpus, address)
     check_room_for_data(train_cpus)
@@ -140,7 +151,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=()) -> Trai
         raise KeyboardInterrupt("training aborted by SIGINT") from None
     if result.error is not None:
         raise result.error
-    return finished(run, cfg, dict(result.metrics or {}))
+    return dict(result.metrics or {})
 
 
 def finished(run: str, cfg: ExperimentConfig, metrics: dict) -> TrainResult:

@@ -48,7 +48,7 @@ def run_trial(sample: dict[str, Any], *, space: SearchSpace, base: dict[str, Any
     if registry:  # so the sweep can free this trial's workers if Tune stops it
         callbacks.append(RecordPlacementGroups(registry, trial_id))
     try:
-        result = fit(cfg, callbacks=callbacks)
+        result = fit(cfg, callbacks=callbacks, exclusive=False)
     except Exception as exc:
         reason = divergence(exc)
         if reason is not None:

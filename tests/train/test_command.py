@@ -1,4 +1,5 @@
-"""``memae-dist train`` end to end: interrupted with SIGINT, resumed by the same command.
+"""``memae-dist train`` end to end: interrupted with SIGINT, resumed by the same command; refused
+while another live process holds the run.
 
 The CLI runs as a real subprocess that starts its own local Ray; data and checkpoints live in
 the S3 server on loopback.
@@ -16,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from memae_dist.data.storage import join, pyarrow_fs, read_bytes
+from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
 from memae_dist.train.checkpoint import checkpoint_epoch, restore_point
+from memae_dist.train.runlock import LOCK_FILE, RunLock
 
 pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).parents[2] / "configs" / "ped2_lite.yaml"
@@ -68,6 +70,7 @@ def test_sigint_then_same_command_finishes_one_history(tiny_data, s3_bucket, tmp
     first = (tmp_path / "first.log").read_text()
     assert rc == 130, first[-3000:]
     assert "rerun the same command to resume" in first
+    assert not exists(join(run, LOCK_FILE))  # released on Ctrl-C
     interrupted = json.loads(read_bytes(join(run, "history.json")))
     assert 1 <= len(interrupted) < EPOCHS
     # What a rerun continues from: the last checkpoint Ray registered. An epoch reported but
@@ -84,5 +87,19 @@ def test_sigint_then_same_command_finishes_one_history(tiny_data, s3_bucket, tmp
     # The epochs covered by that checkpoint are kept as they were, not re-run.
     assert [r["loss"] for r in history[:kept]] == [r["loss"] for r in interrupted[:kept]]
     assert history[0]["run_starts"] == 1 and history[-1]["run_starts"] == 2
+    assert not exists(join(run, LOCK_FILE))
     csv_rows = read_bytes(join(run, "history.csv")).decode().strip().splitlines()
     assert len(csv_rows) == EPOCHS + 1 and csv_rows[0].startswith("epoch,")
+
+
+def test_second_process_on_a_live_run_is_refused_before_any_work(tiny_data, tmp_path):
+    storage = str(tmp_path / "runs")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with RunLock(join(storage, "R"), None, 120):  # this test process is the live holder
+        twin = subprocess.run(train_command(tiny_data, storage), cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert twin.returncode == 2, (twin.stdout + twin.stderr)[-3000:]
+    error = [line for line in twin.stderr.splitlines() if line.startswith("memae-dist: error:")]
+    assert len(error) == 1 and f"run {storage}/R is being trained by another process" in error[0]
+    assert f"pid {os.getpid()}" in error[0] and "Traceback" not in twin.stderr
+    assert not (tmp_path / "runs").exists()  # the twin wrote nothing; the holder left nothing

@@ -1,0 +1,187 @@
+"""One live training process per run: a lock file with a heartbeat in the run folder.
+
+Two drivers training the same ``(run.storage, run.name)`` (a job submitted twice, a laptop run
+next to a cluster job) would write checkpoints and history into one folder, and each would
+resume from the other's checkpoints. The driver therefore creates ``RUN/run.lock`` with an
+exclusive create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), refreshes its heartbeat
+while it trains and deletes it when it stops, including on Ctrl-C.
+
+A process killed outright leaves the file behind. It counts as stale, and is taken over, once
+its heartbeat is older than ``run.lock_ttl_s``, or at once when it names a process of this
+host that no longer exists, so "rerun the same command to resume" keeps working after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from memae_dist.data.storage import (
+    StorageConfig,
+    delete,
+    exists,
+    first_missing_folder,
+    fsspec_fs,
+    join,
+    local_path,
+    makedirs,
+    read_bytes,
+    remove_empty_folders,
+    user_errors,
+    write_bytes_atomic,
+)
+from memae_dist.errors import UserError
+
+__all__ = ["LOCK_FILE", "LockInfo", "RunLock", "read_lock"]
+
+LOCK_FILE = "run.lock"
+
+log = logging.getLogger("memae_dist.train")
+
+
+@dataclass
+class LockInfo:
+    owner: str  # a fresh token per holder: a heartbeat never refreshes someone else's lock
+    host: str
+    pid: int
+    started: float  # Unix time
+    heartbeat: float  # Unix time of the last refresh
+
+    def age(self) -> float:
+        return max(0.0, time.time() - self.heartbeat)
+
+    def holder(self) -> str:
+        return f"host {self.host}, pid {self.pid}, last heartbeat {self.age():.0f} s ago"
+
+    def dead_here(self) -> bool:
+        """True when the holder was a process of this host that has exited."""
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+
+def read_lock(run_uri: str, storage: StorageConfig | None = None) -> LockInfo | None:
+    """The lock a run holds now; None when there is none or it cannot be parsed."""
+    uri = join(run_uri, LOCK_FILE)
+    if not exists(uri, storage):
+        return None
+    try:
+        return LockInfo(**json.loads(read_bytes(uri, storage)))
+    except (ValueError, TypeError, UserError):
+        return None
+
+
+class RunLock:
+    """``with RunLock(run_uri, storage, ttl_s):`` holds the run for this process.
+
+    Raises ``UserError`` naming the run and the holder when another live process has it.
+    ``ttl_s == 0`` turns the check off (the heartbeat period is a quarter of ``ttl_s``).
+    """
+
+    def __init__(self, run_uri: str, storage: StorageConfig | None, ttl_s: float):
+        self.run, self.storage, self.ttl_s = run_uri, storage, ttl_s
+        self.uri = join(run_uri, LOCK_FILE)
+        now = time.time()
+        self.info = LockInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._created: str | None = None  # outermost local folder the lock had to create
+
+    def __enter__(self) -> RunLock:
+        if self.ttl_s > 0:
+            self._acquire()
+            self._thread = threading.Thread(target=self._beat, name="run-lock-heartbeat",
+                                             daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=30)
+        try:
+            self._release()
+        except Exception as err:  # never hide the error that ended training
+            log.warning("could not remove the run lock %s: %s", self.uri, err)
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _acquire(self) -> None:
+        self._created = first_missing_folder(self.run)
+        makedirs(self.run, self.storage)  # local: the folder the lock goes in; S3: the bucket
+        for _ in range(3):
+            if self._create():
+                return
+            held = self._held()
+            if held is None and not exists(self.uri, self.storage):
+                continue  # released meanwhile
+            if held is not None and held.age() <= self.ttl_s and not held.dead_here():
+                raise UserError(
+                    f"run {self.run} is being trained by another process ({held.holder()}); "
+                    f"wait for it to finish, or if it is gone, rerun after its lock expires "
+                    f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
+            what = held.holder() if held else "unreadable"
+            log.warning("taking over the stale lock of run %s (%s)", self.run, what)
+            delete(self.uri, self.storage)
+        raise UserError(f"run {self.run}: another process keeps taking its lock "
+                        f"{self.uri}; is the same run being started twice?")
+
+    def _create(self) -> bool:
+        """Exclusive create of the lock file; False when one exists already."""
+        fs, path = fsspec_fs(self.uri, self.storage)
+        with user_errors(self.uri, "create", self.storage):
+            try:
+                fs.pipe_file(path, self._payload(), mode="create")
+            except FileExistsError:
+                return False
+        return True
+
+    def _held(self) -> LockInfo | None:
+        """The current holder; one retry covers a local lock read between create and write."""
+        held = read_lock(self.run, self.storage)
+        if held is None and exists(self.uri, self.storage):
+            time.sleep(0.5)
+            held = read_lock(self.run, self.storage)
+        return held
+
+    def _payload(self) -> bytes:
+        return json.dumps(asdict(self.info)).encode()
+
+    def _beat(self) -> None:
+        period, failing, lost = self.ttl_s / 4, False, False
+        while not self._stop.wait(period):
+            try:
+                held = read_lock(self.run, self.storage)
+                if held is not None and held.owner != self.info.owner:
+                    if not lost:
+                        log.error("the lock of run %s was taken over by %s: two processes "
+                                  "may be training this run", self.run, held.holder())
+                    lost = True
+                    continue
+                self.info.heartbeat = time.time()
+                write_bytes_atomic(self.uri, self._payload(), self.storage)
+                failing = False
+            except Exception as err:  # storage hiccup: keep training, try again next beat
+                if not failing:
+                    log.warning("could not refresh the run lock %s: %s", self.uri, err)
+                failing = True
+
+    def _release(self) -> None:
+        held = read_lock(self.run, self.storage)
+        if held is not None and held.owner == self.info.owner:
+            delete(self.uri, self.storage)
+        if self._created:  # a run that stopped before writing anything leaves no trace
+            remove_empty_folders(local_path(self.run), self._created)
