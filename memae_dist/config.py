@@ -9,6 +9,7 @@ full dotted name) and applies ``--set key=value`` overrides.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -184,8 +185,13 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     base: dict[str, Any] | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
 ) -> ExperimentConfig:
-    """YAML file (optional) + ``key=value`` overrides -> a validated ``ExperimentConfig``."""
+    """YAML file (optional) + ``key=value`` overrides -> a validated ``ExperimentConfig``.
+
+    ``labels``: how the user wrote each override (``--epochs 0``), for errors; by default
+    ``--set key=value``. An error about an overridden key names the override, not the file.
+    """
     tree: dict[str, Any] = dict(base or {})
     if path is not None:
         tree = _merge(tree, read_yaml(path))
@@ -194,9 +200,19 @@ def load_config(
     try:
         return from_dict(ExperimentConfig, tree)
     except UserError as exc:
-        if path is not None:
-            raise UserError(f"{path}: {exc}") from None
+        culprits = _overrides_named(str(exc), overrides, labels)
+        if culprits or path is not None:
+            raise UserError(f"{culprits or path}: {exc}") from None
         raise
+
+
+def _overrides_named(message: str, overrides, labels) -> str:
+    """The overrides (as the user wrote them) whose key the error message names."""
+    labels = labels or [f"--set {a}" for a in overrides]
+    named = [label for assignment, label in zip(overrides, labels)
+             if re.search(rf"(?<![\w.]){re.escape(assignment.split('=', 1)[0].strip())}(?!\w)",
+                          message)]
+    return ", ".join(dict.fromkeys(named))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Everything stays under one output folder: ``data/`` (the prepared synthetic set)
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -26,7 +27,9 @@ def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
 
     out = out.resolve()
     data = str(out / "data")
-    overrides = [f"data.path={data}", f"run.storage={out / 'runs'}", f"train.workers={workers}"]
+    # Paths quoted so YAML keeps them whole (a " #" would start a comment).
+    overrides = [f"data.path={json.dumps(data)}", f"run.storage={json.dumps(str(out / 'runs'))}",
+                 f"train.workers={workers}"]
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     # Checked before minutes of data generation.

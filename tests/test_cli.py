@@ -25,6 +25,11 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["train", "--config", "missing.yaml", "--data", "x"], "config file not found: missing"),
         (["train", "--config", "demo", "--set", "model.num_slots=0"], "model.num_slots"),
         (["train", "--config", "demo", "--set", "model.slots=3"], "unknown config key"),
+        # A bad value from a flag names the flag, not the recipe it overrides.
+        (["train", "--config", "demo", "--epochs", "0"],
+         "error: --epochs 0: train.epochs must be >= 1, got 0"),
+        # Flag values stay whole strings: YAML would cut this path at " #".
+        (["train", "--config", "demo", "--data", "no #such"], "in dataset no #such (not"),
         (["prepare", "nonsense", "--dst", "out"], "unknown dataset kind 'nonsense'"),
         (["prepare", "ucsd-ped2", "--src", "no/such/dir", "--dst", "out"], "no/such/dir"),
         (["evaluate", "--checkpoint", "no/such/run", "--data", "d", "--out", "o"],

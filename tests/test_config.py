@@ -91,6 +91,19 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         load_config(unknown)
 
 
+def test_errors_name_the_override_that_set_the_bad_value(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  epochs: 0\n")
+    with pytest.raises(UserError, match=r"^--set model.num_slots=0: model.num_slots must be"):
+        load_config(recipe, ["train.epochs=2", "model.num_slots=0"])
+    with pytest.raises(UserError, match=r"^--epochs 0: train.epochs must be >= 1"):
+        load_config(None, ["train.epochs=0"], labels=["--epochs 0"])
+    # The file's own bad value still names the file.
+    with pytest.raises(UserError, match=r"recipe.yaml: train.epochs must be >= 1") as err:
+        load_config(recipe, ["model.num_slots=50"])
+    assert "--set" not in str(err.value)
+
+
 def test_global_batch_is_split_over_workers_and_accumulation():
     cfg = load_config(None, ["train.batch_size=16", "train.workers=2", "train.grad_accum=2"])
     assert cfg.train.micro_batch_size == 4

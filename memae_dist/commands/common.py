@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from memae_dist.errors import UserError
@@ -76,16 +77,19 @@ def experiment_config(args: argparse.Namespace):
     """The validated config from ``--config`` plus the flags above and ``--set`` overrides."""
     from memae_dist.config import load_config
 
-    overrides = []
+    overrides, labels = [], []
     for flag, key in (("data", "data.path"), ("epochs", "train.epochs"),
                       ("workers", "train.workers"), ("storage", "run.storage"),
                       ("name", "run.name"), ("cpus_per_worker", "train.cpus_per_worker"),
                       ("gpus_per_worker", "train.gpus_per_worker")):
         value = getattr(args, flag, None)
         if value is not None:
-            overrides.append(f"{key}={value}")
-    overrides.extend(args.set or [])
-    return load_config(resolve_config_path(args.config), overrides)
+            # Strings are quoted so YAML keeps them strings (--name 2024, --name yes).
+            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            labels.append(f"--{flag.replace('_', '-')} {value}")
+    overrides += args.set or []
+    labels += [f"--set {a}" for a in args.set or []]
+    return load_config(resolve_config_path(args.config), overrides, labels=labels)
 
 
 def print_metrics(metrics: dict) -> None:

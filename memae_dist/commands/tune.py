@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -48,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.tune.sweep import SweepOptions, run_sweep
 
     space = load_space(resolve_space(args.space))
-    overrides = [f"data.path={args.data}"] if args.data else []
-    cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []))
+    overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
+    labels = [f"--data {args.data}"] if args.data else []
+    cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
+                      labels=labels + [f"--set {a}" for a in args.set or []])
     opts = SweepOptions(
         samples=args.samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
