@@ -90,8 +90,9 @@ class RunLock:
     ``ttl_s == 0`` turns the check off (the heartbeat period is a quarter of ``ttl_s``).
     """
 
-    def __init__(self, run_uri: str, storage: StorageConfig | None, ttl_s: float):
-        self.run, self.storage, self.ttl_s = run_uri, storage, ttl_s
+    def __init__(self, run_uri: str, storage: StorageConfig | None, ttl_s: float,
+                 what: str = "run"):
+        self.run, self.storage, self.ttl_s, self.what = run_uri, storage, ttl_s, what
         self.uri = join(run_uri, LOCK_FILE)
         now = time.time()
         self.info = LockInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
@@ -130,14 +131,14 @@ class RunLock:
                 continue  # released meanwhile
             if held is not None and held.age() <= self.ttl_s and not held.dead_here():
                 raise UserError(
-                    f"run {self.run} is being trained by another process ({held.holder()}); "
+                    f"{self.what} {self.run} is in use by another process ({held.holder()}); "
                     f"wait for it to finish, or if it is gone, rerun after its lock expires "
                     f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
             what = held.holder() if held else "unreadable"
-            log.warning("taking over the stale lock of run %s (%s)", self.run, what)
+            log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run, what)
             delete(self.uri, self.storage)
-        raise UserError(f"run {self.run}: another process keeps taking its lock "
-                        f"{self.uri}; is the same run being started twice?")
+        raise UserError(f"{self.what} {self.run}: another process keeps taking its lock "
+                        f"{self.uri}; is it being started twice?")
 
     def _create(self) -> bool:
         """Exclusive create of the lock file; False when one exists already."""
@@ -167,8 +168,8 @@ class RunLock:
                 held = read_lock(self.run, self.storage)
                 if held is not None and held.owner != self.info.owner:
                     if not lost:
-                        log.error("the lock of run %s was taken over by %s: two processes "
-                                  "may be training this run", self.run, held.holder())
+                        log.error("the lock of %s %s was taken over by %s: two processes "
+                                  "may be running it", self.what, self.run, held.holder())
                     lost = True
                     continue
                 self.info.heartbeat = time.time()

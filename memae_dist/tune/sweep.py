@@ -20,6 +20,7 @@ from typing import Any
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.storage import exists, join, portable_fs, read_bytes, write_bytes_atomic
 from memae_dist.errors import UserError
+from memae_dist.train.runlock import RunLock
 from memae_dist.tune import cleanup
 from memae_dist.tune import results as res
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
@@ -102,46 +103,57 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     storage = opts.storage or cfg.run.storage
     sweep_uri = join(storage if "://" in storage else os.path.abspath(storage), name)
     fs, fs_path = portable_fs(sweep_uri, cfg.storage)
-    check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
-                                      "samples": samples, "search": opts.search,
-                                      "scheduler": opts.scheduler, "seed": opts.seed})
     preflight_sweep(cfg, storage, name, opts.address)
-    concurrent = start_ray(cfg, opts, samples * space.grid_size)
-    registry_name = cleanup.registry_name(sweep_uri)
-    registry = cleanup.start_registry(registry_name)
-    log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri,
-             samples * space.grid_size, concurrent, objective.metric, objective.mode)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
-                             sweep_uri=sweep_uri, registry=registry_name),
-        {"cpu": TRIAL_CPU},
-    )
-    if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
-        log.info("resuming sweep %s", sweep_uri)
-        tuner = tune.Tuner.restore(fs_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False,
-                                   storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.tune_space(),
-            tune_config=tune.TuneConfig(
-                metric=OBJECTIVE, mode=objective.mode, num_samples=samples,
-                search_alg=make_search(opts, space, concurrent),
-                scheduler=make_scheduler(opts, space, cfg), trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=fs_path.rsplit("/", 1)[0], storage_filesystem=fs,
-                stop=stop_diverged, failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=[cleanup.ReleaseEndedTrials(registry_name), *opts.callbacks],
-                verbose=1,
-            ),
+    with RunLock(sweep_uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
+        check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
+                                          "samples": samples, "search": opts.search,
+                                          "scheduler": opts.scheduler, "seed": opts.seed})
+        concurrent = start_ray(cfg, opts, samples * space.grid_size)
+        registry_name = cleanup.registry_name(sweep_uri)
+        registry = cleanup.start_registry(registry_name)
+        log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri,
+                 samples * space.grid_size, concurrent, objective.metric, objective.mode)
+        trainable = tune.with_resources(
+            tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
+                                 sweep_uri=sweep_uri, registry=registry_name),
+            {"cpu": TRIAL_CPU},
         )
-    try:
-        tuner.fit()
-    finally:
-        cleanup.release_all(registry)
-    return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
+        tuner = make_tuner(trainable, space, cfg, opts, objective, samples, concurrent,
+                           registry_name, fs, fs_path)
+        try:
+            tuner.fit()
+        finally:
+            cleanup.release_all(registry)
+        return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
+
+
+def make_tuner(trainable, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
+               objective: Objective, samples: int, concurrent: int, registry_name: str,
+               fs, fs_path: str):
+    """A new Tuner, or the one restored from the sweep folder (rerun = resume)."""
+    from ray import tune
+
+    if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
+        log.info("resuming sweep %s", fs_path)
+        return tune.Tuner.restore(fs_path, trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=False,
+                                  storage_filesystem=fs)
+    return tune.Tuner(
+        trainable,
+        param_space=space.tune_space(),
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE, mode=objective.mode, num_samples=samples,
+            search_alg=make_search(opts, space, concurrent),
+            scheduler=make_scheduler(opts, space, cfg), trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=fs_path.rsplit("/", 1)[1], storage_path=fs_path.rsplit("/", 1)[0],
+            storage_filesystem=fs,
+            stop=stop_diverged, failure_config=tune.FailureConfig(max_failures=0),
+            callbacks=[cleanup.ReleaseEndedTrials(registry_name), *opts.callbacks],
+            verbose=1,
+        ),
+    )
 
 
 def preflight_sweep(cfg: ExperimentConfig, storage: str, name: str,

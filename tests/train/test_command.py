@@ -100,6 +100,6 @@ def test_second_process_on_a_live_run_is_refused_before_any_work(tiny_data, tmp_
                               capture_output=True, text=True, timeout=600)
     assert twin.returncode == 2, (twin.stdout + twin.stderr)[-3000:]
     error = [line for line in twin.stderr.splitlines() if line.startswith("memae-dist: error:")]
-    assert len(error) == 1 and f"run {storage}/R is being trained by another process" in error[0]
+    assert len(error) == 1 and f"run {storage}/R is in use by another process" in error[0]
     assert f"pid {os.getpid()}" in error[0] and "Traceback" not in twin.stderr
     assert not (tmp_path / "runs").exists()  # the twin wrote nothing; the holder left nothing

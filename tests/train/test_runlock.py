@@ -45,7 +45,7 @@ def test_second_holder_is_refused_until_the_first_releases(where, tmp_path, requ
         with pytest.raises(UserError) as err, RunLock(run, None, 60):
             pass
         message = str(err.value)
-        assert f"run {run} is being trained by another process" in message
+        assert f"run {run} is in use by another process" in message
         assert f"pid {os.getpid()}" in message and "run.lock_ttl_s=60" in message
         assert "\n" not in message
         assert read_lock(run).owner == held.owner  # the refused one did not touch it

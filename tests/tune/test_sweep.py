@@ -16,6 +16,7 @@ from memae_dist.cli import main
 from memae_dist.config import load_config
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
+from memae_dist.train.runlock import LOCK_FILE, RunLock
 from memae_dist.tune.space import load_space, parse_space
 from memae_dist.tune.sweep import (
     SweepOptions,
@@ -100,6 +101,7 @@ def test_smoke_sweep_stops_weak_trials_and_exports_a_trainable_config(tiny_data,
                str(tmp_path / "sweeps"), "--name", "smoke", "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
+    assert not (tmp_path / "sweeps" / "smoke" / LOCK_FILE).exists()  # released at the end
     # The val split is a labelled test video; the final test uses only the others.
     manifest = load_manifest(data)
     assert [v.name for v in manifest.videos("val")] == ["01"]
@@ -138,6 +140,23 @@ def test_smoke_sweep_stops_weak_trials_and_exports_a_trainable_config(tiny_data,
     assert cfg.data.val_split == "val" and cfg.data.path == data
     assert main(["train", "--config", str(out / "best.yaml"), "--epochs", "1"]) == 0
     assert (tmp_path / "runs" / "smoke-best" / "checkpoint_epoch_0001" / "state.pt").exists()
+
+
+def test_second_sweep_with_the_same_name_is_refused_while_one_runs(tiny_data, tmp_path,
+                                                                    capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    sweep = tmp_path / "sweeps" / "smoke"
+    with RunLock(str(sweep), None, 120, what="sweep"):  # this process is the live one
+        rc = main(["tune", "--space", "smoke", "--config", str(base), "--data",
+                   copy_data(tiny_data, tmp_path), "--val-from-test", "1", "--storage",
+                   str(tmp_path / "sweeps"),
+                   "--name", "smoke", "--out", str(tmp_path / "out")])
+        assert sorted(os.listdir(sweep)) == [LOCK_FILE]  # no trial was started
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"memae-dist: error: sweep {sweep} is in use by another process")
+    assert f"pid {os.getpid()}" in err[-1]
 
 
 class InterruptOnce(tune.Callback):
