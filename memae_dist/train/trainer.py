@@ -3,6 +3,7 @@
 A run is ``(run.storage, run.name)``. Rerunning the same command resumes it: Ray Train finds the
 run's checkpoints in storage and hands the latest to the new workers; a worker that dies is
 replaced and the group restarts from the latest checkpoint (up to ``train.max_failures`` times).
+While it trains, the driver holds the run's lock (``runlock.RunLock``): one live process per run.
 """
 
 from __future__ import annotations
