@@ -24,6 +24,7 @@ from memae_dist.errors import UserError
 from memae_dist.evaluate.config import EvalConfig
 from memae_dist.models.config import ModelConfig
 from memae_dist.train.config import TrainConfig
+from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S
 
 
 @dataclass
@@ -35,7 +36,7 @@ class RunConfig:
     # Seconds without a heartbeat after which the lock a training process holds on its run
     # (RUN/run.lock, refreshed every lock_ttl_s / 4) counts as stale and may be taken over.
     # 0 turns the lock off: then nothing stops two processes from training one run.
-    lock_ttl_s: float = 120.0
+    lock_ttl_s: float = DEFAULT_LOCK_TTL_S
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

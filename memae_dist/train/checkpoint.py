@@ -181,8 +181,18 @@ def resolve_checkpoint(uri: str, storage: StorageConfig | None = None) -> str:
         return uri
     latest = latest_checkpoint(uri, storage)
     if latest is None:
-        raise UserError(f"no checkpoint found at {uri} (expected a checkpoint or a run folder)")
+        raise UserError(f"no checkpoint found at {uri} ({_why_none(uri, storage)})")
     return latest
+
+
+def _why_none(uri: str, storage: StorageConfig | None) -> str:
+    """What a folder without a checkpoint is: a run still in its first epoch, or not a run."""
+    from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
+
+    held = read_lock(uri, storage)
+    if held is not None and held.age() <= DEFAULT_LOCK_TTL_S:
+        return f"no epoch finished yet; the run is being trained by {held.holder()}"
+    return "expected a checkpoint or a run folder"
 
 
 def read_checkpoint_config(ckpt_uri: str, storage: StorageConfig | None = None) -> dict:

@@ -38,9 +38,10 @@ from memae_dist.data.storage import (
 )
 from memae_dist.errors import UserError
 
-__all__ = ["LOCK_FILE", "LockInfo", "RunLock", "read_lock"]
+__all__ = ["DEFAULT_LOCK_TTL_S", "LOCK_FILE", "LockInfo", "RunLock", "read_lock"]
 
 LOCK_FILE = "run.lock"
+DEFAULT_LOCK_TTL_S = 120.0
 
 log = logging.getLogger("memae_dist.train")
 

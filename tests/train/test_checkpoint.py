@@ -102,3 +102,16 @@ def test_best_copy_moves_the_pointer_then_drops_the_old_copy(tmp_path):
     # The best copy is a whole checkpoint, not counted among the run's latest ones.
     assert latest_checkpoint(str(run)) is None
     assert load_state(run / "best" / "checkpoint_epoch_0003")["epoch"] == 3
+
+
+def test_a_run_without_a_checkpoint_yet_says_who_trains_it(tmp_path):
+    from memae_dist.train.checkpoint import resolve_checkpoint
+    from memae_dist.train.runlock import RunLock
+
+    run = str(tmp_path / "R")
+    with RunLock(run, None, 120), pytest.raises(UserError) as err:
+        resolve_checkpoint(run)
+    assert f"no checkpoint found at {run} (no epoch finished yet; the run is being trained by " \
+           f"host " in str(err.value)
+    with pytest.raises(UserError, match=r"\(expected a checkpoint or a run folder\)"):
+        resolve_checkpoint(str(tmp_path))
