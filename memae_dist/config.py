@@ -27,6 +27,14 @@ from memae_dist.train.config import TrainConfig
 from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S
 
 
+def check_folder_name(name: str, what: str) -> None:
+    """A run or sweep name becomes one folder under the storage: '..' would escape it."""
+    if (not name or name in (".", "..") or name != name.strip()
+            or any(c in "/\\" or not c.isprintable() for c in name)):
+        raise UserError(f"{what} must be one folder name (not '.' or '..', no '/', '\\', "
+                        f"control characters or surrounding spaces), got {name!r}")
+
+
 @dataclass
 class RunConfig:
     # Stable run name; rerunning with the same name and storage resumes from the last checkpoint.
@@ -39,8 +47,7 @@ class RunConfig:
     lock_ttl_s: float = DEFAULT_LOCK_TTL_S
 
     def __post_init__(self) -> None:
-        if not self.name or "/" in self.name:
-            raise UserError(f"run.name must be a non-empty name without '/', got {self.name!r}")
+        check_folder_name(self.name, "run.name")
         if not self.storage:
             raise UserError("run.storage must be a local path or URI, got an empty string")
         if not (self.lock_ttl_s == 0 or 1 <= self.lock_ttl_s <= 86400):

@@ -65,6 +65,10 @@ def test_overrides_parse_yaml_values():
         ("train.batch_size=15", "train.batch_size (15) must be divisible"),
         ("eval.error=huber", "eval.error"),
         ("train.precision=fp8", "train.precision"),
+        # The name is one folder under run.storage: '..' would put the run beside it.
+        ("run.name=..", "run.name must be one folder name"),
+        ("run.name=a/b", "run.name must be one folder name"),
+        ("run.lock_ttl_s=0.5", "run.lock_ttl_s must be 0 (no lock) or 1..86400 seconds"),
     ],
 )
 def test_bad_settings_are_refused_naming_the_key(override, message):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memae_dist.config import ExperimentConfig, from_dict
+from memae_dist.config import ExperimentConfig, check_folder_name, from_dict
 from memae_dist.data.storage import exists, join, portable_fs, read_bytes, write_bytes_atomic
 from memae_dist.errors import UserError
 from memae_dist.train.runlock import RunLock
@@ -74,8 +74,8 @@ class SweepOptions:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"--{key.replace('_', '-')} must be >= 1, got {value}")
-        if self.name is not None and (not self.name or "/" in self.name):
-            raise UserError(f"--name must be a non-empty name without '/', got {self.name!r}")
+        if self.name is not None:
+            check_folder_name(self.name, "--name")
 
 
 @dataclass
