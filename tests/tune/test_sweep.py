@@ -54,6 +54,12 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def test_sweep_name_is_one_folder_under_the_storage():
+    for bad in ("..", "a/b", " s"):
+        with pytest.raises(UserError, match="--name must be one folder name"):
+            SweepOptions(name=bad)
+
+
 def test_plan_concurrency_counts_train_workers_tune_cannot_see():
     # 8 CPUs, 1 kept for Ray Data; trials of 2 workers x 1 CPU (+ the trial driver) -> 3.
     assert plan_concurrency({"CPU": 8}, 2, 1.0, 0.0, total=10, requested=None) == 3
