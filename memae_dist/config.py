@@ -197,8 +197,8 @@ def load_config(
 ) -> ExperimentConfig:
     """YAML file (optional) + ``key=value`` overrides -> a validated ``ExperimentConfig``.
 
-    ``labels``: how the user wrote each override (``--epochs 0``), for errors; by default
-    ``--set key=value``. An error about an overridden key names the override, not the file.
+    ``labels``: how the user wrote the first overrides (``--epochs 0``), for errors; the rest
+    read ``--set key=value``. An error about an overridden key names the override, not the file.
     """
     tree: dict[str, Any] = dict(base or {})
     if path is not None:
@@ -216,7 +216,7 @@ def load_config(
 
 def _overrides_named(message: str, overrides, labels) -> str:
     """The overrides (as the user wrote them) whose key the error message names."""
-    labels = labels or [f"--set {a}" for a in overrides]
+    labels = [*(labels or ()), *(f"--set {a}" for a in overrides[len(labels or ()):])]
     named = [label for assignment, label in zip(overrides, labels)
              if re.search(rf"(?<![\w.]){re.escape(assignment.split('=', 1)[0].strip())}(?!\w)",
                           message)]

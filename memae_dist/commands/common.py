@@ -88,7 +88,6 @@ def experiment_config(args: argparse.Namespace):
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
             labels.append(f"--{flag.replace('_', '-')} {value}")
     overrides += args.set or []
-    labels += [f"--set {a}" for a in args.set or []]
     return load_config(resolve_config_path(args.config), overrides, labels=labels)
 
 

@@ -50,9 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     space = load_space(resolve_space(args.space))
     overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
-    labels = [f"--data {args.data}"] if args.data else []
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
-                      labels=labels + [f"--set {a}" for a in args.set or []])
+                      labels=[f"--data {args.data}"] if args.data else [])
     opts = SweepOptions(
         samples=args.samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,

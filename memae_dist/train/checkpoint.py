@@ -35,6 +35,7 @@ from memae_dist.data.storage import (
     read_bytes,
 )
 from memae_dist.errors import UserError
+from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
@@ -187,8 +188,6 @@ def resolve_checkpoint(uri: str, storage: StorageConfig | None = None) -> str:
 
 def _why_none(uri: str, storage: StorageConfig | None) -> str:
     """What a folder without a checkpoint is: a run still in its first epoch, or not a run."""
-    from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
-
     held = read_lock(uri, storage)
     if held is not None and held.age() <= DEFAULT_LOCK_TTL_S:
         return f"no epoch finished yet; the run is being trained by {held.holder()}"

@@ -135,8 +135,8 @@ class RunLock:
                     f"{self.what} {self.run} is in use by another process ({held.holder()}); "
                     f"wait for it to finish, or if it is gone, rerun after its lock expires "
                     f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
-            what = held.holder() if held else "unreadable"
-            log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run, what)
+            log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
+                        held.holder() if held else "unreadable")
             delete(self.uri, self.storage)
         raise UserError(f"{self.what} {self.run}: another process keeps taking its lock "
                         f"{self.uri}; is it being started twice?")
