@@ -69,7 +69,7 @@ class LockInfo:
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, another user's
-            return False
+            pass
         return False
 
 
@@ -127,8 +127,8 @@ class RunLock:
         for _ in range(3):
             if self._create():
                 return
-            held = self._held()
-            if held is None and not exists(self.uri, self.storage):
+            found, held = self._held()
+            if not found:
                 continue  # released meanwhile
             if held is not None and held.age() <= self.ttl_s and not held.dead_here():
                 raise UserError(
@@ -151,13 +151,16 @@ class RunLock:
                 return False
         return True
 
-    def _held(self) -> LockInfo | None:
-        """The current holder; one retry covers a local lock read between create and write."""
+    def _held(self) -> tuple[bool, LockInfo | None]:
+        """(a lock file exists, its holder or None if unreadable); one re-read covers a local
+        lock read between its create and its write."""
         held = read_lock(self.run, self.storage)
-        if held is None and exists(self.uri, self.storage):
-            time.sleep(0.5)
-            held = read_lock(self.run, self.storage)
-        return held
+        if held is not None:
+            return True, held
+        if not exists(self.uri, self.storage):
+            return False, None
+        time.sleep(0.5)
+        return True, read_lock(self.run, self.storage)
 
     def _payload(self) -> bytes:
         return json.dumps(asdict(self.info)).encode()
