@@ -96,55 +96,84 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     cfg = prepare_config(cfg, opts)
     objective = resolve_objective(space.objective, cfg)
     cfg = keep_best_by(cfg, objective)
-    base = cfg.to_dict()
-    space.check_against(base)
-    samples = opts.samples or space.samples
-    name = opts.name or space.name
-    storage = opts.storage or cfg.run.storage
-    sweep_uri = join(storage if "://" in storage else os.path.abspath(storage), name)
-    fs, fs_path = portable_fs(sweep_uri, cfg.storage)
-    preflight_sweep(cfg, storage, name, opts.address)
-    with RunLock(sweep_uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
-        check_same_sweep(sweep_uri, cfg, {"space": space_fingerprint(space), "config": base,
-                                          "samples": samples, "search": opts.search,
+    space.check_against(cfg.to_dict())
+    sweep = _Sweep.plan(space, cfg, opts, objective)
+    preflight_sweep(cfg, sweep.storage, sweep.name, opts.address)
+    with RunLock(sweep.uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
+        check_same_sweep(sweep.uri, cfg, {"space": space_fingerprint(space), "config": sweep.base,
+                                          "samples": sweep.samples, "search": opts.search,
                                           "scheduler": opts.scheduler, "seed": opts.seed})
-        concurrent = start_ray(cfg, opts, samples * space.grid_size)
-        registry_name = cleanup.registry_name(sweep_uri)
+        concurrent = start_ray(cfg, opts, sweep.total)
+        registry_name = cleanup.registry_name(sweep.uri)
         registry = cleanup.start_registry(registry_name)
-        log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep_uri,
-                 samples * space.grid_size, concurrent, objective.metric, objective.mode)
+        log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep.uri,
+                 sweep.total, concurrent, objective.metric, objective.mode)
         trainable = tune.with_resources(
-            tune.with_parameters(_trial_entry(), space=space, base=base, objective=objective,
-                                 sweep_uri=sweep_uri, registry=registry_name),
+            tune.with_parameters(_trial_entry(), space=space, base=sweep.base,
+                                 objective=objective, sweep_uri=sweep.uri,
+                                 registry=registry_name),
             {"cpu": TRIAL_CPU},
         )
-        tuner = make_tuner(trainable, space, cfg, opts, objective, samples, concurrent,
-                           registry_name, fs, fs_path)
+        tuner = make_tuner(sweep, trainable, concurrent, registry_name)
         try:
             tuner.fit()
         finally:
             cleanup.release_all(registry)
-        return finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name)
+        return finish(sweep)
 
 
-def make_tuner(trainable, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
-               objective: Objective, samples: int, concurrent: int, registry_name: str,
-               fs, fs_path: str):
+@dataclass
+class _Sweep:
+    """What every stage of one sweep reads: its inputs and where it lives."""
+
+    space: SearchSpace
+    cfg: ExperimentConfig  # the trials' base config (prepare_config, keep_best_by)
+    opts: SweepOptions
+    objective: Objective
+    samples: int
+    storage: str  # as given: a path or a URI
+    name: str
+    uri: str  # STORAGE/NAME, absolute when local
+    fs: Any  # pyarrow filesystem and path of ``uri``, for Tune
+    fs_path: str
+
+    @property
+    def base(self) -> dict:
+        return self.cfg.to_dict()
+
+    @property
+    def total(self) -> int:
+        return self.samples * self.space.grid_size
+
+    @classmethod
+    def plan(cls, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
+             objective: Objective) -> _Sweep:
+        storage = opts.storage or cfg.run.storage
+        uri = join(storage if "://" in storage else os.path.abspath(storage),
+                   opts.name or space.name)
+        fs, fs_path = portable_fs(uri, cfg.storage)
+        return cls(space, cfg, opts, objective, opts.samples or space.samples, storage,
+                   opts.name or space.name, uri, fs, fs_path)
+
+
+def make_tuner(sweep: _Sweep, trainable, concurrent: int, registry_name: str):
     """A new Tuner, or the one restored from the sweep folder (rerun = resume)."""
     from ray import tune
 
+    fs, fs_path, opts = sweep.fs, sweep.fs_path, sweep.opts
     if tune.Tuner.can_restore(fs_path, storage_filesystem=fs):
-        log.info("resuming sweep %s", fs_path)
+        log.info("resuming sweep %s", sweep.uri)
         return tune.Tuner.restore(fs_path, trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False,
                                   storage_filesystem=fs)
     return tune.Tuner(
         trainable,
-        param_space=space.tune_space(),
+        param_space=sweep.space.tune_space(),
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode=objective.mode, num_samples=samples,
-            search_alg=make_search(opts, space, concurrent),
-            scheduler=make_scheduler(opts, space, cfg), trial_dirname_creator=trial_dirname,
+            metric=OBJECTIVE, mode=sweep.objective.mode, num_samples=sweep.samples,
+            search_alg=make_search(opts, sweep.space, concurrent),
+            scheduler=make_scheduler(opts, sweep.space, sweep.cfg),
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=fs_path.rsplit("/", 1)[1], storage_path=fs_path.rsplit("/", 1)[0],
@@ -187,12 +216,14 @@ def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
                             opts.max_concurrent or (wanted if local else None))
 
 
-def finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name) -> SweepResult:
+def finish(sweep: _Sweep) -> SweepResult:
     """Read every trial back, write the table, the plot, best.yaml, and score the test once."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(fs_path, storage_filesystem=fs)
-    rows = res.collect(analysis, space, base, objective, sweep_uri, cfg.train.epochs)
+    space, cfg, base, objective, opts = (sweep.space, sweep.cfg, sweep.base, sweep.objective,
+                                         sweep.opts)
+    analysis = ExperimentAnalysis(sweep.fs_path, storage_filesystem=sweep.fs)
+    rows = res.collect(analysis, space, base, objective, sweep.uri, cfg.train.epochs)
     interrupted = any(r.status not in res.FINISHED for r in rows)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,15 +234,15 @@ def finish(space, cfg, base, objective, opts, sweep_uri, fs, fs_path, name) -> S
     checkpoint = test_metrics = None
     if best is not None:
         checkpoint = res.best_checkpoint(best, cfg.storage)
-        res.write_best(out, best, space, base, name, objective, checkpoint)
+        res.write_best(out, best, space, base, sweep.name, objective, checkpoint)
         if opts.test and checkpoint:
             test_metrics = score_test_once(checkpoint, cfg, out / "test")
         res.write_summary(out, {
-            "sweep": sweep_uri, "objective": asdict(objective), "trial": best.trial_id,
+            "sweep": sweep.uri, "objective": asdict(objective), "trial": best.trial_id,
             "value": best.objective, "epoch": best.best_epoch, "params": best.params,
             "checkpoint": checkpoint, "test": test_metrics,
         })
-    return SweepResult(sweep_uri, rows, objective, best, checkpoint, test_metrics, interrupted)
+    return SweepResult(sweep.uri, rows, objective, best, checkpoint, test_metrics, interrupted)
 
 
 def prepare_config(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
