@@ -151,26 +151,30 @@ def probe_endpoint(endpoint: str | None, force: bool = False, uri: str = "") -> 
     as the doctor's, on any node, must answer in seconds too)."""
     if not endpoint or endpoint in _PROBE["reached"] or not (force or _PROBE["enabled"]):
         return
+    reason = _connect_error(endpoint)
+    if reason:
+        where = f"cannot reach {uri}: " if uri else ""
+        raise UserError(f"{where}{reason}: check storage.endpoint_url / AWS_ENDPOINT_URL and "
+                        "the network")
+    _PROBE["reached"].add(endpoint)
+
+
+def _connect_error(endpoint: str) -> str | None:
     parts = urlsplit(endpoint)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        where = f"cannot reach {uri}: " if uri else ""
-        raise UserError(f"{where}S3 endpoint {redact_url(endpoint)} is unreachable "
-                        f"({reason.lower()}): check storage.endpoint_url / AWS_ENDPOINT_URL and "
-                        "the network") from None
-    _PROBE["reached"].add(endpoint)
+        return f"S3 endpoint {redact_url(endpoint)} is unreachable ({reason.lower()})"
+    return None
 
 
 def unreachable_reason(cfg: StorageConfig | None = None) -> str | None:
-    """Why the configured S3 endpoint cannot be reached (one TCP connection), or None."""
-    try:
-        probe_endpoint((cfg or StorageConfig()).resolved().endpoint_url, force=True)
-    except UserError as exc:
-        return str(exc)
-    return None
+    """Why the configured S3 endpoint cannot be reached (one TCP connection), or None; the
+    bare fact, for checks that give their own fix."""
+    endpoint = (cfg or StorageConfig()).resolved().endpoint_url
+    return _connect_error(endpoint) if endpoint else None
 
 
 def fsspec_fs(uri: str, cfg: StorageConfig | None = None):

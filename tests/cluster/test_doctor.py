@@ -82,6 +82,7 @@ def test_doctor_failures_name_their_fix(ray_local, s3_server, s3_bucket, tmp_pat
     assert storage_ok.status == PASS  # local folder: the endpoint does not matter
     assert manifest.status == FAIL and "unreachable" in manifest.detail
     assert "storage.endpoint_url" in manifest.fix
+    assert manifest.line().count("storage.endpoint_url") == 1  # the advice once, in the fix
 
 
 def test_preflight_fails_in_seconds_before_any_worker(ray_local, tiny_data, s3_server,
