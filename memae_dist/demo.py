@@ -36,7 +36,7 @@ def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
     cfg = load_config(Path(str(files("memae_dist.configs") / "demo.yaml")), overrides)
     ensure_ray(cpus_needed=workers)  # before the generator, which would start a smaller Ray
     if not Path(join(data, MANIFEST_FILE)).exists():
-        log.info("generating the synthetic set (documented in docs/DATA.md) into %s", data)
+        log.info("generating the synthetic set (README, 'The synthetic demo set') into %s", data)
         generate_synthetic(data, SyntheticConfig(seed=0))
     result = fit(cfg)
     return evaluate_checkpoint(result.run_uri, data, out)
