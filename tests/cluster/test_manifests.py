@@ -11,12 +11,16 @@ from pathlib import Path
 
 import pytest
 import ray
-import tomllib
 import yaml
 
 from memae_dist.cli import COMMANDS, build_parser
 from memae_dist.commands.common import experiment_config, resolve_config_path
 from memae_dist.config import load_config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra installs tomli there
+    import tomli as tomllib
 
 REPO = Path(__file__).parents[2]
 CLUSTER = REPO / "cluster"
