@@ -4,7 +4,9 @@ Two drivers training the same ``(run.storage, run.name)`` (a job submitted twice
 next to a cluster job) would write checkpoints and history into one folder, and each would
 resume from the other's checkpoints. The driver therefore creates ``RUN/run.lock`` with an
 exclusive create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), refreshes its heartbeat
-while it trains and deletes it when it stops, including on Ctrl-C.
+while it trains and deletes it when it stops, including on Ctrl-C. On S3 every later write is a
+compare-and-swap (``If-Match`` on the version it read), so a heartbeat never overwrites a lock
+someone else took over, and of two drivers taking over one stale lock exactly one wins.
 
 A process killed outright leaves the file behind. It counts as stale, and is taken over, once
 its heartbeat is older than ``run.lock_ttl_s``, or at once when it names a process of this
@@ -13,6 +15,7 @@ host that no longer exists, so "rerun the same command to resume" keeps working 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -28,6 +31,7 @@ from memae_dist.data.storage import (
     exists,
     first_missing_folder,
     fsspec_fs,
+    is_remote,
     join,
     local_path,
     makedirs,
@@ -100,6 +104,7 @@ class RunLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._created: str | None = None  # outermost local folder the lock had to create
+        self._etag: str | None = None  # S3: the version of the lock this holder wrote last
 
     def __enter__(self) -> RunLock:
         if self.ttl_s > 0:
@@ -125,9 +130,9 @@ class RunLock:
         self._created = first_missing_folder(self.run)
         makedirs(self.run, self.storage)  # local: the folder the lock goes in; S3: the bucket
         for _ in range(3):
-            if self._create():
+            if self._put(IfNoneMatch="*"):
                 return
-            found, held = self._held()
+            found, etag, held = self._held()
             if not found:
                 continue  # released meanwhile
             if held is not None and held.age() <= self.ttl_s and not held.dead_here():
@@ -137,52 +142,91 @@ class RunLock:
                     f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
             log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
                         held.holder() if held else "unreadable")
-            delete(self.uri, self.storage)
+            if etag is None:
+                delete(self.uri, self.storage)  # local: delete, then the exclusive create
+            elif self._put(IfMatch=etag):
+                return  # S3: replaced exactly the version judged stale
         raise UserError(f"{self.what} {self.run}: another process keeps taking its lock "
                         f"{self.uri}; is it being started twice?")
 
-    def _create(self) -> bool:
-        """Exclusive create of the lock file; False when one exists already."""
+    def _put(self, **condition: str) -> bool:
+        """Write this holder's lock under ``IfNoneMatch="*"`` (create only; ``O_EXCL``
+        locally) or, on S3, ``IfMatch=etag`` (replace only that version); False when the
+        condition fails."""
         fs, path = fsspec_fs(self.uri, self.storage)
-        with user_errors(self.uri, "create", self.storage):
+        remote = is_remote(self.uri)
+        with user_errors(self.uri, "write", self.storage):
             try:
-                fs.pipe_file(path, self._payload(), mode="create")
-            except FileExistsError:
+                if remote:
+                    self._etag = fs.pipe_file(path, self._payload(), **condition)["ETag"]
+                else:
+                    fs.pipe_file(path, self._payload(), mode="create")
+            except FileExistsError:  # If-None-Match or O_EXCL
                 return False
+            except OSError as err:  # a failed If-Match: 412 (EINVAL in s3fs), or 404 if gone
+                if remote and (err.errno == errno.EINVAL or isinstance(err, FileNotFoundError)):
+                    return False
+                raise
         return True
 
-    def _held(self) -> tuple[bool, LockInfo | None]:
-        """(a lock file exists, its holder or None if unreadable); one re-read covers a local
-        lock read between its create and its write."""
+    def _held(self) -> tuple[bool, str | None, LockInfo | None]:
+        """(a lock file exists, its S3 version, its holder or None if unreadable).
+
+        S3: the version is read before the body, so an ``IfMatch`` on it fails if the body
+        read is not that version's. Locally one re-read covers a lock read between its
+        exclusive create and its write."""
+        etag = None
+        if is_remote(self.uri):
+            fs, path = fsspec_fs(self.uri, self.storage)
+            with user_errors(self.uri, "check", self.storage):
+                try:
+                    etag = fs.info(path, refresh=True)["ETag"]
+                except FileNotFoundError:
+                    return False, None, None
         held = read_lock(self.run, self.storage)
-        if held is not None:
-            return True, held
+        if held is not None or etag is not None:
+            return True, etag, held
         if not exists(self.uri, self.storage):
-            return False, None
+            return False, None, None
         time.sleep(0.5)
-        return True, read_lock(self.run, self.storage)
+        return True, None, read_lock(self.run, self.storage)
 
     def _payload(self) -> bytes:
         return json.dumps(asdict(self.info)).encode()
 
     def _beat(self) -> None:
         period, failing, lost = self.ttl_s / 4, False, False
-        while not self._stop.wait(period):
+        while not lost and not self._stop.wait(period):
             try:
-                held = read_lock(self.run, self.storage)
-                if held is not None and held.owner != self.info.owner:
-                    if not lost:
-                        log.error("the lock of %s %s was taken over by %s: two processes "
-                                  "may be running it", self.what, self.run, held.holder())
-                    lost = True
-                    continue
-                self.info.heartbeat = time.time()
-                write_bytes_atomic(self.uri, self._payload(), self.storage)
+                lost = not self._refresh()
                 failing = False
             except Exception as err:  # storage hiccup: keep training, try again next beat
                 if not failing:
                     log.warning("could not refresh the run lock %s: %s", self.uri, err)
                 failing = True
+        if lost:
+            held = read_lock(self.run, self.storage)
+            log.error("the lock of %s %s was taken over by %s: two processes may be running "
+                      "it", self.what, self.run, held.holder() if held else "another process")
+
+    def _refresh(self) -> bool:
+        """One heartbeat; False when another holder has the lock now."""
+        self.info.heartbeat = time.time()
+        if self._etag is not None:
+            if self._put(IfMatch=self._etag):
+                return True
+            # Ours may still be there under a version we never saw (a write whose reply was
+            # lost): adopt it if it is ours.
+            _, etag, held = self._held()
+            if held is None or held.owner != self.info.owner:
+                return False
+            self._etag = etag
+            return True
+        held = read_lock(self.run, self.storage)
+        if held is not None and held.owner != self.info.owner:
+            return False
+        write_bytes_atomic(self.uri, self._payload(), self.storage)
+        return True
 
     def _release(self) -> None:
         held = read_lock(self.run, self.storage)

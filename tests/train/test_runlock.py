@@ -81,7 +81,7 @@ def test_heartbeat_refreshes_and_never_overwrites_a_new_holder(tmp_path, caplog)
         assert read_lock(run).heartbeat > first
         # Someone took it over (its holder thought ours stale): the heartbeat must leave it.
         # Planted twice: a beat between its read and its write could overwrite one plant
-        # (there is no compare-and-swap), not both 0.1 s apart with beats 0.25 s apart.
+        # (locally there is no compare-and-swap), not both 0.1 s apart with beats 0.25 s apart.
         plant(run, host="elsewhere", pid=1, age=0)
         time.sleep(0.1)
         plant(run, host="elsewhere", pid=1, age=0)
@@ -107,3 +107,42 @@ def test_unreadable_lock_is_stale(tmp_path):
     (tmp_path / "R" / LOCK_FILE).write_text("{not json")
     with RunLock(run, None, 60):
         assert json.loads(read_bytes(join(run, LOCK_FILE)))["pid"] == os.getpid()
+
+
+def test_s3_heartbeat_is_a_compare_and_swap(s3_bucket, caplog):
+    run = join(s3_bucket, "cas")
+    with caplog.at_level(logging.WARNING, "memae_dist.train"), RunLock(run, None, 1) as lock:
+        # A write whose reply was lost leaves a version this holder never saw: still its own.
+        lock._etag = '"00000000000000000000000000000000"'
+        first = read_lock(run).heartbeat
+        time.sleep(0.8)
+        assert read_lock(run).heartbeat > first and "taken over" not in caplog.text
+        plant(run, host="elsewhere", pid=1, age=0)  # once: If-Match makes any beat miss it
+        time.sleep(0.8)
+        assert read_lock(run).owner == "someone-else"
+    assert "was taken over by host elsewhere" in caplog.text
+    assert read_lock(run).owner == "someone-else"
+
+
+def test_s3_two_takers_of_one_stale_lock_one_wins(s3_bucket):
+    run = join(s3_bucket, "race")
+    plant(run, host="elsewhere", pid=1, age=600)
+    winner = RunLock(run, None, 60)
+
+    class Late(RunLock):
+        """Judges the stale lock, then loses the race to ``winner`` before replacing it."""
+
+        def _held(self):
+            found = super()._held()
+            if not winner._thread:
+                winner.__enter__()
+            return found
+
+    try:
+        with pytest.raises(UserError, match="is in use by another process"), \
+                Late(run, None, 60):
+            pass
+        assert read_lock(run).owner == winner.info.owner
+    finally:
+        winner.__exit__(None, None, None)
+    assert not exists(join(run, LOCK_FILE))
