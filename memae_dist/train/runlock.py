@@ -205,9 +205,13 @@ class RunLock:
                     log.warning("could not refresh the run lock %s: %s", self.uri, err)
                 failing = True
         if lost:
-            held = read_lock(self.run, self.storage)
-            log.error("the lock of %s %s was taken over by %s: two processes may be running "
-                      "it", self.what, self.run, held.holder() if held else "another process")
+            try:
+                held = read_lock(self.run, self.storage)
+            except UserError:
+                held = None
+            by = f"taken over by {held.holder()}" if held else "removed by another process"
+            log.error("the lock of %s %s was %s: two processes may be running it", self.what,
+                      self.run, by)
 
     def _refresh(self) -> bool:
         """One heartbeat; False when another holder has the lock now."""
