@@ -148,12 +148,11 @@ class _Sweep:
     @classmethod
     def plan(cls, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
              objective: Objective) -> _Sweep:
-        storage = opts.storage or cfg.run.storage
-        uri = join(storage if "://" in storage else os.path.abspath(storage),
-                   opts.name or space.name)
+        storage, name = opts.storage or cfg.run.storage, opts.name or space.name
+        uri = join(storage if "://" in storage else os.path.abspath(storage), name)
         fs, fs_path = portable_fs(uri, cfg.storage)
-        return cls(space, cfg, opts, objective, opts.samples or space.samples, storage,
-                   opts.name or space.name, uri, fs, fs_path)
+        return cls(space, cfg, opts, objective, opts.samples or space.samples, storage, name,
+                   uri, fs, fs_path)
 
 
 def make_tuner(sweep: _Sweep, trainable, concurrent: int, registry_name: str):
