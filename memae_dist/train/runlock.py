@@ -83,8 +83,15 @@ def read_lock(run_uri: str, storage: StorageConfig | None = None) -> LockInfo | 
     if not exists(uri, storage):
         return None
     try:
-        return LockInfo(**json.loads(read_bytes(uri, storage)))
-    except (ValueError, TypeError, UserError):
+        return _parse(read_bytes(uri, storage))
+    except UserError:
+        return None
+
+
+def _parse(data: bytes) -> LockInfo | None:
+    try:
+        return LockInfo(**json.loads(data))
+    except (ValueError, TypeError):
         return None
 
 
@@ -175,17 +182,20 @@ class RunLock:
         S3: the version is read before the body, so an ``IfMatch`` on it fails if the body
         read is not that version's. Locally one re-read covers a lock read between its
         exclusive create and its write."""
-        etag = None
-        if is_remote(self.uri):
+        if is_remote(self.uri):  # the object itself: no second existence check
             fs, path = fsspec_fs(self.uri, self.storage)
             with user_errors(self.uri, "check", self.storage):
                 try:
                     etag = fs.info(path, refresh=True)["ETag"]
                 except FileNotFoundError:
                     return False, None, None
+                try:
+                    return True, etag, _parse(fs.cat_file(path))
+                except FileNotFoundError:  # deleted since: its If-Match will fail
+                    return True, etag, None
         held = read_lock(self.run, self.storage)
-        if held is not None or etag is not None:
-            return True, etag, held
+        if held is not None:
+            return True, None, held
         if not exists(self.uri, self.storage):
             return False, None, None
         time.sleep(0.5)
