@@ -218,9 +218,16 @@ def _overrides_named(message: str, overrides, labels) -> str:
     """The overrides (as the user wrote them) whose key the error message names."""
     labels = [*(labels or ()), *(f"--set {a}" for a in overrides[len(labels or ()):])]
     named = [label for assignment, label in zip(overrides, labels)
-             if re.search(rf"(?<![\w.]){re.escape(assignment.split('=', 1)[0].strip())}(?!\w)",
-                          message)]
+             if _names_key(message, assignment.split("=", 1)[0].strip())]
     return ", ".join(dict.fromkeys(named))
+
+
+def _names_key(message: str, key: str) -> bool:
+    """Whether ``message`` names ``key`` or quotes a section on its path ('trian' of trian.x)."""
+    if re.search(rf"(?<![\w.]){re.escape(key)}(?!\w)", message):
+        return True
+    parts = key.split(".")
+    return any(f"'{'.'.join(parts[:n])}'" in message for n in range(1, len(parts)))
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

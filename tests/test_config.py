@@ -100,6 +100,12 @@ def test_errors_name_the_override_that_set_the_bad_value(tmp_path):
     recipe.write_text("train:\n  epochs: 0\n")
     with pytest.raises(UserError, match=r"^--set model.num_slots=0: model.num_slots must be"):
         load_config(recipe, ["train.epochs=2", "model.num_slots=0"])
+    # An unknown section on the override's path names the override too.
+    with pytest.raises(UserError, match=r"^--set trian.epochs=5: unknown config key 'trian'"):
+        load_config(recipe, ["trian.epochs=5"])
+    with pytest.raises(UserError, match=r"^--set model.memory.slots=9: unknown config key "
+                                        r"'model.memory'"):
+        load_config(None, ["model.num_slots=50", "model.memory.slots=9"])
     with pytest.raises(UserError, match=r"^--epochs 0: train.epochs must be >= 1"):
         load_config(None, ["train.epochs=0"], labels=["--epochs 0"])
     # The file's own bad value still names the file.
