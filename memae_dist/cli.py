@@ -34,11 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"memae_dist.commands.{name}").register(sub)
+    parser.set_defaults(verbs=sub.choices)
     return parser
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but a stray argument points at the verb's ``--help``, not the top's."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from memae_dist.data.storage import enable_endpoint_probe

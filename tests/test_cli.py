@@ -66,6 +66,12 @@ def test_usage_errors_are_one_line_too(tmp_path):
         "(see 'memae-dist prepare --help')"]
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()
+    # A stray flag is the verb's to explain, not the top-level parser's.
+    proc = memae("score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet", "--epochs",
+                 "3", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "memae-dist score: error: unrecognized arguments: --epochs 3 "
+        "(see 'memae-dist score --help')"]
 
 
 def test_prepare_ucsd_ped2_imports_the_whole_benchmark(shared_ped2, tmp_path):
