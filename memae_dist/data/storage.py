@@ -13,7 +13,6 @@ import os
 import posixpath
 import re
 import socket
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from memae_dist.data.atomic import atomic_local
 from memae_dist.data.redact import error_reason, redact_url
 from memae_dist.errors import UserError
 
@@ -238,19 +238,8 @@ def write_bytes_atomic(uri: str, data: bytes, cfg: StorageConfig | None = None) 
 def write_atomic_fs(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     """Atomic write given a filesystem and a path inside it (OSErrors propagate)."""
     if isinstance(fs, pafs.LocalFileSystem):
-        directory = os.path.dirname(path)
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_local(path) as f:
+            f.write(data)
     elif isinstance(fs, pafs.S3FileSystem):
         # An S3 object only becomes visible when its (single or multipart) upload completes.
         with fs.open_output_stream(path) as f:

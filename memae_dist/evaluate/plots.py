@@ -8,13 +8,12 @@ lazily so importing this module stays cheap.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from memae_dist.data.atomic import atomic_local
 from memae_dist.evaluate.protocol import VideoScores, abnormality, regularity
 
 
@@ -30,16 +29,8 @@ def _new_figure(width: float, height: float):
 def _save_png(fig, path) -> Path:
     """Save ``fig`` as PNG at ``path`` via a temp name and ``os.replace``."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=100)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_local(out) as fh:
+        fig.savefig(fh, format="png", dpi=100)
     return out
 
 

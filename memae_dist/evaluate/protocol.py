@@ -19,8 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from memae_dist.data.atomic import atomic_local
 from memae_dist.evaluate.definitions import METRICS, PROTOCOL_HELP, PROTOCOLS  # noqa: F401
 
 WINDOW_LENGTH = 16
@@ -275,15 +274,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _atomic_write_text(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            write(fh)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_local(path, "w", newline="", encoding="utf-8") as fh:
+        write(fh)
 
 
 def write_metrics(out_dir, metrics: dict[str, Any], table) -> tuple[Path, Path]:

@@ -1,0 +1,34 @@
+"""Write a local file so that readers see the old content or the new one, never a partial file.
+
+The temporary sibling is created like ``open()`` creates files (mode 0666 less the umask), not
+like ``tempfile.mkstemp`` (0600): results, scores and exported models are meant to be read by
+the rest of a team, and a user who wants them private says so with the umask.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import IO
+
+
+@contextmanager
+def atomic_local(path: str | os.PathLike, mode: str = "wb", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; it replaces ``path`` on a clean exit."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
