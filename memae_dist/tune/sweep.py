@@ -93,10 +93,12 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     """Run (or resume) the sweep ``STORAGE/NAME`` and write its results into ``opts.out``."""
     from ray import tune
 
-    cfg = prepare_config(cfg, opts)
+    cfg = trial_scale(cfg, opts)
+    # A space that reaches a bad config fails before --val-from-test writes into the dataset.
+    space.check_against(cfg.to_dict())
+    cfg = with_val_split(cfg, opts)
     objective = resolve_objective(space.objective, cfg)
     cfg = keep_best_by(cfg, objective)
-    space.check_against(cfg.to_dict())
     sweep = _Sweep.plan(space, cfg, opts, objective)
     preflight_sweep(cfg, sweep.storage, sweep.name, opts.address)
     with RunLock(sweep.uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
@@ -127,7 +129,7 @@ class _Sweep:
     """What every stage of one sweep reads: its inputs and where it lives."""
 
     space: SearchSpace
-    cfg: ExperimentConfig  # the trials' base config (prepare_config, keep_best_by)
+    cfg: ExperimentConfig  # the trials' base config (trial_scale, with_val_split, keep_best_by)
     opts: SweepOptions
     objective: Objective
     samples: int
@@ -244,10 +246,8 @@ def finish(sweep: _Sweep) -> SweepResult:
     return SweepResult(sweep.uri, rows, objective, best, checkpoint, test_metrics, interrupted)
 
 
-def prepare_config(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
-    """The base config of every trial: per-trial scale, the validation split, checkpoint rule."""
-    from memae_dist.tune.valsplit import carve_val_from_test, parse_selection
-
+def trial_scale(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
+    """The base config of every trial: its workers and resources, and stopping on divergence."""
     tree = cfg.to_dict()
     train = tree["train"]
     if opts.workers_per_trial is not None:
@@ -257,16 +257,25 @@ def prepare_config(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfi
         if getattr(opts, key) is not None:
             train[key] = getattr(opts, key)
     train["on_nonfinite"] = "stop"  # a diverging trial must end, not skip batches forever
+    return from_dict(ExperimentConfig, tree)
+
+
+def with_val_split(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
+    """The dataset the trials read, with the validation split --val-from-test carves into it."""
+    from memae_dist.tune.valsplit import carve_val_from_test, parse_selection
+
     if opts.val_from_test:
         if not cfg.data.path:
             raise UserError("--val-from-test needs the dataset: pass --data URI")
         split = cfg.data.val_split or "val"
         carve_val_from_test(cfg.data.path, parse_selection(opts.val_from_test), split=split,
                             source=cfg.eval.split, storage_cfg=cfg.storage)
+        tree = cfg.to_dict()
         tree["data"]["val_split"] = split
+        cfg = from_dict(ExperimentConfig, tree)
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
-    return from_dict(ExperimentConfig, tree)
+    return cfg
 
 
 def keep_best_by(cfg: ExperimentConfig, objective: Objective) -> ExperimentConfig:

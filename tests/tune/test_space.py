@@ -158,3 +158,22 @@ def test_cli_refuses_a_bad_space_file_with_one_line(tmp_path, capsys):
                                                 "distribution 'gaussian'")
     assert main(["tune", "--space", "no_such_space", "--data", str(tmp_path)]) == 2
     assert "search space not found: no_such_space" in capsys.readouterr().err
+
+
+def test_a_bad_space_fails_before_val_from_test_writes_into_the_dataset(tmp_path, capsys):
+    from memae_dist.cli import main
+    from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
+
+    data = str(tmp_path / "data")
+    generate_synthetic(data, SyntheticConfig(seed=1, size=(16, 16), train_videos=1,
+                                             test_videos=2, frames_per_video=40),
+                       workers=1, progress=False)
+    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+    bad = tmp_path / "bad.yaml"  # lambda = 3/2 for N = 2: no trial could start
+    bad.write_text("params:\n  k: {uniform: [1, 3]}\n  model.num_slots: {choice: [2, 2000]}\n"
+                   "derived:\n  model.shrink_threshold: k / model.num_slots\n")
+    assert main(["tune", "--space", str(bad), "--data", data, "--val-from-test", "1",
+                 "--storage", str(tmp_path / "sweeps")]) == 2
+    assert "model.shrink_threshold must be < 1" in capsys.readouterr().err
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
+    assert not (tmp_path / "sweeps").exists()
