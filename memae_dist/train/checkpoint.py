@@ -176,8 +176,12 @@ def latest_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str
 
 
 def resolve_checkpoint(uri: str, storage: StorageConfig | None = None) -> str:
-    """A checkpoint URI, or a run URI (``STORAGE/NAME``) meaning its latest checkpoint."""
+    """A checkpoint URI, or a run URI (``STORAGE/NAME``) meaning its latest checkpoint.
+
+    A checkpoint's own ``state.pt`` means that checkpoint: it is what users point at."""
     check_bucket(uri, storage)
+    if uri.endswith(f"/{STATE_FILE}") and exists(uri, storage):
+        uri = uri[: -len(STATE_FILE) - 1]
     if exists(join(uri, STATE_FILE), storage):
         return uri
     latest = latest_checkpoint(uri, storage)

@@ -115,3 +115,12 @@ def test_a_run_without_a_checkpoint_yet_says_who_trains_it(tmp_path):
            f"host " in str(err.value)
     with pytest.raises(UserError, match=r"\(expected a checkpoint or a run folder\)"):
         resolve_checkpoint(str(tmp_path))
+
+
+def test_a_checkpoints_state_file_means_that_checkpoint(tmp_path):
+    from memae_dist.train.checkpoint import resolve_checkpoint
+
+    write(tmp_path / "R" / "checkpoint_epoch_0002", epoch=2)
+    ckpt = str(tmp_path / "R" / "checkpoint_epoch_0002")
+    assert resolve_checkpoint(f"{ckpt}/state.pt") == ckpt
+    assert resolve_checkpoint(str(tmp_path / "R")) == ckpt
