@@ -1,17 +1,21 @@
 """Write a dataset: one Ray task per video -> one Parquet shard each, then the manifest.
 
 Restartable: after its shard, each video gets a small ``<split>/<video>.done.json`` marker; a
-rerun with the same settings skips videos whose marker and shard agree. The manifest is written
-last and atomically, so a dataset with a manifest is always complete. The source data itself is
-not fingerprinted: after changing the source, write to a fresh destination.
+rerun with the same settings and the same source skips videos whose marker and shard agree. The
+source is recognised by its loader, the loader's arguments and the size and modification time
+of each local file or folder they name, so importing a changed source (or another synthetic
+seed) into the same destination re-imports what changed instead of keeping the old frames. The
+manifest is written last and atomically, so a dataset with a manifest is always complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -38,6 +42,7 @@ class VideoSpec:
     # (N, H0, W0) grayscale or (N, H0, W0, 3) RGB (or a list of such frames) plus abnormal
     # ranges (0-based inclusive [first, last]) or None when the video is unlabelled.
     load: Callable[[], tuple[np.ndarray, list[list[int]] | None]]
+    origin: str = ""  # what the frames are read from (source_origin); set by write_dataset
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -48,6 +53,27 @@ class VideoSpec:
     @property
     def key(self) -> str:
         return f"{self.split}/{self.name}"
+
+
+def source_origin(load: Callable) -> str:
+    """A digest of what ``load`` reads: its function and arguments, and the size and mtime of
+    each existing path among them (of a folder's entries too, one level deep: frame folders)."""
+    func = getattr(load, "func", load)
+    args = getattr(load, "args", ())
+    keywords = getattr(load, "keywords", None) or {}
+    parts = [f"{func.__module__}.{func.__qualname__}", repr(args), repr(sorted(keywords.items()))]
+    for arg in (*args, *keywords.values()):
+        if isinstance(arg, str) and os.path.exists(arg):
+            parts.append(_stat_line(arg))
+            if os.path.isdir(arg):
+                with os.scandir(arg) as entries:
+                    parts += sorted(f"{e.name} {_stat_line(e.path)}" for e in entries)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _stat_line(path: str) -> str:
+    st = os.stat(path)
+    return f"{st.st_size} {st.st_mtime_ns}"
 
 
 def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
@@ -108,7 +134,8 @@ class _Job:
     def marker(self, spec: VideoSpec) -> dict:
         """The settings a finished shard must match to be reused."""
         return {"size": list(self.size), "segment_frames": self.segment_frames,
-                "segment_overlap": self.segment_overlap, "split": spec.split, "video": spec.name}
+                "segment_overlap": self.segment_overlap, "split": spec.split, "video": spec.name,
+                "origin": spec.origin}
 
 
 def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
@@ -158,6 +185,7 @@ def write_dataset(
 ) -> dict:
     """Write every video's shard (one Ray task each), then the manifest; returns the manifest."""
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
+    videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
     done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None}
     todo = [spec for spec in videos if spec.key not in done]

@@ -1,5 +1,6 @@
 import functools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -73,12 +74,13 @@ def test_write_read_and_restart(tmp_path, ray_local):
     assert json.loads((tmp_path / "ds" / "test" / "c.done.json").read_text())["shard"][
         "sha256"] == m.shard_entry(test_video).sha256
 
-    # A rerun must not load anything: a failing loader would raise if it were called.
-    before = (tmp_path / "ds" / "train" / "a.parquet").stat().st_mtime_ns
-    again = write_dataset(_specs(load_test=broken_video), dst, SIZE, name="toy", source="unit",
-                          segment_frames=16, progress=False)
+    # A rerun of the same import rewrites nothing.
+    shards = sorted((tmp_path / "ds").glob("*/*.parquet"))
+    before = [p.stat().st_mtime_ns for p in shards]
+    again = write_dataset(_specs(), dst, SIZE, name="toy", source="unit", segment_frames=16,
+                          progress=False)
     assert again == manifest
-    assert (tmp_path / "ds" / "train" / "a.parquet").stat().st_mtime_ns == before
+    assert [p.stat().st_mtime_ns for p in shards] == before
 
     # Different settings invalidate the markers: the failing loader now runs, and the stale
     # manifest is gone because shards were about to change.
@@ -87,6 +89,31 @@ def test_write_read_and_restart(tmp_path, ray_local):
                       dst, (8, 8), name="toy", source="unit", progress=False)
     assert "0 <= first <= last <= 11" in str(err.value)
     assert not (tmp_path / "ds" / "manifest.json").exists()
+
+
+def load_npy(path: str):
+    return np.load(path), None
+
+
+def test_a_changed_source_is_imported_again_not_kept(tmp_path, ray_local):
+    # Same names, same settings, other frames: another seed, or a file rewritten in place.
+    source = tmp_path / "v.npy"
+    np.save(source, make_video(24, 5)[0])
+    dst = str(tmp_path / "ds")
+
+    def specs(seed):
+        return [VideoSpec("train", "a", functools.partial(make_video, 24, seed)),
+                VideoSpec("test", "f", functools.partial(load_npy, str(source)))]
+
+    first = write_dataset(specs(1), dst, SIZE, name="toy", source="unit", progress=False)
+    np.save(source, make_video(24, 6)[0])
+    os.utime(source, ns=(10**18, 10**18))  # a distinct mtime, however coarse the clock
+    second = write_dataset(specs(2), dst, SIZE, name="toy", source="unit", progress=False)
+    sha = {s["video"]: s["sha256"] for s in first["shards"]}
+    assert all(s["sha256"] != sha[s["video"]] for s in second["shards"])
+    m = load_manifest(dst)
+    frames, _ = read_video_frames(m.shard_uri(dst, m.videos("train")[0]))
+    np.testing.assert_array_equal(frames, _expected(24, 2))
 
 
 def test_failure_writes_no_manifest_and_skip_bad_records_it(tmp_path, ray_local):
