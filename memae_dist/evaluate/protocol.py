@@ -273,10 +273,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _atomic_write_text(path: Path, write) -> None:
-    with atomic_local(path, "w", newline="", encoding="utf-8") as fh:
-        write(fh)
-
 
 def write_metrics(out_dir, metrics: dict[str, Any], table) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``frames.csv`` into ``out_dir``, each atomically.
@@ -294,12 +290,10 @@ def write_metrics(out_dir, metrics: dict[str, Any], table) -> tuple[Path, Path]:
             raise ValueError(f"frame table row {i} lacks column(s) {', '.join(missing)}")
     text = json.dumps(_jsonable(metrics), indent=2, allow_nan=False) + "\n"
     metrics_path, frames_path = out / "metrics.json", out / "frames.csv"
-
-    def write_csv(fh) -> None:
+    with atomic_local(frames_path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=FRAME_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(_jsonable(rows))
-
-    _atomic_write_text(frames_path, write_csv)
-    _atomic_write_text(metrics_path, lambda fh: fh.write(text))
+    with atomic_local(metrics_path, "w", encoding="utf-8") as fh:
+        fh.write(text)
     return metrics_path, frames_path

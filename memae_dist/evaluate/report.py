@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from memae_dist.data.atomic import atomic_local
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import read_scores, video_scores
 from memae_dist.evaluate.plots import plot_roc, plot_video
-from memae_dist.evaluate.protocol import METRICS, VideoScores, _atomic_write_text, evaluate_videos
+from memae_dist.evaluate.protocol import METRICS, VideoScores, evaluate_videos
 
 log = logging.getLogger("memae_dist.report")
 
@@ -224,7 +225,8 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{e(n)}</li>" for n in report.notes]
         parts.append("</ul>")
     parts += ["</body>", "</html>", ""]
-    _atomic_write_text(report.index, lambda fh: fh.write("\n".join(parts)))
+    with atomic_local(report.index, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(parts))
     return report.index
 
 
