@@ -6,7 +6,10 @@ resume from the other's checkpoints. The driver therefore creates ``RUN/run.lock
 exclusive create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), refreshes its heartbeat
 while it trains and deletes it when it stops, including on Ctrl-C. On S3 every later write is a
 compare-and-swap (``If-Match`` on the version it read), so a heartbeat never overwrites a lock
-someone else took over, and of two drivers taking over one stale lock exactly one wins.
+someone else took over, and of two drivers taking over one stale lock exactly one wins. A local
+folder has no compare-and-swap; there every read-judge-write step (a takeover, a heartbeat, the
+release) runs under ``flock`` on the run folder, which gives the same guarantees between
+processes that share its kernel (or a filesystem whose ``flock`` spans hosts).
 
 A process killed outright leaves the file behind. It counts as stale, and is taken over, once
 its heartbeat is older than ``run.lock_ttl_s``, or at once when it names a process of this
@@ -15,7 +18,9 @@ host that no longer exists, so "rerun the same command to resume" keeps working 
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -137,24 +142,50 @@ class RunLock:
         self._created = first_missing_folder(self.run)
         makedirs(self.run, self.storage)  # local: the folder the lock goes in; S3: the bucket
         for _ in range(3):
-            if self._put(IfNoneMatch="*"):
-                return
-            found, etag, held = self._held()
-            if not found:
-                continue  # released meanwhile
-            if held is not None and held.age() <= self.ttl_s and not held.dead_here():
-                raise UserError(
-                    f"{self.what} {self.run} is in use by another process ({held.holder()}); "
-                    f"wait for it to finish, or if it is gone, rerun after its lock expires "
-                    f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
-            log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
-                        held.holder() if held else "unreadable")
-            if etag is None:
-                delete(self.uri, self.storage)  # local: delete, then the exclusive create
-            elif self._put(IfMatch=etag):
-                return  # S3: replaced exactly the version judged stale
+            with self._guard():
+                if self._try_take():
+                    return
         raise UserError(f"{self.what} {self.run}: another process keeps taking its lock "
                         f"{self.uri}; is it being started twice?")
+
+    def _try_take(self) -> bool:
+        """One attempt: create the lock, or replace a stale one; raises if it is held."""
+        if self._put(IfNoneMatch="*"):
+            return True
+        found, etag, held = self._held()
+        if not found:
+            return False  # released meanwhile
+        if held is not None and held.age() <= self.ttl_s and not held.dead_here():
+            raise UserError(
+                f"{self.what} {self.run} is in use by another process ({held.holder()}); "
+                f"wait for it to finish, or if it is gone, rerun after its lock expires "
+                f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
+        log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
+                    held.holder() if held else "unreadable")
+        if etag is None:  # local, under the guard: nobody else judges it meanwhile
+            delete(self.uri, self.storage)
+            return self._put(IfNoneMatch="*")
+        return self._put(IfMatch=etag)  # S3: replaces exactly the version judged stale
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Locally, ``flock`` on the run folder around one read-judge-write step, so that no
+        other holder reads or writes the lock in between; on S3 the conditional writes do
+        that. Where the folder cannot be locked (NFS emulates ``flock`` with locks that need
+        a file open for writing) the step runs unguarded, as it did before."""
+        try:
+            fd = None if is_remote(self.uri) else os.open(local_path(self.run), os.O_RDONLY)
+        except FileNotFoundError:  # the run folder was removed under us: nothing to guard
+            fd = None
+        if fd is None:
+            yield
+            return
+        try:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the flock
 
     def _put(self, **condition: str) -> bool:
         """Write this holder's lock under ``IfNoneMatch="*"`` (create only; ``O_EXCL``
@@ -208,7 +239,8 @@ class RunLock:
         period, failing, lost = self.ttl_s / 4, False, False
         while not lost and not self._stop.wait(period):
             try:
-                lost = not self._refresh()
+                with self._guard():
+                    lost = not self._refresh()
                 failing = False
             except Exception as err:  # storage hiccup: keep training, try again next beat
                 if not failing:
@@ -243,8 +275,9 @@ class RunLock:
         return True
 
     def _release(self) -> None:
-        held = read_lock(self.run, self.storage)
-        if held is not None and held.owner == self.info.owner:
-            delete(self.uri, self.storage)
+        with self._guard():
+            held = read_lock(self.run, self.storage)
+            if held is not None and held.owner == self.info.owner:
+                delete(self.uri, self.storage)
         if self._created:  # a run that stopped before writing anything leaves no trace
             remove_empty_folders(local_path(self.run), self._created)

@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -80,8 +81,8 @@ def test_heartbeat_refreshes_and_never_overwrites_a_new_holder(tmp_path, caplog)
         time.sleep(0.7)
         assert read_lock(run).heartbeat > first
         # Someone took it over (its holder thought ours stale): the heartbeat must leave it.
-        # Planted twice: a beat between its read and its write could overwrite one plant
-        # (locally there is no compare-and-swap), not both 0.1 s apart with beats 0.25 s apart.
+        # Planted twice: plant() bypasses the folder lock, so a beat between its read and its
+        # write could overwrite one plant, not both 0.1 s apart with beats 0.25 s apart.
         plant(run, host="elsewhere", pid=1, age=0)
         time.sleep(0.1)
         plant(run, host="elsewhere", pid=1, age=0)
@@ -145,4 +146,34 @@ def test_s3_two_takers_of_one_stale_lock_one_wins(s3_bucket):
         assert read_lock(run).owner == winner.info.owner
     finally:
         winner.__exit__(None, None, None)
+    assert not exists(join(run, LOCK_FILE))
+
+
+def test_local_two_takers_of_one_stale_lock_one_wins(tmp_path):
+    run = str(tmp_path / "race")
+    plant(run, host="elsewhere", pid=1, age=600)
+    judged = threading.Event()
+
+    class Slow(RunLock):
+        """Judges the stale lock, then dawdles before replacing it."""
+
+        def _held(self):
+            found = super()._held()
+            judged.set()
+            time.sleep(0.5)  # the other taker arrives now
+            return found
+
+    first = Slow(run, None, 60)
+    taking = threading.Thread(target=first.__enter__)
+    taking.start()
+    try:
+        assert judged.wait(10)
+        with pytest.raises(UserError, match="is in use by another process"), \
+                RunLock(run, None, 60):
+            pass
+        taking.join()
+        assert read_lock(run).owner == first.info.owner
+    finally:
+        taking.join()
+        first.__exit__(None, None, None)
     assert not exists(join(run, LOCK_FILE))
