@@ -57,6 +57,8 @@ class Manifest:
     skipped: list[dict] = field(default_factory=list)  # {"split", "video", "reason"}
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    # Where it was loaded from, for messages; not part of the file.
+    uri: str = field(default="", compare=False, repr=False)
 
     # ------------------------------------------------------------------ accessors
     @property
@@ -66,7 +68,8 @@ class Manifest:
     def videos(self, split: str) -> list[VideoEntry]:
         if split not in self.splits:
             have = ", ".join(self.splits) or "none"
-            raise UserError(f"dataset {self.name!r} has no split {split!r} (splits: {have})")
+            named = f"{self.uri} ({self.name})" if self.uri else repr(self.name)
+            raise UserError(f"dataset {named} has no split {split!r} (splits: {have})")
         return list(self.splits[split])
 
     def shard_uri(self, dataset_uri: str, video: VideoEntry) -> str:
@@ -180,7 +183,9 @@ def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) ->
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UserError(f"{uri}: not valid JSON ({exc})") from None
-    return Manifest.from_dict(data, where=uri)
+    manifest = Manifest.from_dict(data, where=uri)
+    manifest.uri = dataset_uri
+    return manifest
 
 
 def save_manifest(

@@ -48,8 +48,10 @@ def test_round_trip_and_accessors(tmp_path):
     assert not m.videos("train")[0].labelled and m.videos("test")[2].labelled
     assert m.shard_uri("s3://b/ds", m.videos("test")[0]) == "s3://b/ds/test/01.parquet"
     assert m.shard_entry(m.videos("train")[0]).sha256 == "ab" * 32
-    with pytest.raises(UserError, match="no split 'val'"):
+    with pytest.raises(UserError) as err:
         m.videos("val")
+    assert str(err.value) == (f"dataset {tmp_path} (toy) has no split 'val' "
+                              f"(splits: train, test)")
 
 
 def _write(tmp_path, data):
