@@ -51,7 +51,9 @@ def resolve_yaml(name: str, package: str, what: str) -> Path:
     shipped = files(package) / f"{name}.yaml"
     if shipped.is_file():
         return Path(str(shipped))
-    raise UserError(f"{what} not found: {name} (a YAML file or a shipped name)")
+    names = sorted(e.name[:-5] for e in files(package).iterdir() if e.name.endswith(".yaml"))
+    raise UserError(f"{what} not found: {name} (a YAML file, or a shipped name: "
+                    f"{', '.join(names)})")
 
 
 def resolve_config_path(name: str | None) -> Path | None:

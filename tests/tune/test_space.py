@@ -157,7 +157,8 @@ def test_cli_refuses_a_bad_space_file_with_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"memae-dist: error: {bad}: params.k: unknown "
                                                 "distribution 'gaussian'")
     assert main(["tune", "--space", "no_such_space", "--data", str(tmp_path)]) == 2
-    assert "search space not found: no_such_space" in capsys.readouterr().err
+    assert ("search space not found: no_such_space (a YAML file, or a shipped name: "
+            "memae_image, memae_video, smoke)") in capsys.readouterr().err
 
 
 def test_a_bad_space_fails_before_val_from_test_writes_into_the_dataset(tmp_path, capsys):
