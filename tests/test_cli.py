@@ -45,6 +45,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--out m.onnx: the name says onnx, but --format is pt2"),
         (["export", "--checkpoint", "c", "--format", "onnx", "--out", "."],
          "--out .: is a folder"),
+        (["score", "--checkpoint", "c", "--data", "d", "--out", "."],
+         "--out .: is a folder; give the file's name (e.g. scores.parquet)"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
@@ -53,6 +55,18 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert lines[-1].startswith("memae-dist: error: ") and message in lines[-1], lines
+
+
+@pytest.mark.parametrize("verb", [
+    ["score", "--checkpoint", "c", "--data", "d", "--out", "taken/scores.parquet"],
+    ["export", "--checkpoint", "c", "--format", "onnx", "--out", "taken/m.onnx"],
+    ["evaluate", "--scores", "s.parquet", "--out", "taken/eval"],
+])
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, verb):
+    (tmp_path / "taken").write_text("a file, not a folder")
+    proc = memae(*verb, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        f"memae-dist: error: --out {verb[-1]}: {tmp_path / 'taken'} is a file, not a folder"]
 
 
 def test_usage_errors_are_one_line_too(tmp_path):

@@ -38,7 +38,29 @@ def local_folder(value: str, flag: str = "--out") -> Path:
     path = Path(value)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {value}: exists and is not a folder")
+    _no_file_in_the_way(path, value, flag)
     return path
+
+
+def local_file_target(value: str, example: str, flag: str = "--out") -> None:
+    """Refuse, before any work, a local output file that could only fail once written: a
+    folder by that name, or a file where one of its folders must go. URIs are checked when
+    written."""
+    if "://" in value:
+        return
+    path = Path(value)
+    if path.is_dir():
+        raise UserError(f"{flag} {value}: is a folder; give the file's name "
+                        f"(e.g. {path / example})")
+    _no_file_in_the_way(path, value, flag)
+
+
+def _no_file_in_the_way(path: Path, value: str, flag: str) -> None:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{flag} {value}: {parent} is a file, not a folder")
+            return
 
 
 def resolve_yaml(name: str, package: str, what: str) -> Path:

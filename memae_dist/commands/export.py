@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
-from memae_dist.commands.common import add_storage_config_flag, frame_size, storage_config
+from memae_dist.commands.common import (
+    add_storage_config_flag,
+    frame_size,
+    local_file_target,
+    storage_config,
+)
 
 
 def register(sub) -> None:
@@ -32,9 +37,7 @@ def check_out(out: str, fmt: str) -> None:
     """Refuse, before the export's minutes, an --out that is a folder or names another format."""
     from memae_dist.errors import UserError
 
-    if "://" not in out and Path(out).is_dir():
-        raise UserError(f"--out {out}: is a folder; give the model file's name "
-                        f"(e.g. {Path(out) / ('model.' + fmt)})")
+    local_file_target(out, f"model.{fmt}")
     formats = SUFFIX_FORMATS.get(PurePosixPath(out).suffix.lower())
     if formats is not None and fmt not in formats:
         raise UserError(f"--out {out}: the name says {formats[0]}, but --format is {fmt}")

@@ -9,6 +9,7 @@ from memae_dist.commands.common import (
     add_storage_config_flag,
     frame_size,
     int_at_least,
+    local_file_target,
     storage_config,
 )
 
@@ -65,9 +66,11 @@ def score_config(args: argparse.Namespace):
 
 
 def check_scores_name(uri: str) -> None:
-    """Scores are one Parquet file: a name that promises another format is refused up front."""
+    """Scores are one Parquet file: a folder, or a name that promises another format, is
+    refused up front."""
     from memae_dist.errors import UserError
 
+    local_file_target(uri, "scores.parquet")
     suffix = PurePosixPath(uri.rstrip("/")).suffix.lower()
     if suffix and suffix not in SCORES_SUFFIXES:
         raise UserError(f"--out {uri}: scores are written as Parquet; name the file *.parquet "
