@@ -85,8 +85,12 @@ class TrainData:
         cfg = from_dict(ExperimentConfig, self.experiment)
         first = completed_epochs(run_uri(cfg), cfg)
         seed = cfg.train.seed if cfg.train.deterministic else None
-        return window_dataset(cfg.data.path, cfg.data, seed=seed, first_epoch=first,
-                              storage=cfg.storage)
+        ds = window_dataset(cfg.data.path, cfg.data, seed=seed, first_epoch=first,
+                            storage=cfg.storage)
+        # The epoch line already reports clips/s and the time blocked on data; Ray Data's own
+        # bars, redrawn every epoch, fill a job's log with hundreds of lines.
+        ds.context.enable_progress_bars = False
+        return ds
 
 
 def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
