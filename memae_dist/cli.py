@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 
 from memae_dist.errors import UserError
@@ -53,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     from memae_dist.data.storage import enable_endpoint_probe
 
     enable_endpoint_probe()
+    # Ray Data logs an error raised in a read task or actor with its stack (as a possible Ray
+    # bug, unless an actor raised it); when it is ours, the one line below says it all.
+    for name in RAY_DATA_ERROR_LOGGERS:
+        logging.getLogger(name).addFilter(_not_while_a_user_error_propagates)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -62,24 +67,44 @@ def main(argv: list[str] | None = None) -> int:
         user = find_user_error(exc)
         if user is None:
             raise
-        print(f"memae-dist: error: {user}", file=sys.stderr)
+        # One line: Ray Data appends its retry advice to the message of an error it relays.
+        print(f"memae-dist: error: {str(user).splitlines()[0]}", file=sys.stderr)
         return 2
+
+
+def _not_while_a_user_error_propagates(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    return find_user_error(exc) is None
+
+
+RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions",
+                          "ray.data._internal.execution.streaming_executor_state")
+# How a UserError ends the traceback text Ray keeps of an error raised in a remote task.
+_USER_ERROR_LINE = re.compile(r"^memae_dist\.errors\.UserError: (.+)$", re.MULTILINE)
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
     """Ray wraps errors raised on workers (Train V2 keeps them per rank in ``worker_failures``,
-    the controller's in ``controller_failure``); dig out a ``UserError`` if one is there."""
-    seen, todo = set(), [exc]
+    the controller's in ``controller_failure``); dig out a ``UserError`` if one is there.
+
+    A ``RayTaskError(UserError)`` is a UserError whose message is the whole remote traceback:
+    its ``cause`` holds the original. Ray Data's actors wrap a UDF's error in a
+    ``UserCodeException`` that keeps only the traceback's text: the error is read from it."""
+    seen, todo, texts = set(), [exc], []
     while todo:
         exc = todo.pop(0)
         if exc is None or id(exc) in seen:
             continue
         seen.add(id(exc))
-        if isinstance(exc, UserError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, UserError) and not isinstance(cause, UserError):
             return exc
-        todo += [exc.__cause__, exc.__context__, getattr(exc, "controller_failure", None),
-                 getattr(exc, "cause", None)]
+        texts.append(str(exc))
+        todo += [cause, exc.__cause__, exc.__context__, getattr(exc, "controller_failure", None)]
         todo += list((getattr(exc, "worker_failures", None) or {}).values())
+    for text in texts:
+        if found := _USER_ERROR_LINE.findall(text):
+            return UserError(found[-1])
     return None
 
 if __name__ == "__main__":

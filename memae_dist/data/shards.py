@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +35,27 @@ SCHEMA = pa.schema(
 )
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
+
+
+def open_shard(source) -> pq.ParquetFile:
+    """A shard for reading, its pages' CRC32 checked as they are read: a flipped byte in the
+    frames would otherwise decode (zstd frames carry no checksum here) into wrong pixels that
+    train and score without a word. Shards written before checksums read as before."""
+    return pq.ParquetFile(source, page_checksum_verification=True)
+
+
+@contextmanager
+def damage_reported(uri: str) -> Iterator[None]:
+    """A failed page checksum becomes one line naming the shard and the way to repair it."""
+    try:
+        yield
+    except OSError as exc:
+        if "checksum" not in str(exc).lower():
+            raise
+        raise UserError(
+            f"shard {uri} is damaged (a page checksum does not match): 'memae-dist data "
+            "verify' lists every damaged shard; delete them and rerun the same 'memae-dist "
+            "prepare' to write them again") from None
 
 
 def segment_bounds(num_frames: int, segment_frames: int, overlap: int) -> list[tuple[int, int]]:
@@ -122,6 +145,7 @@ def encode_video_shard(
         compression_level=COMPRESSION_LEVEL,
         row_group_size=1,  # one segment per row group: readers fetch segments independently
         use_dictionary=["video", "split"],
+        write_page_checksum=True,  # see open_shard
     )
     return buf.getvalue(), len(bounds)
 
@@ -157,7 +181,8 @@ def read_video_frames(
         if fs.get_file_info(path).type != pafs.FileType.File:
             raise UserError(f"shard not found: {storage.describe(uri, cfg)}")
         try:
-            table = pq.read_table(path, filesystem=fs)
+            with damage_reported(uri), fs.open_input_file(path) as fh:
+                table = open_shard(fh).read()
         except pa.ArrowInvalid as exc:
             raise UserError(f"shard {uri} is not a valid Parquet file: {exc}") from None
     rows = table.to_pylist()

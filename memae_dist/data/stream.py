@@ -18,12 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.datasource import FileShuffleConfig
 
 from memae_dist.data.config import DataConfig
 from memae_dist.data.manifest import load_manifest
-from memae_dist.data.shards import owned_window_starts
+from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
 from memae_dist.data.storage import StorageConfig, join, portable_fs, pyarrow_fs
 from memae_dist.errors import UserError
 
@@ -52,9 +51,11 @@ class WindowCutter:
     """Turns whole shard files into every window their segments own, as uint8 clips."""
 
     def __init__(self, window: int, stride: int, segment_frames: int, overlap: int,
-                 video_ids: dict[str, int], segments_per_block: int = 4):
+                 video_ids: dict[str, int], segments_per_block: int = 4,
+                 shown: dict[str, str] | None = None):
         # Torch batches carry numbers only: videos travel as their index in the split.
         self.video_ids = video_ids
+        self.shown = shown or {}  # a shard's path in its filesystem -> its URI, for errors
         self.window = window
         self.stride = stride
         self.segment_frames = segment_frames
@@ -62,13 +63,14 @@ class WindowCutter:
         self.segments_per_block = segments_per_block
 
     def __call__(self, batch: dict[str, np.ndarray]):
-        """Yield blocks of windows from a batch of shard files (column ``bytes``)."""
-        for data in batch["bytes"]:
-            shard = pq.ParquetFile(pa.BufferReader(data))  # one row group per segment
+        """Yield blocks of windows from a batch of shard files (columns ``bytes``, ``path``)."""
+        for data, path in zip(batch["bytes"], batch["path"]):
+            shard = open_shard(pa.BufferReader(data))  # one row group per segment
             groups = shard.num_row_groups
             for first in range(0, groups, self.segments_per_block):
                 rows = range(first, min(first + self.segments_per_block, groups))
-                table = shard.read_row_groups(rows, columns=SEGMENT_COLUMNS)
+                with damage_reported(self.shown.get(path, path)):
+                    table = shard.read_row_groups(rows, columns=SEGMENT_COLUMNS)
                 cut = self.cut({c: table.column(c).to_numpy(zero_copy_only=False)
                                 for c in SEGMENT_COLUMNS})
                 yield from self._split(cut)
@@ -161,9 +163,11 @@ def window_dataset(
     ds = ray.data.read_binary_files(
         paths,
         filesystem=fs,
+        include_paths=True,  # names a damaged shard
         shuffle=EpochShuffle(seed=seed, first_epoch=first_epoch),
     )
     ids = {v.name: i for i, v in enumerate(manifest.videos(split))}
     cutter = WindowCutter(cfg.window, cfg.stride, manifest.segment_frames,
-                          manifest.segment_overlap, ids, cfg.segments_per_block)
+                          manifest.segment_overlap, ids, cfg.segments_per_block,
+                          shown=dict(zip(paths, uris)))
     return ds.map_batches(cutter, batch_format="numpy", batch_size=1)

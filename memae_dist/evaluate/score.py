@@ -20,12 +20,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.manifest import Manifest, VideoEntry, load_manifest
-from memae_dist.data.shards import owned_window_starts
+from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
 from memae_dist.data.storage import StorageConfig, join, pyarrow_fs, read_bytes, user_errors
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows, window_error
@@ -187,10 +186,9 @@ def read_segments(uris, row_groups, storage: StorageConfig | None = None
     for uri, group in zip(uris, row_groups):
         uri = str(uri)
         fs, path = pyarrow_fs(uri, storage)
-        with user_errors(uri, "read shard", storage):
+        with user_errors(uri, "read shard", storage), damage_reported(uri):
             with fs.open_input_file(path) as fh:
-                tables.append(pq.ParquetFile(fh).read_row_group(int(group),
-                                                                columns=SEGMENT_COLUMNS))
+                tables.append(open_shard(fh).read_row_group(int(group), columns=SEGMENT_COLUMNS))
     table = pa.concat_tables(tables)
     return {name: table.column(name).to_numpy(zero_copy_only=False) for name in SEGMENT_COLUMNS}
 

@@ -103,3 +103,37 @@ def test_s3_round_trip(s3_bucket):
     np.testing.assert_array_equal(got_labels, labels)
     with pytest.raises(UserError, match="s3://.*07.parquet"):
         verify_shard(fs, path, info["bytes"], "0" * 64)
+
+
+def _flip_first_frames_page(path) -> None:
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(SCHEMA.get_field_index("frames"))
+    data = bytearray(path.read_bytes())
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    data[middle] ^= 0x01  # one bit, same size
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_frames_is_refused_naming_the_shard(tmp_path):
+    frames, labels = _video()
+    fs, path = storage.pyarrow_fs(str(tmp_path / "01.parquet"))
+    write_video_shard(fs, path, "01", "train", frames, labels, 128, 15)
+    _flip_first_frames_page(tmp_path / "01.parquet")
+    with pytest.raises(UserError) as err:
+        read_video_frames(path)
+    assert str(err.value).startswith(f"shard {path} is damaged (a page checksum does not match)")
+
+
+def test_shards_written_before_page_checksums_still_read(tmp_path):
+    frames, labels = _video()
+    table = pq.read_table(_written(tmp_path, frames, labels))
+    # as prepare wrote shards before: no write_page_checksum
+    pq.write_table(table, tmp_path / "old.parquet", row_group_size=1, compression="zstd")
+    got, got_labels = read_video_frames(str(tmp_path / "old.parquet"))
+    np.testing.assert_array_equal(got, frames)
+    np.testing.assert_array_equal(got_labels, labels)
+
+
+def _written(tmp_path, frames, labels) -> str:
+    fs, path = storage.pyarrow_fs(str(tmp_path / "new.parquet"))
+    write_video_shard(fs, path, "01", "train", frames, labels, 128, 15)
+    return path

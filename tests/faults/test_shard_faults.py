@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from memae_dist.data.shards import SCHEMA
 from tests.faults.helpers import assert_user_error, memae
+
+SCHEMA_FRAMES = SCHEMA.get_field_index("frames")
 
 TRAIN = ("--workers", "0", "--epochs", "1", "--storage", "runs", "--name", "r",
          "--set", "model.num_slots=20", "--set", "train.batch_size=4",
@@ -74,3 +77,38 @@ def test_shard_path_escaping_the_dataset_is_refused(tiny_copy, tmp_path):
                  ("train", "--data", str(tiny_copy), *TRAIN)):
         proc = memae(*args, cwd=tmp_path)
         assert_user_error(proc, "manifest.json", "'../x.parquet'", "stay inside the dataset")
+
+
+def _flip_frames(path: Path) -> None:
+    """Flip bytes inside the compressed frames of the first segment (a same-size damage)."""
+    import pyarrow.parquet as pq
+
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(SCHEMA_FRAMES)
+    data = bytearray(path.read_bytes())
+    middle = chunk.data_page_offset + chunk.total_compressed_size // 2
+    for i in range(middle, middle + 4):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_same_size_corruption_stops_training_and_scoring_naming_the_shard(tiny_copy, tmp_path):
+    """Pages carry CRC32s: flipped frame bytes, which zstd would decode into wrong pixels
+    without a word, fail the read, in Ray Data's read tasks as in its scoring actors."""
+    shards = [tiny_copy / s["path"] for s in _manifest(tiny_copy)["shards"]]
+    train = [p for p in shards if p.parent.name == "train"]
+    test = [p for p in shards if p.parent.name == "test"]
+    for shard in train:
+        _flip_frames(shard)
+    proc = memae("train", "--data", str(tiny_copy), *TRAIN, cwd=tmp_path)
+    line = assert_user_error(proc, "is damaged (a page checksum does not match)",
+                             "'memae-dist data verify'")
+    assert any(f"shard {p} is damaged" in line for p in train), line
+    for shard in train:  # undone: train for a checkpoint, then score
+        _flip_frames(shard)
+    proc = memae("train", "--data", str(tiny_copy), *TRAIN[2:], "--workers", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _flip_frames(test[0])
+    proc = memae("score", "--checkpoint", "runs/r", "--data", str(tiny_copy), "--out",
+                 "s.parquet", "--workers", "1", "--no-progress", cwd=tmp_path)
+    assert_user_error(proc, f"shard {test[0]} is damaged")
+    assert not (tmp_path / "s.parquet").exists()
