@@ -103,8 +103,10 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         todo += [cause, exc.__cause__, exc.__context__, getattr(exc, "controller_failure", None)]
         todo += list((getattr(exc, "worker_failures", None) or {}).values())
     for text in texts:
-        if found := _USER_ERROR_LINE.findall(text):
-            return UserError(found[-1])
+        found = list(_USER_ERROR_LINE.finditer(text))
+        # Only when it ended the remote traceback: not one handled on the way to another error.
+        if found and "Traceback (most recent call last)" not in text[found[-1].end():]:
+            return UserError(found[-1].group(1))
     return None
 
 if __name__ == "__main__":

@@ -113,3 +113,24 @@ def test_demo_meets_its_promise(tmp_path):
     assert (out / "scores.png").stat().st_size > 1000
     # The 5-minute budget is measured in bench/RESULTS.md, not asserted on a shared machine.
     print(f"demo: {elapsed:.0f} s, auc_paper {metrics['auc_paper']:.3f}")
+
+
+def test_a_user_error_is_found_in_what_ray_relays_and_only_there():
+    from memae_dist.cli import find_user_error
+    from memae_dist.errors import UserError
+
+    class Relayed(UserError):  # like RayTaskError(UserError): the remote traceback as message
+        def __init__(self, cause):
+            super().__init__("ray::Task()\n  File ...\nmemae_dist.errors.UserError: bad")
+            self.cause = cause
+
+    original = UserError("shard s is damaged")
+    assert find_user_error(RuntimeError("a bug")) is None
+    assert find_user_error(Relayed(original)) is original
+    tail = ("Traceback (most recent call last):\n  File \"udf.py\"\n"
+            "memae_dist.errors.UserError: shard s is damaged\n"
+            "Failed to apply UDF transform after 1/1 attempts (total backoff 0.0s).")
+    assert str(find_user_error(RuntimeError(tail))) == "shard s is damaged"
+    handled = tail + ("\n\nDuring handling of the above exception, another exception "
+                      "occurred:\n\nTraceback (most recent call last):\nKeyError: 'x'")
+    assert find_user_error(RuntimeError(handled)) is None  # a bug stays a bug
