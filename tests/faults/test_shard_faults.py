@@ -47,6 +47,25 @@ def test_verify_names_the_damaged_shard(tiny_copy, tmp_path, damage, says):
     assert len(bad) == 1 and shard in bad[0] and says in bad[0], proc.stdout
     n = len(_manifest(tiny_copy)["shards"])
     assert f"{n - 1} of {n} shards OK" in proc.stdout
+    assert "to repair: delete the BAD shards and rerun the 'memae-dist prepare'" in proc.stdout
+
+
+def test_deleting_a_damaged_shard_and_rerunning_prepare_repairs_the_dataset(tmp_path):
+    from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
+    from memae_dist.data.info import verify_dataset
+
+    dst = tmp_path / "data"
+    cfg = SyntheticConfig(seed=1, size=(16, 16), train_videos=2, test_videos=1,
+                          frames_per_video=40)
+    generate_synthetic(str(dst), cfg, workers=1)
+    shard = dst / _manifest(dst)["shards"][0]["path"]
+    _flip_frames(shard)
+    assert len(verify_dataset(str(dst))[1]) == 1
+    untouched = {p: p.stat().st_mtime_ns for p in dst.rglob("*.parquet") if p != shard}
+    shard.unlink()
+    generate_synthetic(str(dst), cfg, workers=1)
+    assert verify_dataset(str(dst)) == (3, [])
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched  # only that one rewritten
 
 
 def test_train_refuses_a_truncated_shard_before_training(tiny_copy, tmp_path):
