@@ -276,8 +276,26 @@ class RunLock:
 
     def _release(self) -> None:
         with self._guard():
-            held = read_lock(self.run, self.storage)
+            _, etag, held = self._held()
             if held is not None and held.owner == self.info.owner:
-                delete(self.uri, self.storage)
+                self._delete(etag)
         if self._created:  # a run that stopped before writing anything leaves no trace
             remove_empty_folders(local_path(self.run), self._created)
+
+    def _delete(self, etag: str | None) -> None:
+        """Delete the lock: locally under the guard; on S3 only the version read (a
+        conditional delete), so a lock taken over since is left to its new holder."""
+        if etag is None:
+            delete(self.uri, self.storage)
+            return
+        fs, path = fsspec_fs(self.uri, self.storage)
+        bucket, key, _ = fs.split_path(path)
+        with user_errors(self.uri, "remove", self.storage):
+            try:
+                fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=etag)
+            except FileNotFoundError:
+                pass  # gone already
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # not a 412: a server without conditional
+                    delete(self.uri, self.storage)  # deletes (501) gets the plain one
+        fs.invalidate_cache(path)

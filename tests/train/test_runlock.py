@@ -177,3 +177,20 @@ def test_local_two_takers_of_one_stale_lock_one_wins(tmp_path):
         taking.join()
         first.__exit__(None, None, None)
     assert not exists(join(run, LOCK_FILE))
+
+
+def test_s3_release_leaves_a_lock_taken_over_after_it_was_read(s3_bucket):
+    run = join(s3_bucket, "release")
+
+    class Late(RunLock):
+        """Reads its own lock to release it, then loses it before the delete."""
+
+        def _held(self):
+            found = super()._held()
+            if self._stop.is_set():  # releasing
+                plant(run, host="elsewhere", pid=1, age=0)
+            return found
+
+    with Late(run, None, 60):
+        pass
+    assert read_lock(run).owner == "someone-else"
