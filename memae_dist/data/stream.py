@@ -23,7 +23,7 @@ from ray.data.datasource import FileShuffleConfig
 from memae_dist.data.config import DataConfig
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
-from memae_dist.data.storage import StorageConfig, join, portable_fs, pyarrow_fs
+from memae_dist.data.storage import StorageConfig, is_remote, join, portable_fs, pyarrow_fs
 from memae_dist.errors import UserError
 
 SEGMENT_COLUMNS = ["video", "start", "num_frames", "video_frames", "height", "width", "frames"]
@@ -52,10 +52,10 @@ class WindowCutter:
 
     def __init__(self, window: int, stride: int, segment_frames: int, overlap: int,
                  video_ids: dict[str, int], segments_per_block: int = 4,
-                 shown: dict[str, str] | None = None):
+                 scheme: str = ""):
         # Torch batches carry numbers only: videos travel as their index in the split.
         self.video_ids = video_ids
-        self.shown = shown or {}  # a shard's path in its filesystem -> its URI, for errors
+        self.scheme = scheme  # "s3://" turns a shard's path in its filesystem into its URI
         self.window = window
         self.stride = stride
         self.segment_frames = segment_frames
@@ -69,7 +69,7 @@ class WindowCutter:
             groups = shard.num_row_groups
             for first in range(0, groups, self.segments_per_block):
                 rows = range(first, min(first + self.segments_per_block, groups))
-                with damage_reported(self.shown.get(path, path)):
+                with damage_reported(self.scheme + path):
                     table = shard.read_row_groups(rows, columns=SEGMENT_COLUMNS)
                 cut = self.cut({c: table.column(c).to_numpy(zero_copy_only=False)
                                 for c in SEGMENT_COLUMNS})
@@ -169,5 +169,5 @@ def window_dataset(
     ids = {v.name: i for i, v in enumerate(manifest.videos(split))}
     cutter = WindowCutter(cfg.window, cfg.stride, manifest.segment_frames,
                           manifest.segment_overlap, ids, cfg.segments_per_block,
-                          shown=dict(zip(paths, uris)))
+                          scheme="s3://" if is_remote(data_uri) else "")
     return ds.map_batches(cutter, batch_format="numpy", batch_size=1)
