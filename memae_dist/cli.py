@@ -18,6 +18,12 @@ from memae_dist.errors import UserError
 COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "report", "export",
             "doctor")
 
+# Ray Data's loggers that print an error raised in a read task or actor, with its stack.
+RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions",
+                          "ray.data._internal.execution.streaming_executor_state")
+# How a UserError ends the traceback text Ray keeps of an error raised in a remote task.
+_USER_ERROR_LINE = re.compile(r"^memae_dist\.errors\.UserError: (.+)$", re.MULTILINE)
+
 
 class OneLineParser(argparse.ArgumentParser):
     """A usage error is one line too, pointing at ``--help`` instead of printing the usage."""
@@ -75,12 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 def _not_while_a_user_error_propagates(record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     return find_user_error(exc) is None
-
-
-RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions",
-                          "ray.data._internal.execution.streaming_executor_state")
-# How a UserError ends the traceback text Ray keeps of an error raised in a remote task.
-_USER_ERROR_LINE = re.compile(r"^memae_dist\.errors\.UserError: (.+)$", re.MULTILINE)
 
 
 def find_user_error(exc: BaseException | None) -> UserError | None:
