@@ -72,8 +72,39 @@ def source_origin(load: Callable) -> str:
 
 
 def _stat_line(path: str) -> str:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+    except OSError:  # a broken link: the reader names it; its own stat still marks a change
+        st = os.lstat(path)
     return f"{st.st_size} {st.st_mtime_ns}"
+
+
+# Pillow's 16-bit grey modes. 16-bit PNG and PGM/PPM files open as mode "I" (32-bit) in some
+# Pillow versions, but their samples are 16-bit all the same.
+_GRAY16_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_GRAY16_AS_I_FORMATS = frozenset({"PNG", "PPM"})
+
+
+def to_gray8(img: Image.Image, where: str) -> Image.Image:
+    """A mode "L" (8-bit grey) version of a Pillow image of any mode; ``where`` names it.
+
+    16-bit grey is mapped by the 16-bit range (value / 257), one scale for every frame, so a
+    video keeps its relative brightness: Pillow's own ``convert("L")`` clips it to white, and a
+    per-image min-max stretch would make the frames of one video flicker.
+    """
+    if img.mode == "L":
+        return img
+    if img.mode in _GRAY16_MODES or (img.mode == "I" and img.format in _GRAY16_AS_I_FORMATS):
+        wide = np.asarray(img).astype(np.uint32)  # (H, W); 16-bit PNG samples are unsigned
+        return Image.fromarray(((np.minimum(wide, 65535) + 128) // 257).astype(np.uint8))
+    if img.mode in ("I", "F"):
+        # 32-bit integer and float pixels have no fixed range (0..1, 0..255 and raw sensor
+        # counts are all common): clipping would store white or black frames, and stretching
+        # each image would flicker, so these are refused rather than guessed.
+        kind = "float" if img.mode == "F" else "integer"
+        raise UserError(f"image {where} has 32-bit {kind} pixels (mode {img.mode}) of unknown "
+                        "brightness range; save the frames as 8- or 16-bit images")
+    return img.convert("L")
 
 
 def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
@@ -94,9 +125,9 @@ def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
         frame = np.asarray(frame)
         if frame.dtype != np.uint8:
             raise UserError(f"video {where}: frames must be uint8, got {frame.dtype}")
-        img = Image.fromarray(frame[..., 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame)
-        if img.mode != "L":
-            img = img.convert("L")
+        if frame.ndim == 3 and frame.shape[2] == 1:
+            frame = frame[..., 0]
+        img = to_gray8(Image.fromarray(frame), where)  # uint8: mode L or RGB
         if img.size != (width, height):
             img = img.resize((width, height), Image.Resampling.BILINEAR)
         out[i] = np.asarray(img)

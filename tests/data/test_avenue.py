@@ -112,3 +112,59 @@ def test_prepare_avenue(avenue, tmp_path, ray_local, capsys):
     frames, labels = read_video_frames(m.shard_uri(dst, m.videos("test")[0]))
     assert frame_indices(frames) == list(range(30))
     assert np.flatnonzero(labels).tolist() == [4, 5, 6, 7, 8, 9, 25, 26, 27, 28, 29]
+
+
+def _labels_npy(root, ranges2):
+    """frame_labels_avenue.npy for both test videos (02 with ``ranges2``), instead of masks."""
+    masks = root / "ground_truth_demo" / "testing_label_mask"
+    if masks.is_dir():
+        masks.rename(root / "masks_off")
+    labels = np.zeros(sum(TEST), np.int64)
+    for a, b in [*RANGES[0], *([TEST[0] + a, TEST[0] + b] for a, b in ranges2)]:
+        labels[a : b + 1] = 1
+    np.save(root / "frame_labels_avenue.npy", labels)
+
+
+def test_skip_bad_skips_unreadable_videos_with_label_files(avenue):
+    root = avenue / "Avenue Dataset"
+    _labels_npy(root, [[3, 5]])
+    (root / "testing_videos" / "01.avi").write_bytes(b"junk, not a video")
+    with pytest.raises(UserError, match=r"cannot open video .*testing_videos/01\.avi"):
+        avenue_videos(avenue, SIZE)
+    # The one unreadable video's length is what the others leave of the labels: 02 keeps its.
+    specs = avenue_videos(avenue, SIZE, skip_bad=True)
+    assert [s.key for s in specs] == ["train/01", "train/02", "test/01", "test/02"]
+    with pytest.raises(UserError, match=r"cannot open video .*testing_videos/01\.avi"):
+        specs[2].load()
+    assert specs[3].load()[1] == [[3, 5]]
+    # avenue.mat holds each video's ranges on their own.
+    (root / "frame_labels_avenue.npy").unlink()
+    gt = np.empty((1, 2), dtype=object)
+    gt[0, 0], gt[0, 1] = np.array(RANGES[0]).T + 1, np.array([[4], [6]])
+    scipy.io.savemat(root / "avenue.mat", {"gt": gt})
+    assert avenue_videos(avenue, SIZE, skip_bad=True)[3].load()[1] == [[3, 5]]
+    # With two lengths unknown, the labels of a .npy cannot be placed: say so.
+    (root / "avenue.mat").unlink()
+    _labels_npy(root, [])
+    (root / "testing_videos" / "02.avi").write_bytes(b"junk too")
+    with pytest.raises(UserError, match=r"frame_labels_avenue\.npy: test videos 01, 02 cannot "
+                                        r"be read.*--skip-bad cannot skip them"):
+        avenue_videos(avenue, SIZE, skip_bad=True)
+
+
+def test_prepare_skip_bad_with_label_file(avenue, tmp_path, ray_local, capsys):
+    root = avenue / "Avenue Dataset"
+    _labels_npy(root, [])
+    (root / "testing_videos" / "02.avi").write_bytes(b"junk, not a video")
+    dst = str(tmp_path / "store")
+    argv = ["prepare", "avenue", "--src", str(avenue), "--dst", dst, "--size", "32", "32",
+            "--no-progress"]
+    assert main(argv) == 2
+    assert "cannot open video" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad"]) == 0
+    assert "skipped test/02: cannot open video" in capsys.readouterr().out
+    m = load_manifest(dst)
+    assert [s["video"] for s in m.skipped] == ["02"]
+    frames, labels = read_video_frames(m.shard_uri(dst, m.videos("test")[0]))
+    assert frame_indices(frames) == list(range(30))
+    assert np.flatnonzero(labels).tolist() == [4, 5, 6, 7, 8, 9, 25, 26, 27, 28, 29]

@@ -1,9 +1,12 @@
 """The ``folder`` importer: any videos (several codecs) or frame folders, optional labels."""
 
 import json
+import os
+import warnings
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from memae_dist.cli import main
 from memae_dist.data.importers import video_io
@@ -11,7 +14,13 @@ from memae_dist.data.importers.folder import discover, folder_videos
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
-from tests.data.videos import frame_indices, video_path, write_frames, write_video
+from tests.data.videos import (
+    frame_indices,
+    video_path,
+    write_frames,
+    write_frames16,
+    write_video,
+)
 
 SIZE = (32, 32)
 
@@ -131,3 +140,69 @@ def test_import_to_store_skips_bad_videos_and_restarts(cameras, tmp_path, ray_lo
     # Without --skip-bad the broken file stops the import with a one-line error.
     assert main([*argv[:-2], "--no-progress"]) == 2
     assert "cannot open video" in capsys.readouterr().err
+
+
+LEVELS16 = [0, 16384, 32768, 65535]  # 16-bit grey levels, stored as 0, 64, 128, 255
+
+
+def test_16_bit_frames_keep_their_brightness(tmp_path, ray_local, capsys):
+    src = tmp_path / "src"
+    write_frames16(src / "tif16", LEVELS16, "tif")
+    write_frames16(src / "tif16be", LEVELS16, "tif", dtype=">u2")
+    write_frames16(src / "png16", LEVELS16, "png")
+    write_frames16(src / "pgm16", LEVELS16, "pgm")  # Pillow opens 16-bit PGM as mode "I"
+    write_frames(src / "seq8", 6)
+    dst = str(tmp_path / "store")
+    assert main(["prepare", "folder", "--src", str(src), "--dst", dst, "--size", "32", "32",
+                 "--no-progress"]) == 0
+    m = load_manifest(dst)
+    for video in m.videos("train"):
+        frames, _ = read_video_frames(m.shard_uri(dst, video))
+        if video.name == "seq8":  # 8-bit frames are stored as before
+            assert frame_indices(frames) == list(range(6))
+            expected = np.asarray(Image.open(src / "seq8" / "003.png").convert("L")
+                                  .resize((32, 32), Image.Resampling.BILINEAR))
+            np.testing.assert_array_equal(frames[3], expected)
+        else:  # one scale (value / 257) for every frame: relative brightness kept
+            assert [float(f.mean()) for f in frames] == [0, 64, 128, 255], video.name
+
+
+def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
+    """Pillow refuses images over its pixel limit with an error that is no OSError; the limit
+    is lowered here so that a small real image trips it."""
+    folder = write_frames(tmp_path / "seq", 3)  # 64x48 = 3072 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over twice the limit: an error
+    with pytest.raises(UserError, match=r"cannot read image .*000\.png: .*decompression bomb"):
+        video_io.load_frame_folder(folder, SIZE)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # over the limit: a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(UserError, match=r"cannot read image .*000\.png: .*decompression"):
+            video_io.load_frame_folder(folder, SIZE)
+
+
+def test_broken_links_are_bad_sources_not_ignored(tmp_path, ray_local, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    write_video(src / "cam.avi", 5)
+    os.symlink("/nonexistent/x.avi", src / "gone.avi")
+    write_frames(src / "seq", 5)
+    (src / "seq" / "002.png").unlink()
+    os.symlink(tmp_path / "moved" / "002.png", src / "seq" / "002.png")
+    assert [s.name for s in discover(src)] == ["cam", "gone", "seq"]
+    specs = {spec.name: spec for spec in folder_videos(src, SIZE)}
+    with pytest.raises(UserError, match=r"cannot open video .*gone\.avi: broken symbolic link "
+                                        r"\(its target /nonexistent/x\.avi does not exist\)"):
+        specs["gone"].load()
+    # Dropping the frame instead would shift every later frame against its label.
+    with pytest.raises(UserError, match=r"cannot read image .*002\.png: broken symbolic link"):
+        specs["seq"].load()
+    argv = ["prepare", "folder", "--src", str(src), "--dst", str(tmp_path / "store"),
+            "--size", "32", "32", "--no-progress"]
+    assert main(argv) == 2
+    assert "broken symbolic link" in capsys.readouterr().err
+    assert main([*argv, "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped train/gone: cannot open video" in out
+    assert "skipped train/seq: cannot read image" in out
+    assert [v.name for v in load_manifest(str(tmp_path / "store")).videos("train")] == ["cam"]

@@ -6,7 +6,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from memae_dist.data.importers.ucsd import import_ucsd, load_frames, ucsd_videos
+from memae_dist.data.importers.ucsd import (
+    import_ucsd,
+    load_frames,
+    load_frames_with_masks,
+    mat_ranges,
+    ucsd_videos,
+)
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
@@ -155,10 +161,10 @@ def test_full_ped2_import(shared_ped2, tmp_path, ray_local):
           f"{(2550 + 2010) * 64 * 64 / 1e6:.2f} MB as one uint8 copy")
 
 
-def _tif_video(folder, n, start=1, ext="tif"):
+def _tif_video(folder, n, start=1, ext="tif", dtype=np.uint8, scale=1):
     folder.mkdir(parents=True)
     for i in range(n):
-        Image.fromarray(np.full((158, 238), 30 + 5 * i, np.uint8)).save(
+        Image.fromarray(np.full((158, 238), (30 + 5 * i) * scale, dtype)).save(
             folder / f"{i + start:03d}.{ext}")
 
 
@@ -195,3 +201,66 @@ def test_ped1_original_layout_with_masks_and_m_file(tmp_path):
     scipy.io.savemat(frames / "ped1.mat", {"gt": cell})
     again = [spec.load()[1] for spec in ucsd_videos(frames, "ped1")]
     assert again == [r for _, r in loaded]
+
+
+def _gt(*cells):
+    gt = np.empty((1, len(cells)), dtype=object)
+    for i, cell in enumerate(cells):
+        gt[0, i] = cell
+    return gt
+
+
+def test_malformed_gt_names_the_mat_file(tmp_path):
+    path = tmp_path / "ped2.mat"
+    scipy.io.savemat(path, {"gt": _gt(np.array([[3.0], [8.0]]), np.array([[1.0], [4.0]]))})
+    assert mat_ranges(path, [10, 10]) == [[[2, 7]], [[0, 3]]]  # doubles, as MATLAB saves
+    scipy.io.savemat(path, {"gt": _gt(np.array([[3.0], [8.0]]), "abc")})
+    with pytest.raises(UserError, match=r"ped2\.mat: gt entry 2 must hold frame numbers, "
+                                        r"not text 'abc'"):
+        mat_ranges(path, [10, 10])
+    scipy.io.savemat(path, {"gt": _gt(np.array([[3.5], [8.0]]), np.array([[1.0], [4.0]]))})
+    with pytest.raises(UserError, match=r"ped2\.mat: gt entry 1 holds 3\.5, which is not a "
+                                        "whole frame number"):
+        mat_ranges(path, [10, 10])  # never truncated to frame 3
+
+
+def test_bad_m_file_range_names_the_m_file(tmp_path):
+    base = tmp_path / "UCSDped2"
+    _tif_video(base / "Train" / "Train001", 4)
+    _tif_video(base / "Test" / "Test001", 6)
+    _tif_video(base / "Test" / "Test002", 5)
+    m_file = base / "UCSDped2.m"
+    m_file.write_text("TestVideoFile{end+1}.gt_frame = [2:3];\n"
+                      "TestVideoFile{end+1}.gt_frame = [4:9];\n")
+    specs = ucsd_videos(base)
+    assert specs[1].load()[1] == [[1, 2]]
+    with pytest.raises(UserError, match=r"UCSDped2\.m: range \[4, 9\] of test video 2 is "
+                                        r"outside its 5 frames"):
+        specs[2].load()
+    m_file.write_text("TestVideoFile{end+1}.gt_frame = [2:3];\n"
+                      "TestVideoFile{end+1}.gt_frame = [4:2];\n")
+    with pytest.raises(UserError, match=r"UCSDped2\.m: range \[4, 2\] of test video 2 ends "
+                                        "before it starts"):
+        ucsd_videos(base)[2].load()
+
+
+def test_16_bit_frames_and_unreadable_images(tmp_path, monkeypatch):
+    """16-bit TIFF frames keep their brightness (value / 257); an image over Pillow's pixel
+    limit (lowered here) is an unreadable image, like a broken link to a frame."""
+    folder = tmp_path / "Train001"
+    _tif_video(folder, 3, dtype=np.uint16, scale=257)  # 16-bit levels of 30, 35, 40
+    frames, _ = load_frames(str(folder), None)
+    assert [np.unique(f).tolist() for f in frames] == [[30], [35], [40]]
+    masks = tmp_path / "Train001_gt"
+    masks.mkdir()
+    for i in range(3):  # 16-bit masks of 0s and 1s: a set pixel is set at any bit depth
+        Image.fromarray(np.full((158, 238), i == 1, np.uint16)).save(masks / f"{i + 1:03d}.tif")
+    assert load_frames_with_masks(str(folder), str(masks))[1] == [[1, 1]]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UserError, match=r"cannot read image .*001\.tif: .*decompression bomb"):
+        load_frames(str(folder), None)
+    monkeypatch.undo()
+    (folder / "002.tif").unlink()
+    (folder / "002.tif").symlink_to(tmp_path / "moved.tif")
+    with pytest.raises(UserError, match=r"cannot read image .*002\.tif: broken symbolic link"):
+        load_frames(str(folder), None)

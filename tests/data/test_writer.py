@@ -9,8 +9,15 @@ from PIL import Image
 from memae_dist.data import storage
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames, verify_shard
-from memae_dist.data.writer import VideoSpec, labels_from_ranges, to_gray_resized, write_dataset
+from memae_dist.data.writer import (
+    VideoSpec,
+    labels_from_ranges,
+    to_gray8,
+    to_gray_resized,
+    write_dataset,
+)
 from memae_dist.errors import UserError
+from tests.data.videos import write_frames16
 
 SIZE = (16, 24)
 
@@ -51,6 +58,37 @@ def _expected(n, seed, rgb=False):
 def test_to_gray_resized_rejects_mixed_sizes():
     with pytest.raises(UserError, match="train/x.*mixed sizes"):
         to_gray_resized(mixed_sizes()[0], SIZE, "train/x")
+
+
+@pytest.mark.parametrize(("ext", "dtype", "mode"), [("tif", "<u2", "I;16"),
+                                                    ("tif", ">u2", "I;16B"),
+                                                    ("png", "<u2", "I;16"), ("pgm", "<u2", "I")])
+def test_to_gray8_scales_16_bit_grey_by_its_range(tmp_path, ext, dtype, mode):
+    values = [0, 257, 16384, 32768, 60000, 65535]
+    folder = write_frames16(tmp_path / "f", values, ext, dtype=dtype)
+    got = []
+    for i in range(len(values)):
+        with Image.open(folder / f"{i:03d}.{ext}") as img:
+            assert img.mode == mode
+            gray = to_gray8(img, "x")
+            assert gray.mode == "L"
+            got.append(np.unique(np.asarray(gray)).tolist())
+    # value / 257, rounded: the same scale for every frame, never clipped to white.
+    assert got == [[0], [1], [64], [128], [233], [255]]
+
+
+def test_to_gray8_keeps_8_bit_and_refuses_float_pixels(tmp_path):
+    frames, _ = make_video(2, 7, rgb=True)
+    rgb = Image.fromarray(frames[0])
+    np.testing.assert_array_equal(np.asarray(to_gray8(rgb, "x")), np.asarray(rgb.convert("L")))
+    gray = Image.fromarray(frames[1][..., 0])
+    assert to_gray8(gray, "x") is gray
+    Image.fromarray(np.full((4, 6), 0.5, np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(np.full((4, 6), 70000, np.int32)).save(tmp_path / "i.tif")
+    for name, kind in (("f.tif", "float"), ("i.tif", "integer")):
+        with Image.open(tmp_path / name) as img, pytest.raises(
+                UserError, match=rf"image .*{name} has 32-bit {kind} pixels \(mode [FI]\)"):
+            to_gray8(img, str(tmp_path / name))
 
 
 def test_write_read_and_restart(tmp_path, ray_local):

@@ -80,3 +80,13 @@ def frame_indices(frames: np.ndarray) -> list[int]:
         background = float(np.median(f))
         out.append(int(np.argmin(np.abs(levels - background))))
     return out
+
+
+def write_frames16(folder: Path, values: list[int], ext: str = "tif", height: int = 48,
+                   width: int = 64, dtype: str = "<u2") -> Path:
+    """A frame folder of flat 16-bit grey frames, frame i at ``values[i]``: Pillow stores them
+    as 16-bit TIFF / PNG / PGM (``dtype`` ">u2" gives a big-endian TIFF)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, value in enumerate(values):
+        Image.fromarray(np.full((height, width), value, dtype)).save(folder / f"{i:03d}.{ext}")
+    return folder

@@ -33,9 +33,13 @@ MASK_DIR = "testing_label_mask"
 _MASK_FILE = re.compile(r"0*(\d+)_label\.mat", re.IGNORECASE)
 
 
-def avenue_videos(src: str | Path, size: tuple[int, int],
-                  workers: int | None = None) -> list[VideoSpec]:
-    """Train and test VideoSpecs of the Avenue dataset found at ``src`` (or one folder below)."""
+def avenue_videos(src: str | Path, size: tuple[int, int], workers: int | None = None,
+                  skip_bad: bool = False) -> list[VideoSpec]:
+    """Train and test VideoSpecs of the Avenue dataset found at ``src`` (or one folder below).
+
+    With ``skip_bad``, a test video that cannot be read while the label files are matched to
+    the videos gets a VideoSpec that fails, so the writer skips it and lists it.
+    """
     root, (train_dir, test_dir) = _find_root(Path(src))
     train = _numbered_sources(train_dir)
     test = _numbered_sources(test_dir)
@@ -50,15 +54,19 @@ def avenue_videos(src: str | Path, size: tuple[int, int],
                                                             str(files[name])))
                   for name, p in test]
         return specs
-    ranges = _label_file_ranges(root, [p for _, p in test], workers)
-    return specs + video_io.labelled_specs("test", test, ranges, size)
+    ranges, bad = _label_file_ranges(root, test, workers, skip_bad)
+    for i, (name, p) in enumerate(test):
+        load = (functools.partial(fail_to_load, str(p), str(bad[i])) if i in bad
+                else functools.partial(video_io.load_with_ranges, str(p), size, ranges[i]))
+        specs.append(VideoSpec("test", name, load))
+    return specs
 
 
 def import_avenue(src: str | Path, dst: str, size: tuple[int, int] = (256, 256),
                   workers: int | None = None, skip_bad: bool = False,
                   progress: bool = True, storage_cfg: StorageConfig | None = None) -> dict:
     """Import Avenue into ``dst``; returns the manifest."""
-    videos = avenue_videos(src, size, workers)
+    videos = avenue_videos(src, size, workers, skip_bad)
     return write_dataset(videos, dst, tuple(size), name="avenue", source="avenue",
                          workers=workers, skip_bad=skip_bad, progress=progress,
                          storage_cfg=storage_cfg)
@@ -119,7 +127,10 @@ def _mask_files(folder: Path, names: list[str]) -> dict[str, Path]:
     return files
 
 
-def _label_file_ranges(root: Path, test: list[Path], workers: int | None):
+def _label_file_ranges(root: Path, test: list[tuple[str, Path]], workers: int | None,
+                       skip_bad: bool) -> tuple[list, dict[int, UserError]]:
+    """Per test video, its ranges from the label file; and, with ``skip_bad``, the videos
+    that cannot be read (by index, with their error), whose ranges are left unchecked."""
     npy, mat = root / "frame_labels_avenue.npy", root / "avenue.mat"
     if not (npy.is_file() or mat.is_file()):
         raise UserError(
@@ -128,8 +139,32 @@ def _label_file_ranges(root: Path, test: list[Path], workers: int | None):
         )
     # The label files cover all test frames at once: every video's length must be known.
     with ThreadPoolExecutor(max_workers=workers or 4) as pool:
-        counts = list(pool.map(video_io.count_source_frames, test))
-    return npy_ranges(npy, counts) if npy.is_file() else mat_ranges(mat, counts)
+        counts = list(pool.map(_count_or_error, [p for _, p in test]))
+    bad = {i: c for i, c in enumerate(counts) if isinstance(c, UserError)}
+    if bad and not skip_bad:
+        raise next(iter(bad.values()))
+    if not npy.is_file():
+        return mat_ranges(mat, [None if i in bad else c for i, c in enumerate(counts)]), bad
+    if len(bad) > 1:
+        names = ", ".join(test[i][0] for i in bad)
+        raise UserError(
+            f"{npy}: test videos {names} cannot be read, and this file holds all test frames' "
+            "labels back to back: with more than one video's length unknown, the labels of "
+            "the others cannot be placed, so --skip-bad cannot skip them; fix or replace "
+            f"those videos (the first: {next(iter(bad.values()))})"
+        )
+    if bad:
+        # The one unreadable video's length is what the other videos leave of the labels.
+        known = sum(c for c in counts if not isinstance(c, UserError))
+        counts[next(iter(bad))] = max(0, len(video_io.load_label_array(npy)) - known)
+    return npy_ranges(npy, counts), bad
+
+
+def _count_or_error(path: Path) -> int | UserError:
+    try:
+        return video_io.count_source_frames(path)
+    except UserError as exc:
+        return exc
 
 
 # ------------------------------------------------------------------------------ loaders (tasks)
@@ -147,6 +182,12 @@ def read_mask_volume(path: str | Path) -> np.ndarray:
         raise UserError(f"{path}: cannot read variable 'volLabel' ({exc})") from None
     cells = np.asarray(vol, dtype=object).ravel()
     return np.array([np.asarray(mask).any() for mask in cells], dtype=np.uint8)
+
+
+def fail_to_load(path: str, reason: str):
+    """VideoSpec loader of a video found unreadable while its labels were matched: fails with
+    that reason in its task, where the writer reports it or (``--skip-bad``) skips it."""
+    raise UserError(reason)
 
 
 def load_with_mask_volume(path: str, size: tuple[int, int], mask_file: str):

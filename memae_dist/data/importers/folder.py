@@ -46,7 +46,10 @@ class Source:
 
     def aliases(self) -> set[str]:
         """The keys a labels file may use for this video."""
-        bare = {self.name, self.rel, self.rel.rsplit(".", 1)[0] if self.path.is_file() else ""}
+        # A video file may go without its extension; so may a broken link to one (not a
+        # file, yet a source: it fails when read, and its label must still match it).
+        stem = "" if self.path.is_dir() else self.rel.rsplit(".", 1)[0]
+        bare = {self.name, self.rel, stem}
         bare.discard("")
         return bare | {f"{self.split}/{k}" for k in bare}
 

@@ -21,11 +21,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from memae_dist.data.importers.video_io import load_label_array
+from memae_dist.data.importers.video_io import is_broken_link, load_label_array, open_image
 from memae_dist.data.storage import StorageConfig
-from memae_dist.data.writer import VideoSpec, ranges_from_labels, write_dataset
+from memae_dist.data.writer import VideoSpec, ranges_from_labels, to_gray8, write_dataset
 from memae_dist.errors import UserError
 
 VARIANTS = ("ped1", "ped2")
@@ -73,8 +72,10 @@ def _find_root(src: Path, variant: str) -> tuple[Path, str]:
 
 def _frame_files(folder: Path) -> list[Path]:
     """Frame images sorted by their number (skips '._*' and other non-numbered files)."""
-    files = [p for p in folder.iterdir()
-             if p.suffix.lower() in _FRAME_EXT and p.stem.isdigit() and p.is_file()]
+    # A broken link to a frame stays in the list, to fail when read: dropped, it would shift
+    # the frames after it against their labels.
+    files = [p for p in folder.iterdir() if p.suffix.lower() in _FRAME_EXT and p.stem.isdigit()
+             and (p.is_file() or is_broken_link(p))]
     if not files:
         raise UserError(f"no numbered frame images in {folder}")
     return sorted(files, key=lambda p: int(p.stem))
@@ -116,8 +117,11 @@ def _frames_labels(root: Path, variant: str, counts: list[int]) -> list[list[lis
     raise UserError(f"no test labels in {root}: expected {mat.name} or {npy.name}")
 
 
-def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
-    """Per test video, 0-based ranges from a ``gt`` cell of 1-based [first; last] columns."""
+def mat_ranges(path: Path, counts: list[int | None]) -> list[list[list[int]]]:
+    """Per test video, 0-based ranges from a ``gt`` cell of 1-based [first; last] columns.
+
+    A count of None (a video that cannot be read, to be skipped) leaves its ranges unchecked.
+    """
     import scipy.io
 
     try:
@@ -130,7 +134,7 @@ def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
         raise UserError(f"{path}: gt has {len(cells)} entries for {len(counts)} test videos")
     out = []
     for i, (cell, n) in enumerate(zip(cells, counts, strict=True)):
-        arr = np.asarray(cell, dtype=np.int64)
+        arr = _frame_numbers(cell, path, i)
         if arr.size == 0:
             out.append([])
             continue
@@ -138,9 +142,27 @@ def mat_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
             raise UserError(f"{path}: gt entry {i + 1} is not [first; last] pairs")
         cols = arr.reshape(2, -1) if arr.ndim == 2 and arr.shape[0] == 2 else arr.reshape(-1, 2).T
         ranges = [[int(a) - 1, int(b) - 1] for a, b in zip(cols[0], cols[1], strict=True)]
-        _check_ranges(ranges, n, path, i)
+        if n is not None:
+            _check_ranges(ranges, n, path, i)
         out.append(ranges)
     return out
+
+
+def _frame_numbers(cell, path: Path, index: int) -> np.ndarray:
+    """A ``gt`` entry as int64 frame numbers; MATLAB stores them as doubles, so a fraction or a
+    string there is a broken file, never something to round or parse."""
+    arr = np.asarray(cell)
+    if arr.size and arr.dtype.kind not in "iuf":
+        kind = arr.dtype.kind
+        got = (f"text {str(arr.reshape(-1)[0])[:20]!r}" if kind in "US"
+               else "a nested cell" if kind == "O" else f"{arr.dtype} values")
+        raise UserError(f"{path}: gt entry {index + 1} must hold frame numbers, not {got}")
+    whole = np.isfinite(arr) & (arr == np.round(arr)) if arr.dtype.kind == "f" else True
+    if not np.all(whole):
+        bad = arr[~whole].reshape(-1)[0]
+        raise UserError(f"{path}: gt entry {index + 1} holds {bad}, which is not a whole frame "
+                        "number")
+    return arr.astype(np.int64)
 
 
 def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
@@ -156,6 +178,9 @@ def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
 
 def _check_ranges(ranges: list[list[int]], n: int, path: Path, index: int) -> None:
     for first, last in ranges:
+        if first > last:
+            raise UserError(f"{path}: range [{first + 1}, {last + 1}] of test video "
+                            f"{index + 1} ends before it starts")
         if not 0 <= first <= last < n:
             raise UserError(
                 f"{path}: range [{first + 1}, {last + 1}] of test video {index + 1} is outside "
@@ -178,7 +203,8 @@ def _original_layout(root: Path, variant: str) -> list[VideoSpec]:
         if masks.is_dir():
             load = functools.partial(load_frames_with_masks, str(d), str(masks))
         elif m_ranges is not None and i < len(m_ranges):
-            load = functools.partial(load_frames, str(d), m_ranges[i])
+            load = functools.partial(load_frames_with_m_ranges, str(d), m_ranges[i],
+                                     str(m_file), i)
         else:
             raise UserError(f"no labels for {d}: expected masks in {masks.name}/ or {m_file}")
         specs.append(VideoSpec("test", name, load))
@@ -187,7 +213,10 @@ def _original_layout(root: Path, variant: str) -> list[VideoSpec]:
 
 def _m_file_ranges(path: Path) -> list[list[list[int]]]:
     """0-based ranges from ``TestVideoFile{end+1}.gt_frame = [61:180, ...];`` lines."""
-    text = path.read_text(errors="replace")
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     out = []
     for body in re.findall(r"gt_frame\s*=\s*\[([^\]]*)\]", text):
         pairs = re.findall(r"(\d+)\s*:\s*(\d+)", body)
@@ -205,6 +234,14 @@ def load_frames(folder: str, ranges: list[list[int]] | None):
     return [_read_gray(p) for p in _frame_files(Path(folder))], ranges
 
 
+def load_frames_with_m_ranges(folder: str, ranges: list[list[int]], m_file: str, index: int):
+    """Frames plus ranges from the ``.m`` file, checked against the frames here, where the
+    ``.m`` file can still be named (the writer's own check knows only the video)."""
+    frames, _ = load_frames(folder, None)
+    _check_ranges(ranges, len(frames), Path(m_file), index)
+    return frames, ranges
+
+
 def load_frames_with_masks(folder: str, mask_folder: str):
     """Frames plus ranges derived from per-frame masks (abnormal iff any non-zero pixel)."""
     files = _frame_files(Path(folder))
@@ -214,14 +251,19 @@ def load_frames_with_masks(folder: str, mask_folder: str):
             f"{mask_folder}: {len(masks)} masks do not match the {len(files)} frames of "
             f"{folder} (label length mismatch)"
         )
-    labels = np.array([_read_gray(p).any() for p in masks], dtype=np.uint8)
+    labels = np.array([_mask_is_set(p) for p in masks], dtype=np.uint8)
     return [_read_gray(p) for p in files], ranges_from_labels(labels)
 
 
+def _mask_is_set(path: Path) -> bool:
+    """Whether a mask image has a non-zero pixel, judged at the mask's own bit depth: a 16-bit
+    mask of 1s would be all 0 once scaled to 8 bits."""
+    with open_image(path) as img:
+        one_band = len(img.getbands()) == 1 and img.mode != "P"  # P: indices, not levels
+        return bool(np.asarray(img if one_band else img.convert("L")).any())
+
+
 def _read_gray(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L"))  # (H0, W0) uint8
-    except OSError as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+    with open_image(path) as img:
+        return np.asarray(to_gray8(img, str(path)))  # (H0, W0) uint8
 

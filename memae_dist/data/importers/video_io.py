@@ -3,19 +3,23 @@ and folders of frame images, converted on the fly to grayscale frames of the tar
 
 Frames are converted one at a time while decoding, so a loader holds the video at its stored
 size, never at the camera's resolution. Conversion matches ``writer.to_gray_resized``: grayscale
-first, then a Pillow bilinear (antialiased) resize. Frame counts always come from decoding:
-container headers often lie (variable frame rate, packed B-frames, truncated files).
+first (``writer.to_gray8``: 16-bit grey scaled, not clipped), then a Pillow bilinear
+(antialiased) resize. Frame counts always come from decoding: container headers often lie
+(variable frame rate, packed B-frames, truncated files).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from memae_dist.data.writer import to_gray8
 from memae_dist.errors import UserError
 
 VIDEO_EXTS = frozenset({
@@ -24,6 +28,9 @@ VIDEO_EXTS = frozenset({
 })
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm"})
 _DIGITS = re.compile(r"(\d+)")
+# Ways Pillow fails on an image it cannot read. A decompression bomb (an image too large to
+# decode safely) is no OSError; its warning is an error too where warnings are made errors.
+IMAGE_ERRORS = (OSError, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 def is_hidden(path: Path) -> bool:
@@ -31,8 +38,29 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target is gone (or a link loop)."""
+    return path.is_symlink() and not path.exists()
+
+
+def broken_link_reason(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"broken symbolic link (its target {target} does not exist)"
+
+
+def _is_file_or_broken_link(path: Path) -> bool:
+    # A broken link named like a video or frame is a source that went missing, not litter:
+    # kept, it fails when read (an error, or a skipped video with --skip-bad); dropped, it
+    # would lose a video, or shift a frame folder's frames against their labels, silently.
+    return path.is_file() or is_broken_link(path)
+
+
 def is_video_file(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTS and path.is_file() and not is_hidden(path)
+    return (path.suffix.lower() in VIDEO_EXTS and not is_hidden(path)
+            and _is_file_or_broken_link(path))
 
 
 def natural_key(path: Path) -> tuple:
@@ -45,7 +73,8 @@ def frame_files(folder: Path) -> list[Path]:
     """Frame images of a folder in frame order (numbers in the names compared numerically)."""
     try:
         files = [p for p in folder.iterdir()
-                 if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p) and p.is_file()]
+                 if p.suffix.lower() in IMAGE_EXTS and not is_hidden(p)
+                 and _is_file_or_broken_link(p)]
     except OSError as exc:
         raise UserError(f"cannot list frame folder {folder}: {exc.strerror or exc}") from None
     return sorted(files, key=natural_key)
@@ -55,10 +84,23 @@ def is_frame_folder(path: Path) -> bool:
     return path.is_dir() and not is_hidden(path) and bool(frame_files(path))
 
 
-def gray_resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
-    """(H, W) uint8 from a Pillow image: grayscale, then bilinear resize to ``size`` = (H, W)."""
-    if img.mode != "L":
-        img = img.convert("L")
+@contextlib.contextmanager
+def open_image(path: Path):
+    """``Image.open`` as a context, with any way of failing to read the image (also while
+    decoding it inside the block) turned into one ``cannot read image PATH`` error."""
+    if is_broken_link(path):
+        raise UserError(f"cannot read image {path}: {broken_link_reason(path)}")
+    try:
+        with Image.open(path) as img:
+            yield img
+    except IMAGE_ERRORS as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def gray_resized(img: Image.Image, size: tuple[int, int], where: str) -> np.ndarray:
+    """(H, W) uint8 from a Pillow image: grayscale (``writer.to_gray8``), then bilinear resize
+    to ``size`` = (H, W); ``where`` names the image in errors."""
+    img = to_gray8(img, where)
     height, width = size
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR)
@@ -71,6 +113,8 @@ def gray_resized(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
 def _open(path: Path):
     import av
 
+    if is_broken_link(path):
+        raise UserError(f"cannot open video {path}: {broken_link_reason(path)}")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
@@ -125,7 +169,7 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
         if turns:
             gray = np.ascontiguousarray(np.rot90(gray, turns))
-        frames.append(gray_resized(Image.fromarray(gray), size))
+        frames.append(gray_resized(Image.fromarray(gray), size, str(path)))
     if not frames:
         raise UserError(f"video {path} has no decodable frames")
     return np.stack(frames)  # (N, H, W)
@@ -142,16 +186,13 @@ def load_frame_folder(folder: str | Path, size: tuple[int, int]) -> np.ndarray:
     out = np.empty((len(files), *size), dtype=np.uint8)  # (N, H, W)
     first = None  # (W, H) of frame 0: a camera's frames share one size
     for i, path in enumerate(files):
-        try:
-            with Image.open(path) as img:
-                first = first or img.size
-                if img.size != first:
-                    raise UserError(f"image {path} is {img.size[0]}x{img.size[1]}, but the "
-                                    f"other frames of {folder} are {first[0]}x{first[1]} "
-                                    "(mixed frame sizes)")
-                out[i] = gray_resized(img, size)
-        except OSError as exc:
-            raise UserError(f"cannot read image {path}: {exc}") from None
+        with open_image(path) as img:
+            first = first or img.size
+            if img.size != first:
+                raise UserError(f"image {path} is {img.size[0]}x{img.size[1]}, but the "
+                                f"other frames of {folder} are {first[0]}x{first[1]} "
+                                "(mixed frame sizes)")
+            out[i] = gray_resized(img, size, str(path))
     return out
 
 
