@@ -218,9 +218,10 @@ def write_dataset(
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
+    manifest_uri = storage.join(dst, "manifest.json")
+    _refuse_another_dataset(dst, manifest_uri, name, source, job.storage)
     done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None}
     todo = [spec for spec in videos if spec.key not in done]
-    manifest_uri = storage.join(dst, "manifest.json")
     if todo and storage.exists(manifest_uri, job.storage):
         storage.delete(manifest_uri, job.storage)  # shards are about to change under it
     results = dict(done)
@@ -233,6 +234,23 @@ def write_dataset(
                         f"first, {first['split']}/{first['video']}: {first['reason']})")
     save_manifest(dst, manifest, job.storage)
     return manifest.to_dict()
+
+
+def _refuse_another_dataset(dst: str, manifest_uri: str, name: str, source: str,
+                            cfg: storage.StorageConfig) -> None:
+    """A rerun updates its own dataset; writing one dataset over another would drop the other's
+    videos from the manifest and leave their shards behind, so it is refused."""
+    if not storage.exists(manifest_uri, cfg):
+        return
+    try:
+        old = json.loads(storage.read_bytes(manifest_uri, cfg))
+        old_name, old_source = old["name"], old["source"]
+    except (ValueError, KeyError, TypeError):
+        return  # not a manifest anyone can read: the new one replaces it
+    if (old_name, old_source) != (name, source):
+        raise UserError(f"{dst} already holds another dataset ({old_name!r}, from "
+                        f"{old_source}); write {name!r} to another place, or delete that one "
+                        "first")
 
 
 def _validate(videos: Sequence[VideoSpec], dst, size, segment_frames, segment_overlap,

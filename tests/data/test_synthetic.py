@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import numpy as np
@@ -180,3 +181,23 @@ def test_generate_synthetic_writes_a_dataset(tmp_path, ray_local):
     np.testing.assert_array_equal(frames, expected)
     assert test.abnormal == ranges
     np.testing.assert_array_equal(labels, _labels(ranges, 32).astype(np.uint8))
+
+
+def test_a_dataset_is_not_written_over_another(tmp_path, ray_local):
+    """Another import into the folder would drop the first one's videos from the manifest and
+    leave their shards behind: refused, and the first dataset is left whole."""
+    from memae_dist.data.importers.folder import import_folder
+    from tests.data.videos import write_video
+
+    dst = str(tmp_path / "syn")
+    first = generate_synthetic(dst, SyntheticConfig(train_videos=1, test_videos=1,
+                                                    frames_per_video=32), progress=False)
+    (tmp_path / "cams").mkdir()
+    write_video(tmp_path / "cams" / "gate.avi", 20)
+    with pytest.raises(UserError, match=r"syn already holds another dataset \('synthetic', "
+                                        r"from synthetic\); write 'cams' to another place"):
+        import_folder(tmp_path / "cams", dst, (16, 16), split="test", progress=False)
+    assert json.loads((tmp_path / "syn" / "manifest.json").read_text()) == first
+    again = generate_synthetic(dst, SyntheticConfig(train_videos=1, test_videos=1,
+                                                    frames_per_video=32), progress=False)
+    assert again == first  # its own rerun is still an update
