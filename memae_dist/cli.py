@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
+import signal
 import sys
 
 from memae_dist.errors import UserError
@@ -64,11 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     # bug, unless an actor raised it); when it is ours, the one line below says it all.
     for name in RAY_DATA_ERROR_LOGGERS:
         logging.getLogger(name).addFilter(_not_while_a_user_error_propagates)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("memae-dist: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        code = args.func(args)
+        sys.stdout.flush()  # a pipe's reader that left is found here, not at exit
+        return code
+    except KeyboardInterrupt as exc:
+        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        print(f"memae-dist: {what}; rerun the same command to resume", file=sys.stderr)
+        return code
+    except BrokenPipeError:
+        # Whoever read our output left (`| head`): nothing more to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:
         user = find_user_error(exc)
         if user is None:
@@ -76,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         # One line: Ray Data appends its retry advice to the message of an error it relays.
         print(f"memae-dist: error: {str(user).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stop) ends a command the way Ctrl-C does: its
+    cleanup runs, nothing half-written stays, and the same command resumes."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
 
 
 def _not_while_a_user_error_propagates(record: logging.LogRecord) -> bool:

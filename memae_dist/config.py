@@ -9,6 +9,7 @@ full dotted name) and applies ``--set key=value`` overrides.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -105,11 +106,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, str):
             # YAML 1.1 reads "1e-4" (no dot) as a string; it is meant as a number.
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # every float setting here is a size, rate or time
+            raise UserError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

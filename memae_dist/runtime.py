@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from memae_dist.errors import UserError
 
@@ -25,7 +29,8 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or None, log_to_driver=True)
+        with keeping_sigterm_handler():
+            ray.init(address=address or None, log_to_driver=True)
         return
     cores = os.cpu_count() or 1
     start_local_ray(max(cores, math.ceil(cpus_needed)) + 2,
@@ -50,21 +55,36 @@ def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:
     saved = os.environ.get("RAY_API_SERVER_ADDRESS")
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     try:
-        ray.init(
-            # "local": never join a cluster that some `ray start` left running here.
-            address="local",
-            num_cpus=num_cpus,
-            object_store_memory=object_store_bytes,
-            include_dashboard=True,  # the state API that cleaner needs
-            dashboard_host="127.0.0.1",
-            dashboard_port=port,
-            **{"log_to_driver": True, **kwargs},
-        )
+        with keeping_sigterm_handler():
+            ray.init(
+                # "local": never join a cluster that some `ray start` left running here.
+                address="local",
+                num_cpus=num_cpus,
+                object_store_memory=object_store_bytes,
+                include_dashboard=True,  # the state API that cleaner needs
+                dashboard_host="127.0.0.1",
+                dashboard_port=port,
+                **{"log_to_driver": True, **kwargs},
+            )
     finally:
         if saved is None:
             os.environ.pop("RAY_API_SERVER_ADDRESS", None)
         else:
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+@contextmanager
+def keeping_sigterm_handler() -> Iterator[None]:
+    """``ray.init`` makes SIGTERM exit the driver on the spot (and Ray's native handler prints
+    a stack); a SIGTERM handler the caller installed (the CLI's cleanup, like Ctrl-C's) is put
+    back."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
 
 
 def free_port() -> int:

@@ -2,11 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import boto3
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +49,13 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--out .: is a folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "."],
          "--out .: is a folder; give the file's name (e.g. scores.parquet)"),
+        (["score", "--checkpoint", "c", "--data", "d", "--out", "gs://b/s.parquet"],
+         "unsupported URI scheme 'gs'"),
+        # Every float setting is a size, rate or time: nan and inf are no value for any.
+        (["train", "--config", "demo", "--set", "train.lr=nan"],
+         "--set train.lr=nan: train.lr must be a finite number, got nan"),
+        (["train", "--config", "demo", "--set", "model.shrink_threshold=.inf"],
+         "model.shrink_threshold must be a finite number, got inf"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
@@ -69,6 +78,24 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, verb):
         f"memae-dist: error: --out {verb[-1]}: {tmp_path / 'taken'} is a file, not a folder"]
 
 
+@pytest.mark.parametrize("verb", [
+    ["score", "--checkpoint", "c", "--data", "d"],
+    ["export", "--checkpoint", "c", "--format", "onnx"],
+])
+def test_an_s3_output_is_checked_before_any_work(s3_bucket, verb, tmp_path):
+    """A missing bucket or a folder-like key fails in seconds, not after the scoring."""
+    bucket = s3_bucket.rsplit("/", 1)[0]
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=bucket[5:], Key="taken/x", Body=b"x")
+    name = "s.parquet" if verb[0] == "score" else "m.onnx"
+    for out, says in [(f"s3://no-such-bucket-{bucket[-12:]}/{name}", "S3 bucket 'no-such-bucket-"),
+                      (f"{bucket}/taken", f"--out {bucket}/taken: is a folder; give the file's"),
+                      (f"{bucket}/x/", f"--out {bucket}/x/: names a folder; give the file's")]:
+        proc = memae(*verb, "--out", out, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("memae-dist: error: ") and says in proc.stderr
+
+
 def test_usage_errors_are_one_line_too(tmp_path):
     proc = memae("train", "--epochs", "x", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
@@ -82,6 +109,12 @@ def test_usage_errors_are_one_line_too(tmp_path):
         "(see 'memae-dist prepare --help')"]
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()
+    for flag, value, says in [("--cpus-per-worker", "nan", "must be a number > 0, got nan"),
+                              ("--gpus-per-worker", "inf", "must be a number >= 0, got inf")]:
+        proc = memae("score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet", flag,
+                     value, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"memae-dist score: error: argument {flag}: {says} (see 'memae-dist score --help')"]
     # A stray flag is the verb's to explain, not the top-level parser's.
     proc = memae("score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet", "--epochs",
                  "3", cwd=tmp_path, timeout=120)
@@ -113,6 +146,37 @@ def test_demo_meets_its_promise(tmp_path):
     assert (out / "scores.png").stat().st_size > 1000
     # The 5-minute budget is measured in bench/RESULTS.md, not asserted on a shared machine.
     print(f"demo: {elapsed:.0f} s, auc_paper {metrics['auc_paper']:.3f}")
+
+
+def test_sigterm_ends_a_command_like_ctrl_c_and_the_rerun_finishes(tmp_path):
+    """A scheduler's or container's SIGTERM: one line, exit 143, no native stack from Ray,
+    no manifest (nothing half-written), and the same command completes afterwards."""
+    cmd = [sys.executable, "-m", "memae_dist.cli", "prepare", "synthetic", "--dst", "ds",
+           "--size", "256", "256", "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("ds/*/*.done.json")):  # mid-import: one video written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "memae-dist: terminated; rerun the same command to resume"
+    assert "SIGTERM received" not in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "ds" / "manifest.json").exists()
+    rerun = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (tmp_path / "ds" / "manifest.json").exists()
+
+
+def test_output_cut_short_by_its_reader_is_no_error(tiny_data, tmp_path):
+    """`memae-dist data info DS | head -1`: the reader leaves, the command ends quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "memae_dist.cli", "data", "info", tiny_data],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command has printed anything
+    stderr = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 141 and "Traceback" not in stderr, stderr[-3000:]
 
 
 def test_a_user_error_is_found_in_what_ray_relays_and_only_there():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from memae_dist.errors import UserError
@@ -30,6 +31,20 @@ def int_at_least(low: int):
     return parse
 
 
+def float_at_least(low: float, above: bool = False):
+    """argparse type: a finite float >= ``low`` (> ``low`` with ``above``); nan and inf are
+    refused as usage errors naming the flag instead of failing deep inside Ray."""
+    def parse(text: str) -> float:
+        value = float(text)  # a ValueError becomes argparse's "invalid float value"
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise argparse.ArgumentTypeError(
+                f"must be a number {'>' if above else '>='} {low:g}, got {text}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
 def local_folder(value: str, flag: str = "--out") -> Path:
     """An output folder on this machine, checked before any work: not a URI, not a file."""
     if "://" in value:
@@ -42,17 +57,27 @@ def local_folder(value: str, flag: str = "--out") -> Path:
     return path
 
 
-def local_file_target(value: str, example: str, flag: str = "--out") -> None:
-    """Refuse, before any work, a local output file that could only fail once written: a
-    folder by that name, or a file where one of its folders must go. URIs are checked when
-    written."""
-    if "://" in value:
+def file_target(value: str, example: str, flag: str = "--out", storage=None) -> None:
+    """Refuse, before any work, an output file that could only fail once written: a folder by
+    that name, a file where one of its folders must go, an unsupported scheme, or an S3 bucket
+    that is missing or refuses us."""
+    from memae_dist.data import storage as st
+
+    if not st.is_remote(value):  # also refuses an unsupported scheme, naming it
+        path = Path(st.local_path(value))
+        if path.is_dir():
+            shown = path if "://" in value else Path(value)  # as the user wrote it
+            raise UserError(f"{flag} {value}: is a folder; give the file's name "
+                            f"(e.g. {shown / example})")
+        _no_file_in_the_way(path, value, flag)
         return
-    path = Path(value)
-    if path.is_dir():
+    if value.endswith("/"):
+        raise UserError(f"{flag} {value}: names a folder; give the file's name "
+                        f"(e.g. {value}{example})")
+    st.check_bucket(value, storage)
+    if st.is_folder(value, storage):
         raise UserError(f"{flag} {value}: is a folder; give the file's name "
-                        f"(e.g. {path / example})")
-    _no_file_in_the_way(path, value, flag)
+                        f"(e.g. {value}/{example})")
 
 
 def _no_file_in_the_way(path: Path, value: str, flag: str) -> None:
@@ -89,8 +114,8 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="prepared dataset URI (data.path)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int, help="0 = in-process debug mode")
-    p.add_argument("--cpus-per-worker", type=float)
-    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True))
+    p.add_argument("--gpus-per-worker", type=float_at_least(0))
     p.add_argument("--storage", help="run storage URI (default: run.storage)")
     p.add_argument("--name", help="run name; rerun with the same name to resume")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")

@@ -7,8 +7,8 @@ from pathlib import PurePosixPath
 
 from memae_dist.commands.common import (
     add_storage_config_flag,
+    file_target,
     frame_size,
-    local_file_target,
     storage_config,
 )
 
@@ -33,11 +33,11 @@ SUFFIX_FORMATS = {".onnx": ("onnx",), ".pt2": ("pt2",), ".ts": ("torchscript",),
                   ".pt": ("torchscript", "pt2")}
 
 
-def check_out(out: str, fmt: str) -> None:
+def check_out(out: str, fmt: str, storage=None) -> None:
     """Refuse, before the export's minutes, an --out that is a folder or names another format."""
     from memae_dist.errors import UserError
 
-    local_file_target(out, f"model.{fmt}")
+    file_target(out, f"model.{fmt}", storage=storage)
     formats = SUFFIX_FORMATS.get(PurePosixPath(out).suffix.lower())
     if formats is not None and fmt not in formats:
         raise UserError(f"--out {out}: the name says {formats[0]}, but --format is {fmt}")
@@ -46,9 +46,10 @@ def check_out(out: str, fmt: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.export import export_model
 
-    check_out(args.out, args.format)
+    storage = storage_config(args)
+    check_out(args.out, args.format, storage)
     result = export_model(args.checkpoint, args.format, args.out, size=frame_size(args.size),
-                          error=args.error, storage=storage_config(args))
+                          error=args.error, storage=storage)
     h, w = result.size
     print(f"exported {result.format} for 16x{h}x{w} clips -> {result.path}")
     print(f"max |exported - PyTorch| on random clips: {result.max_abs_diff:.2e}")

@@ -7,9 +7,10 @@ from pathlib import PurePosixPath
 
 from memae_dist.commands.common import (
     add_storage_config_flag,
+    file_target,
+    float_at_least,
     frame_size,
     int_at_least,
-    local_file_target,
     storage_config,
 )
 
@@ -40,10 +41,10 @@ def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> N
     p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--workers", type=int_at_least(0), default=workers_default,
                    help=f"scoring actors (default {workers_default}); 0 = in this process")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+    p.add_argument("--gpus-per-worker", type=float_at_least(0), default=0.0,
                    help="GPUs per actor (bf16 on GPU); default 0 = CPU; with --workers 0, "
                         "> 0 scores in this process on its GPU")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
+    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True), default=None,
                    help="CPUs (torch threads) per actor; default: cores / workers")
     p.add_argument("--batch-size", type=int_at_least(1), default=32,
                    help="windows per forward pass")
@@ -65,12 +66,12 @@ def score_config(args: argparse.Namespace):
                        progress=not getattr(args, "no_progress", False))
 
 
-def check_scores_name(uri: str) -> None:
+def check_scores_name(uri: str, storage=None) -> None:
     """Scores are one Parquet file: a folder, or a name that promises another format, is
     refused up front."""
     from memae_dist.errors import UserError
 
-    local_file_target(uri, "scores.parquet")
+    file_target(uri, "scores.parquet", storage=storage)
     suffix = PurePosixPath(uri.rstrip("/")).suffix.lower()
     if suffix and suffix not in SCORES_SUFFIXES:
         raise UserError(f"--out {uri}: scores are written as Parquet; name the file *.parquet "
@@ -83,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.batch_score import score_dataset
     from memae_dist.evaluate.score import read_model_state
 
-    check_scores_name(args.out)
     storage = storage_config(args)
+    check_scores_name(args.out, storage)
     cfg = score_config(args)
     data = args.data
     if args.videos:

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from memae_dist.commands.common import float_at_least
+
 
 def register(sub) -> None:
     p = sub.add_parser("tune", help="hyperparameter sweep with Ray Tune (ASHA, random/optuna)")
@@ -19,8 +21,8 @@ def register(sub) -> None:
     p.add_argument("--search", default="random", choices=["random", "optuna"])
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
     p.add_argument("--workers-per-trial", type=int, help="Train workers per trial")
-    p.add_argument("--cpus-per-worker", type=float)
-    p.add_argument("--gpus-per-worker", type=float)
+    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True))
+    p.add_argument("--gpus-per-worker", type=float_at_least(0))
     p.add_argument("--storage", help="sweep storage URI (default: run.storage)")
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
     p.add_argument("--out", default="tune_out", help="folder for trials.csv, plot, best.yaml")

@@ -58,15 +58,19 @@ def dataset_info(uri: str, window: int = 16, stride: int = 1,
     }
 
 
-def shard_size_problems(uri: str, manifest, cfg: storage.StorageConfig | None = None) -> list[str]:
-    """One message per shard that is missing or not the size the manifest records.
+def shard_size_problems(uri: str, manifest, cfg: storage.StorageConfig | None = None,
+                        split: str | None = None) -> list[str]:
+    """One message per shard (of ``split``, or of all) that is missing or not the size the
+    manifest records.
 
-    One listing of the dataset, no shard read: cheap enough to run before every training run
-    (a truncated shard otherwise fails deep inside Ray Data, mid-epoch).
+    One listing of the dataset, no shard read: cheap enough to run before every training or
+    scoring run (a truncated shard otherwise fails deep inside Ray Data, mid-epoch).
     """
     sizes = _object_sizes(uri, cfg)
     out = []
     for s in manifest.shards:
+        if split is not None and s.split != split:
+            continue
         if s.path not in sizes:
             out.append(f"shard {storage.join(uri, s.path)} is missing")
         elif sizes[s.path] != s.bytes:

@@ -46,16 +46,22 @@ def open_shard(source) -> pq.ParquetFile:
 
 @contextmanager
 def damage_reported(uri: str) -> Iterator[None]:
-    """A failed page checksum becomes one line naming the shard and the way to repair it."""
+    """A failed page checksum, or bytes that are not Parquet, become one line naming the shard
+    and the way to repair it."""
     try:
         yield
     except OSError as exc:
         if "checksum" not in str(exc).lower():
             raise
-        raise UserError(
-            f"shard {uri} is damaged (a page checksum does not match): 'memae-dist data "
-            "verify' lists every damaged shard; delete them and rerun the same 'memae-dist "
-            "prepare' to write them again") from None
+        raise UserError(f"shard {uri} is damaged (a page checksum does not match): "
+                        f"{REPAIR}") from None
+    except pa.ArrowInvalid as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise UserError(f"shard {uri} is damaged ({reason}): {REPAIR}") from None
+
+
+REPAIR = ("'memae-dist data verify' lists every damaged shard; delete them and rerun the same "
+          "'memae-dist prepare' to write them again")
 
 
 def segment_bounds(num_frames: int, segment_frames: int, overlap: int) -> list[tuple[int, int]]:

@@ -262,6 +262,13 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_folder(uri: str, cfg: StorageConfig | None = None) -> bool:
+    """True for a local folder, or an S3 prefix with objects under it (or a bucket root)."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "check", cfg):
+        return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
 def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
     """Create a local directory; on S3 (no real directories) check that the bucket exists."""
     fs, path = pyarrow_fs(uri, cfg)

@@ -93,9 +93,11 @@ class ScoreConfig:
             raise UserError(f"score.batch_size must be >= 1, got {self.batch_size}")
         if self.workers < 0:
             raise UserError(f"score.workers must be >= 0, got {self.workers}")
-        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
-            raise UserError(f"score.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
-        if self.gpus_per_worker < 0:
+        # "not (x > 0)" also refuses nan, which compares false with everything.
+        cpus = self.cpus_per_worker
+        if cpus is not None and not (0 < cpus < math.inf):
+            raise UserError(f"score.cpus_per_worker must be > 0, got {cpus}")
+        if not (0 <= self.gpus_per_worker < math.inf):
             raise UserError(f"score.gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.precision not in PRECISIONS:
             raise UserError(
@@ -142,6 +144,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
         raise UserError(f"{join(data_uri, 'manifest.json')}: no labelled video in split "
                         f"'{cfg.split}': there is nothing to evaluate against (use 'memae-dist "
                         "score' and 'memae-dist report' to look at its scores)")
+    _check_shard_sizes(data_uri, manifest, cfg.split, storage)
     kwargs = dict(window=window, segment_frames=manifest.segment_frames,
                   overlap=manifest.segment_overlap, error=cfg.error, batch_size=cfg.batch_size,
                   precision=cfg.precision, use_gpu=cfg.gpus_per_worker > 0,
@@ -172,6 +175,19 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     if out_uri:
         write_scores(out_uri, table, meta, storage)
     return ScoreResult(out_uri or "", table, meta, seconds)
+
+
+def _check_shard_sizes(data_uri: str, manifest: Manifest, split: str,
+                       storage: StorageConfig) -> None:
+    """One listing before any actor starts: a truncated or missing shard would otherwise stop
+    the scoring deep inside Ray Data, after minutes of work."""
+    from memae_dist.data.info import shard_size_problems
+
+    problems = shard_size_problems(data_uri, manifest, storage, split=split)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}: rerun the same 'memae-dist prepare' to write it "
+                        "again ('memae-dist data verify' checks every byte)")
 
 
 def _absolute(uri: str) -> str:

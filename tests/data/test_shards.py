@@ -123,6 +123,17 @@ def test_a_flipped_bit_in_the_frames_is_refused_naming_the_shard(tmp_path):
     assert str(err.value).startswith(f"shard {path} is damaged (a page checksum does not match)")
 
 
+def test_a_truncated_shard_is_refused_naming_the_shard(tmp_path):
+    frames, labels = _video()
+    path = _written(tmp_path, frames, labels)
+    with open(path, "r+b") as f:
+        f.truncate(2000)
+    with pytest.raises(UserError) as err:
+        read_video_frames(path)
+    assert str(err.value).startswith(f"shard {path} is damaged (Parquet magic bytes not found")
+    assert str(err.value).endswith("rerun the same 'memae-dist prepare' to write them again")
+
+
 def test_shards_written_before_page_checksums_still_read(tmp_path):
     frames, labels = _video()
     table = pq.read_table(_written(tmp_path, frames, labels))

@@ -131,3 +131,11 @@ def test_a_same_size_corruption_stops_training_and_scoring_naming_the_shard(tiny
                  "s.parquet", "--workers", "1", "--no-progress", cwd=tmp_path)
     assert_user_error(proc, f"shard {test[0]} is damaged")
     assert not (tmp_path / "s.parquet").exists()
+    # A truncated shard is found by one listing, before any scoring actor starts.
+    _flip_frames(test[0])
+    _truncate(test[-1])
+    proc = memae("score", "--checkpoint", "runs/r", "--data", str(tiny_copy), "--out",
+                 "s.parquet", "--workers", "1", "--no-progress", cwd=tmp_path)
+    assert_user_error(proc, f"shard {test[-1]} is corrupt or stale",
+                      "rerun the same 'memae-dist prepare'")
+    assert "Started a local Ray" not in proc.stderr and not (tmp_path / "s.parquet").exists()
