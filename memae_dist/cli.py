@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         if user is None:
             raise
         # One line: Ray Data appends its retry advice to the message of an error it relays.
-        print(f"memae-dist: error: {str(user).splitlines()[0]}", file=sys.stderr)
+        from memae_dist.data.redact import redact_text
+
+        # A message may echo what the user typed, an endpoint with its password included.
+        print(f"memae-dist: error: {redact_text(str(user).splitlines()[0])}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

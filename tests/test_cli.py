@@ -56,6 +56,9 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--set train.lr=nan: train.lr must be a finite number, got nan"),
         (["train", "--config", "demo", "--set", "model.shrink_threshold=.inf"],
          "model.shrink_threshold must be a finite number, got inf"),
+        # The override is echoed without the password it holds.
+        (["train", "--config", "demo", "--set", "storage.endpoint_url=http://me:pw99@minio:9000"],
+         "error: --set storage.endpoint_url=http://***@minio:9000: storage.endpoint_url must"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):

@@ -7,6 +7,7 @@ values of the AWS secret variables and the user:password of an endpoint URL beco
 from __future__ import annotations
 
 import os
+import re
 from urllib.parse import urlsplit
 
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
@@ -42,6 +43,16 @@ def scrub_secrets(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+# The user:password part of any URL in a text (scheme://user:password@host).
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the AWS secrets and every URL's user:password replaced by ``***``: for a
+    message that may echo what the user typed (``--set storage.endpoint_url=...``)."""
+    return _URL_USERINFO.sub(r"\1***@", scrub_secrets(text))
 
 
 def redact_url(url: str) -> str:

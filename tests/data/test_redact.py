@@ -1,6 +1,6 @@
 """Storage errors shown to users name the failure and hold no secret."""
 
-from memae_dist.data.redact import error_reason, redact_url, scrub_secrets
+from memae_dist.data.redact import error_reason, redact_text, redact_url, scrub_secrets
 
 
 def test_known_s3_failures_get_a_short_reason():
@@ -25,3 +25,11 @@ def test_secret_values_are_scrubbed_from_reasons(monkeypatch):
 def test_endpoint_credentials_are_redacted():
     assert redact_url("http://user:pw@minio.local:9000/x") == "http://***@minio.local:9000/x"
     assert redact_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+
+
+def test_a_message_echoing_what_was_typed_loses_every_credential(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+    text = ("--set storage.endpoint_url=http://admin:S3cr3t@minio:9000: bad, "
+            "ftp://u:p@h/x and s3://b/k stay, key wJalrXUtnFEMI/K7MDENG")
+    assert redact_text(text) == ("--set storage.endpoint_url=http://***@minio:9000: bad, "
+                                 "ftp://***@h/x and s3://b/k stay, key ***")
