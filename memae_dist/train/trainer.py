@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from memae_dist.config import ExperimentConfig, from_dict
+from memae_dist.config import ExperimentConfig, from_dict, to_plain
 from memae_dist.data.storage import exists, join, portable_fs, read_bytes
 from memae_dist.errors import UserError
 from memae_dist.runtime import check_room_for_data, ensure_ray
@@ -22,6 +22,7 @@ from memae_dist.train.checkpoint import (
     best_checkpoint,
     checkpoint_epoch,
     latest_checkpoint,
+    read_checkpoint_config,
     restore_point,
 )
 
@@ -65,6 +66,21 @@ def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
     """Epochs finished by the checkpoint a (re)start continues from."""
     point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
     return checkpoint_epoch(point) if point else 0
+
+
+def check_same_model(run: str, cfg: ExperimentConfig) -> None:
+    """A run's model is fixed when it first starts: resumed with other model settings, its
+    weights would not load (a changed shape), or one history would mix two experiments."""
+    point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
+    if point is None:
+        return
+    saved = read_checkpoint_config(point, cfg.storage).get("model") or {}
+    wanted = to_plain(cfg.model)
+    changed = [f"model.{key}={saved[key]!r} (now {value!r})"
+               for key, value in wanted.items() if key in saved and saved[key] != value]
+    if changed:
+        raise UserError(f"run {run} was started with {', '.join(changed)}; a run keeps its "
+                        "model when it resumes: drop the change, or give the run a new --name")
 
 
 class TrainData:
@@ -111,6 +127,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     check_val_split(cfg)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
+        check_same_model(run, cfg)
         done = completed_epochs(run, cfg)
         if done >= cfg.train.epochs:
             log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run,

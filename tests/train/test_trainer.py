@@ -3,9 +3,11 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from memae_dist.config import load_config
+from memae_dist.errors import UserError
 from memae_dist.train.checkpoint import STATE_FILE, latest_checkpoint
 from memae_dist.train.trainer import fit
 
@@ -46,6 +48,13 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
     # The same command once more: the run is finished, nothing trains, the result is the same.
     again = fit(cfg)
     assert again.history == result.history and again.checkpoint_uri == result.checkpoint_uri
+    # Resumed with another model, its weights would not load: refused, naming the change.
+    changed = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.epochs=2",
+                          "train.max_steps_per_epoch=3", "run.name=debug", "model.num_slots=20")
+    with pytest.raises(UserError, match=r"debug was started with model.num_slots=50 \(now 20\); "
+                                        "a run keeps its model when it resumes"):
+        fit(changed)
+    assert latest_checkpoint(str(tmp_path / "debug")).endswith("checkpoint_epoch_0001")
 
 
 def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
