@@ -29,9 +29,8 @@ def run_import(kind: str, *, src: str | None, dst: str, size: tuple[int, int] | 
         if src:  # a user who passes one expects it to be read
             raise UserError("--src is not for 'prepare synthetic': the set is generated")
         cfg = SyntheticConfig(seed=seed, **({"size": size} if size else {}))
-        if storage_cfg is not None and storage_cfg != StorageConfig():
-            raise UserError("prepare synthetic takes its S3 endpoint from AWS_ENDPOINT_URL only")
-        return generate_synthetic(dst, cfg, workers=workers, progress=progress)
+        return generate_synthetic(dst, cfg, workers=workers, progress=progress,
+                                  storage_cfg=storage_cfg)
     if not src:
         raise UserError(f"prepare {kind} needs --src (the dataset folder)")
     size = size or DEFAULT_SIZE

@@ -201,3 +201,23 @@ def test_a_dataset_is_not_written_over_another(tmp_path, ray_local):
     again = generate_synthetic(dst, SyntheticConfig(train_videos=1, test_videos=1,
                                                     frames_per_video=32), progress=False)
     assert again == first  # its own rerun is still an update
+
+
+def test_prepare_synthetic_takes_its_endpoint_from_config(s3_bucket, tmp_path):
+    """`--config`'s storage: section, as for every other kind: no AWS_ENDPOINT_URL needed."""
+    import os
+    import subprocess
+    import sys
+
+    from memae_dist.data.manifest import load_manifest
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    (tmp_path / "s3.yaml").write_text(f"storage:\n  endpoint_url: {endpoint}\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("AWS_ENDPOINT_URL", "RAY_ADDRESS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "memae_dist.cli", "prepare", "synthetic", "--dst", s3_bucket,
+         "--size", "32", "32", "--workers", "1", "--no-progress", "--config", "s3.yaml"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert load_manifest(s3_bucket).name == "synthetic"

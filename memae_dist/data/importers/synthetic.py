@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 
 # Test video i gets ANOMALY_CYCLE[i % 6]; "none" keeps some test videos clean.
@@ -370,9 +371,11 @@ def synthetic_videos(cfg: SyntheticConfig) -> list:
 
 
 def generate_synthetic(
-    dst: str, cfg: SyntheticConfig, workers: int | None = None, *, progress: bool = True
+    dst: str, cfg: SyntheticConfig, workers: int | None = None, *, progress: bool = True,
+    storage_cfg: StorageConfig | None = None,
 ) -> dict:
-    """Render the set and store it at ``dst`` in the frames format; returns the manifest."""
+    """Render the set and store it at ``dst`` in the frames format; returns the manifest.
+    ``storage_cfg``: S3 endpoint and region (unset: the AWS_* environment)."""
     from memae_dist.data.writer import write_dataset
 
     return write_dataset(
@@ -383,4 +386,5 @@ def generate_synthetic(
         source="synthetic",
         workers=workers,
         progress=progress,
+        storage_cfg=storage_cfg,
     )
