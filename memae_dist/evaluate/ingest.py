@@ -8,11 +8,15 @@ and ``report`` reads its frames for the reconstruction pictures.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from hashlib import sha256
 from pathlib import Path
 
 from memae_dist.data.manifest import load_manifest
@@ -46,8 +50,8 @@ def prepare_videos(src: str, dst: str, size: tuple[int, int], *, labels: str | N
     """Import ``src`` (a video file, a folder, or an s3:// prefix) into ``dst``; the manifest."""
     from memae_dist.data.prepare import run_import
 
-    with tempfile.TemporaryDirectory(prefix="memae-videos-") as tmp:
-        folder, origin = _local_source(src, Path(tmp), storage)
+    with _staging(src) as tmp:
+        folder, origin = _local_source(src, tmp, storage)
         log.info("preparing %s -> %s at %dx%d", src, dst, *size)
         try:
             return run_import("folder", src=str(folder), dst=dst, size=tuple(size),
@@ -55,6 +59,26 @@ def prepare_videos(src: str, dst: str, size: tuple[int, int], *, labels: str | N
                               storage_cfg=storage)
         except UserError as exc:  # name the user's files, not their staged copies
             raise UserError(str(exc).replace(str(folder), origin)) from None
+
+
+@contextmanager
+def _staging(src: str) -> Iterator[Path]:
+    """An empty folder whose path depends on ``src`` alone, removed afterwards.
+
+    The importer knows a finished video by its source's path, size and mtime: staged under a
+    fresh temporary name each time, a rerun would prepare every video again. Runs that stage
+    the same source take turns (a lock file beside the folder).
+    """
+    where = src if is_remote(src) else local_path(src)
+    folder = Path(tempfile.gettempdir()) / f"memae-videos-{sha256(where.encode()).hexdigest()[:16]}"
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        shutil.rmtree(folder, ignore_errors=True)  # left by a run that was killed
+        folder.mkdir()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[Path, str]:
@@ -66,10 +90,9 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[P
             raise UserError(f"--videos: nothing at {src}")
         dest = tmp / "videos"
         if fs.isdir(path):
-            fs.get(path.rstrip("/") + "/", str(dest), recursive=True)
+            _download(fs, path.rstrip("/"), dest)
             return dest, src.rstrip("/")
-        dest.mkdir()
-        fs.get(path, str(dest / os.path.basename(path)))
+        _download(fs, path, dest, single=True)
         return dest, src.rsplit("/", 1)[0]
     local = Path(local_path(src))
     if local.is_dir():
@@ -83,6 +106,29 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[P
     except OSError:  # file systems without symlinks
         shutil.copy2(local, dest / local.name)
     return dest, str(local.parent)
+
+
+def _download(fs, path: str, dest: Path, single: bool = False) -> None:
+    """Copy an object, or every object under a prefix, into ``dest``, each file (and folder:
+    frame folders) dated by the object's LastModified, so that the importer sees an unchanged
+    source as unchanged."""
+    infos = {path: fs.info(path)} if single else fs.find(path, detail=True)
+    stamps: dict[Path, float] = {}
+    for key, info in infos.items():
+        if info.get("type") != "file" or key.endswith("/"):
+            continue
+        target = dest / (os.path.basename(key) if single else os.path.relpath(key, path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fs.get_file(key, str(target))
+        modified = info.get("LastModified")
+        stamp = modified.timestamp() if modified is not None else 0.0
+        os.utime(target, (stamp, stamp))
+        for parent in target.parents:
+            if parent == dest.parent:
+                break
+            stamps[parent] = max(stamps.get(parent, 0.0), stamp)
+    for folder, stamp in stamps.items():
+        os.utime(folder, (stamp, stamp))
 
 
 def prepared_uri(out_uri: str, prepared: str | None) -> str:

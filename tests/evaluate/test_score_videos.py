@@ -6,6 +6,7 @@ import numpy as np
 
 from memae_dist.cli import main
 from memae_dist.data.manifest import load_manifest
+from memae_dist.data.storage import pyarrow_fs
 from memae_dist.evaluate.batch_score import read_scores
 from tests.data.videos import write_video
 
@@ -45,6 +46,13 @@ def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, t
                  "--workers", "1", "--no-progress"]) == 0
     table, meta = read_scores(single)
     assert table.num_rows == 15 and table.column("label").null_count == 15
+    # The same command again: the video is downloaded again, but not prepared again.
+    fs, shard = pyarrow_fs(f"{s3_bucket}/scores/one_frames/test/gate.parquet")
+    written = fs.get_file_info(shard).mtime
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos",
+                 f"{s3_bucket}/footage/gate.mp4", "--out", single, "--size", "32", "32",
+                 "--workers", "0", "--no-progress"]) == 0
+    assert fs.get_file_info(shard).mtime == written
     assert meta["data"] == f"{s3_bucket}/scores/one_frames"
     assert load_manifest(meta["data"]).size == (32, 32)
     # The report works on footage without labels (curves, no ROC), frames read from S3.
@@ -52,6 +60,21 @@ def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, t
     assert main(["report", "--scores", single, "--out", str(report), "--top", "1"]) == 0
     assert (report / "videos" / "gate.png").is_file() and not (report / "roc.png").exists()
     assert len(list((report / "triptychs").glob("gate_*.png"))) == 1
+
+
+def test_a_rerun_on_one_local_file_reuses_its_prepared_frames(tiny_checkpoint, ray_local,
+                                                             tmp_path):
+    write_video(tmp_path / "gate.mp4", 20, codec="libx264")
+    argv = ["score", "--checkpoint", tiny_checkpoint, "--videos", str(tmp_path / "gate.mp4"),
+            "--out", str(tmp_path / "s.parquet"), "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    shard = tmp_path / "s_frames" / "test" / "gate.parquet"
+    written = shard.stat().st_mtime_ns
+    assert main(argv) == 0
+    assert shard.stat().st_mtime_ns == written
+    write_video(tmp_path / "gate.mp4", 24, codec="libx264")  # new footage under the same name
+    assert main(argv) == 0
+    assert load_manifest(str(tmp_path / "s_frames")).videos("test")[0].num_frames == 24
 
 
 def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_local, tmp_path,
