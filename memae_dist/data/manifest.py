@@ -141,7 +141,7 @@ class Manifest:
                     split: [VideoEntry(**_video_fields(v)) for v in body["videos"]]
                     for split, body in data["splits"].items()
                 },
-                shards=[ShardEntry(**s) for s in data["shards"]],
+                shards=[_shard_fields(s) for s in data["shards"]],
                 skipped=list(data.get("skipped") or []),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
@@ -167,6 +167,12 @@ class Manifest:
                 _check_video(v, split, where)
         for s in self.shards:
             check_relative_path(s.path, where)
+        listed = {s.path for s in self.shards}
+        for split, videos in self.splits.items():
+            for v in videos:
+                if v.shard not in listed:  # its size and checksum would go unchecked
+                    raise UserError(f"{where}: video {split}/{v.name} has no shard entry "
+                                    f"for {v.shard!r}")
 
 
 def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) -> Manifest:
@@ -217,6 +223,19 @@ def _video_fields(v: dict) -> dict:
         "shard": str(v["shard"]),
         "abnormal": abnormal,
     }
+
+
+def _shard_fields(s: dict) -> ShardEntry:
+    # Typed here: a null or a string where a number belongs would otherwise surface later, as
+    # a TypeError in whatever first does arithmetic with it.
+    return ShardEntry(path=str(s["path"]), split=str(s["split"]), video=str(s["video"]),
+                      bytes=_count(s["bytes"]), sha256=str(s["sha256"]), rows=_count(s["rows"]))
+
+
+def _count(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {value!r}")
+    return value
 
 
 def _check_video(v: VideoEntry, split: str, where: str) -> None:

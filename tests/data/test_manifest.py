@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -23,7 +24,9 @@ def _manifest() -> Manifest:
                      VideoEntry("02", 20, "test/02.parquet", [[0, 1], [5, 5]]),
                      VideoEntry("03", 16, "test/03.parquet", [])],
         },
-        shards=[ShardEntry("train/01.parquet", "train", "01", 10, "ab" * 32, 1)],
+        shards=[ShardEntry(f"{split}/{name}.parquet", split, name, 10, "ab" * 32, 1)
+                for split, name in [("train", "01"), ("train", "02"), ("test", "01"),
+                                    ("test", "02"), ("test", "03")]],
     )
 
 
@@ -115,3 +118,19 @@ def test_s3_round_trip(s3_bucket):
 def test_s3_missing_bucket_is_named(s3_server):
     with pytest.raises(UserError, match="bucket 'no-such-bucket-x' does not exist"):
         load_manifest("s3://no-such-bucket-x/ds")
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda raw: raw["shards"][0].update(bytes=None), "malformed manifest (ValueError: expected "
+                                                      "a count, got None)"),
+    (lambda raw: raw["shards"][1].update(rows="3"), "expected a count, got '3'"),
+    (lambda raw: raw["shards"].pop(1), "video train/02 has no shard entry for "
+                                       "'train/02.parquet'"),
+])
+def test_shard_entries_are_typed_and_cover_every_video(tmp_path, damage, says):
+    save_manifest(str(tmp_path), _manifest())
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    damage(raw)
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(UserError, match=re.escape(says)):
+        load_manifest(str(tmp_path))
