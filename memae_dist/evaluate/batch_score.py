@@ -137,6 +137,11 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     check_scorable(manifest, exp, data_uri)
     window = exp.data.window
     videos = [v for v in manifest.videos(cfg.split) if v.num_frames >= window]
+    short = [v.name for v in manifest.videos(cfg.split) if v.num_frames < window]
+    if short and videos:
+        log.warning("%d video(s) of split '%s' are shorter than the model's %d-frame window and "
+                    "get no scores: %s", len(short), cfg.split, window, ", ".join(short[:10])
+                    + (" ..." if len(short) > 10 else ""))
     if not videos:
         raise UserError(f"{join(data_uri, 'manifest.json')}: split '{cfg.split}' has no video "
                         f"of at least {window} frames to score")

@@ -88,3 +88,17 @@ def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_lo
     err = capsys.readouterr().err
     assert f"cannot open video {broken}:" in err and "memae-videos-" not in err
     assert not out.exists()
+
+
+def test_videos_shorter_than_the_window_are_named_not_dropped_silently(tiny_checkpoint,
+                                                                       ray_local, tmp_path,
+                                                                       caplog, capsys):
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    write_video(cams / "gate.mp4", 20, codec="libx264")
+    write_video(cams / "blip.mp4", 8, codec="libx264")
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams), "--out",
+                 str(tmp_path / "s.parquet"), "--workers", "0", "--no-progress"]) == 0
+    assert "scored 5 frames of 1 videos" in capsys.readouterr().out
+    assert ("1 video(s) of split 'test' are shorter than the model's 16-frame window and get "
+            "no scores: blip") in caplog.text
