@@ -66,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     # bug, unless an actor raised it); when it is ours, the one line below says it all.
     for name in RAY_DATA_ERROR_LOGGERS:
         logging.getLogger(name).addFilter(_not_while_a_user_error_propagates)
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = False
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a pipe's reader that left is found here, not at exit
         return code
     except KeyboardInterrupt as exc:
-        what, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+        # Ray may re-raise the interruption as its own (Train turns it into a plain one).
+        term = isinstance(exc, Terminated) or _SIGTERM_SEEN
+        what, code = ("terminated", 143) if term else ("interrupted", 130)
         print(f"memae-dist: {what}; rerun the same command to resume", file=sys.stderr)
         return code
     except BrokenPipeError:
@@ -83,10 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         user = find_user_error(exc)
         if user is None:
             raise
-        # One line: Ray Data appends its retry advice to the message of an error it relays.
         from memae_dist.data.redact import redact_text
 
-        # A message may echo what the user typed, an endpoint with its password included.
+        # One line: Ray Data appends its retry advice to the message of an error it relays.
+        # Redacted: a message may echo what the user typed, an endpoint's password included.
         print(f"memae-dist: error: {redact_text(str(user).splitlines()[0])}", file=sys.stderr)
         return 2
     finally:
@@ -98,7 +102,12 @@ class Terminated(KeyboardInterrupt):
     cleanup runs, nothing half-written stays, and the same command resumes."""
 
 
+_SIGTERM_SEEN = False
+
+
 def _terminated(signum, frame) -> None:
+    global _SIGTERM_SEEN
+    _SIGTERM_SEEN = True
     raise Terminated
 
 
