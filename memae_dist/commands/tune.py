@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print("memae-dist: sweep interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     if result.best is None:
-        print("no trial finished with a finite objective", file=sys.stderr)
+        print(f"memae-dist: {no_best_reason(result.rows)}", file=sys.stderr)
         return 1
     print(f"best: trial {result.best.trial_id}, {result.objective.metric} "
           f"{result.best.objective:.5g} -> {Path(args.out) / 'best.yaml'}")
@@ -78,3 +78,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"test split '{result.test_metrics.get('split')}' (scored once, best trial only): "
               f"auc_paper {'undefined' if auc is None else f'{auc:.4f}'}")
     return 0
+
+
+def no_best_reason(rows) -> str:
+    """One line: why the sweep has no best trial, with the first trial error when trials
+    failed (a bad --data fails every trial alike; its cause belongs on this line, not only in
+    the table)."""
+    from memae_dist.data.redact import redact_text
+    from memae_dist.tune.results import ERROR
+
+    line = "no trial finished with a finite objective"
+    failed = [r for r in rows if r.status == ERROR]
+    if not failed:
+        return line
+    first = failed[0]
+    error = first.error.removeprefix("memae_dist.errors.UserError: ")
+    count = "every trial" if len(failed) == len(rows) else f"{len(failed)} of {len(rows)} trials"
+    # A trial's error may echo an endpoint URL with its password, as a UserError may.
+    return redact_text(f"{line}: {count} failed; trial {first.trial_id}: {error}")

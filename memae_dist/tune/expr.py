@@ -17,6 +17,10 @@ from memae_dist.errors import UserError
 _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
            ast.Div: operator.truediv, ast.FloorDiv: operator.floordiv, ast.Pow: operator.pow,
            ast.Mod: operator.mod}
+# Every value an expression computes must be a finite number that fits a float (what config
+# values are): Python's ints are unbounded, so ``10 ** 10 ** 10`` would compute for hours
+# instead of failing. A little under float's 2 ** 1024, so every int passing converts to one.
+MAX_BITS = 1000
 _CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt,
            ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge}
 _FUNCS = {"min": min, "max": max, "round": round, "int": int, "float": float, "abs": abs,
@@ -63,12 +67,17 @@ def _dotted(node: ast.AST, where: str) -> str:
 def evaluate(node: ast.AST, env: dict[str, Any], base: dict[str, Any]) -> Any:
     if isinstance(node, (ast.Name, ast.Attribute)):
         name = _dotted(node, "expression")
-        return env[name] if name in env else lookup(base, name)
+        return _bounded(env[name] if name in env else lookup(base, name))
     if isinstance(node, ast.Constant):
-        return node.value
+        return _bounded(node.value)
     if isinstance(node, ast.BinOp):
-        return _BINOPS[type(node.op)](evaluate(node.left, env, base),
-                                      evaluate(node.right, env, base))
+        left, right = evaluate(node.left, env, base), evaluate(node.right, env, base)
+        if not isinstance(node.op, ast.Add) and (isinstance(left, str) or isinstance(right, str)):
+            # 'x' * 10 ** 9 or '%09999999999d' % 1 would fill the memory.
+            raise TypeError("text can only be joined with +")
+        if isinstance(node.op, ast.Pow):
+            _check_power(left, right)
+        return _bounded(_BINOPS[type(node.op)](left, right))
     if isinstance(node, ast.UnaryOp):
         value = evaluate(node.operand, env, base)
         return -value if isinstance(node.op, ast.USub) else value
@@ -84,8 +93,32 @@ def evaluate(node: ast.AST, env: dict[str, Any], base: dict[str, Any]) -> Any:
             left = right
         return True
     if isinstance(node, ast.Call):
-        return _FUNCS[node.func.id](*(evaluate(a, env, base) for a in node.args))
+        return _bounded(_FUNCS[node.func.id](*(evaluate(a, env, base) for a in node.args)))
     raise TypeError(f"unsupported expression node {type(node).__name__}")
+
+
+def _check_power(base: Any, exponent: Any) -> None:
+    """Refuse, before computing it, a power whose result could not fit a float."""
+    if not all(isinstance(v, (int, float)) for v in (base, exponent)):
+        return  # operator.pow raises the TypeError
+    if abs(base) in (0, 1):
+        return
+    # log2 of the result, from operands that _bounded already kept finite and float-sized.
+    if exponent * math.log2(abs(base)) > MAX_BITS:
+        raise ArithmeticError(f"{base!r} ** {exponent!r} is too large (over 2 ** {MAX_BITS})")
+
+
+def _bounded(value: Any) -> Any:
+    """``value``, when it is a finite number that fits a float (or not a number at all)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value.bit_length() > MAX_BITS:
+        raise ArithmeticError(f"a value is too large (over 2 ** {MAX_BITS})")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ArithmeticError(f"a value is not a finite number ({value})")
+    if isinstance(value, complex):  # (-8) ** (1 / 3)
+        raise ArithmeticError(f"a value is not a real number ({value})")
+    return value
 
 
 def lookup(tree: dict[str, Any], key: str) -> Any:

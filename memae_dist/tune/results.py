@@ -1,8 +1,9 @@
 """A finished (or interrupted) sweep as a table: one row per trial, the best one, and files.
 
 Outputs in ``--out DIR``: ``trials.csv``, ``objective_vs_params.png``, ``best.yaml`` (a config
-``memae-dist train --config`` accepts) and ``best.json`` (best trial, checkpoint URI, test
-metrics).
+``memae-dist train --config`` accepts), ``best.json`` (best trial, checkpoint URI, test
+metrics) and ``test/`` (the best checkpoint scored on the test split). Each file is written
+whole or not at all, and the folder only ever holds one sweep's results.
 """
 
 from __future__ import annotations
@@ -10,13 +11,19 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from memae_dist.data.atomic import atomic_local
+from memae_dist.data.redact import error_reason
 from memae_dist.data.storage import StorageConfig, exists, join
+from memae_dist.errors import UserError
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective
 from memae_dist.tune.space import SearchSpace
 from memae_dist.tune.trainable import RUNS_DIR
@@ -147,15 +154,103 @@ def best_checkpoint(row: TrialRow, storage: StorageConfig | None) -> str | None:
 
 
 # ---------------------------------------------------------------------------- outputs
+TABLE, BEST_YAML, BEST_JSON, TEST_DIR = "trials.csv", "best.yaml", "best.json", "test"
+# What scoring the test split writes into TEST_DIR (evaluate.run, evaluate.protocol).
+TEST_FILES = ("metrics.json", "frames.csv", "scores.parquet", "scores.png", "roc.png")
+
+
+def check_out(value: Path, sweep_uri: str) -> Path:
+    """``--out``, before any trial: a folder this process can write, holding no other sweep's
+    results (a table of one sweep beside the best config of another would mislead)."""
+    from memae_dist.commands.common import local_folder
+
+    try:  # created now: a folder that cannot be made or written fails here, not after hours
+        out = local_folder(str(value), "--out")
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {value}: cannot write there: {_reason(exc)}") from None
+    owner = out_owner(out)
+    if owner is not None and owner != sweep_uri:
+        raise UserError(f"--out {value}: holds the results of sweep {owner}; pick another --out "
+                        "(or remove that folder) so the two sweeps' results do not mix")
+    return out
+
+
+def out_owner(out: Path) -> str | None:
+    """The sweep whose results ``out`` holds (from best.json, else trials.csv), None if none."""
+    summary, table = out / BEST_JSON, out / TABLE
+    path = summary if summary.exists() else table if table.exists() else None
+    sweep = None
+    try:
+        if path == summary:
+            sweep = json.loads(summary.read_text()).get("sweep")
+        elif path == table:
+            with table.open(newline="") as fh:
+                reader = csv.DictReader(fh)
+                first = next(reader, None)
+                if first is None and {"trial_id", "run"} <= set(reader.fieldnames or ()):
+                    return None  # a table of no trial: nothing to mix with
+            run = (first or {}).get("run") or ""  # SWEEP/runs/<trial id>
+            sweep = run.rsplit("/", 2)[0] if run.count("/") >= 2 else None
+        else:
+            return None
+    except (OSError, ValueError, AttributeError, csv.Error):
+        pass
+    if not isinstance(sweep, str):
+        raise UserError(f"--out {out}: {path.name} there is not a sweep's result (unreadable, or "
+                        "written by something else); pick another --out")
+    return sweep
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """An OSError while writing a result is one line naming the file: the sweep itself is kept
+    in its storage, so rerunning the same command writes the results again."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {_reason(exc)} (the sweep is kept: rerun "
+                        "the same command to write its results again)") from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or error_reason(exc)  # "Permission denied", without the path again
+
+
+def write_text(path: Path, text: str) -> None:
+    with writing(path), atomic_local(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
 def write_csv(rows: list[TrialRow], path: Path) -> None:
     flat = [r.flat() for r in rows]
     columns: list[str] = []
     for row in flat:
         columns.extend(k for k in row if k not in columns)
-    with path.open("w", newline="") as fh:
+    with writing(path), atomic_local(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
+
+
+def remove_stale(out: Path, best: bool, test: bool) -> None:
+    """Drop what an earlier sweep of this name left and this one did not write: a sweep whose
+    folder was removed and started over with no finite objective must not leave the old best
+    config (or its test score) beside its own table. Only the files a sweep writes go, by
+    name: --out may be a folder that holds other things, even one called test/."""
+    stale = [] if best else [out / BEST_YAML, out / BEST_JSON]
+    if not test and (out / TEST_DIR).is_dir():
+        stale += [out / TEST_DIR / name for name in TEST_FILES]
+    for path in stale:
+        with writing(path):
+            path.unlink(missing_ok=True)
+    if not test:
+        try:
+            (out / TEST_DIR).rmdir()
+        except OSError:  # absent, or holding files that are not ours
+            pass
 
 
 def write_best(out: Path, row: TrialRow, space: SearchSpace, base: dict, sweep_name: str,
@@ -168,13 +263,13 @@ def write_best(out: Path, row: TrialRow, space: SearchSpace, base: dict, sweep_n
               f"({objective.mode}) objective {row.objective:.6g} at epoch {row.best_epoch}.\n"
               f"# Its checkpoint: {checkpoint or '(none)'}\n"
               f"# Train it again with: memae-dist train --config best.yaml\n")
-    path = out / "best.yaml"
-    path.write_text(header + yaml.safe_dump(tree, sort_keys=False))
+    path = out / BEST_YAML
+    write_text(path, header + yaml.safe_dump(tree, sort_keys=False))
     return path
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    (out / "best.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(out / BEST_JSON, json.dumps(summary, indent=2, default=str))
 
 
 def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: Path) -> None:
@@ -204,8 +299,11 @@ def plot(rows: list[TrialRow], space: SearchSpace, objective: Objective, path: P
     if axes[0][0].get_legend_handles_labels()[0]:
         axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with writing(path), atomic_local(path) as fh:
+            fig.savefig(fh, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def _spans_decades(values: list) -> bool:

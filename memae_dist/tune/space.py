@@ -219,7 +219,7 @@ def _parse_values(kind: str, raw: Any, where: str) -> tuple:
     if kind in ("choice", "grid"):
         if not isinstance(raw, list) or not raw:
             raise UserError(f"{where}.{kind} must be a non-empty list of values, got {raw!r}")
-        values = tuple(_number_or_value(v) for v in raw)
+        values = tuple(_number_or_value(v, f"{where}.{kind}") for v in raw)
         if len(set(map(repr, values))) != len(values):
             raise UserError(f"{where}.{kind} lists a value twice: {list(values)}")
         return values
@@ -354,7 +354,7 @@ def _config_leaves() -> set[str]:
 def _number(value: Any, where: str) -> float:
     if isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "1e-4" as a string
+            value = float(value)  # YAML 1.1 reads "1e-4" as a string (and "inf" too)
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -362,12 +362,15 @@ def _number(value: Any, where: str) -> float:
     return value
 
 
-def _number_or_value(value: Any) -> Any:
+def _number_or_value(value: Any, where: str) -> Any:
+    """A choice: a finite number (also when YAML read it as text) or any other value."""
     if isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             return value
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{where}: expected finite numbers, got {value!r}")
     return value
 
 

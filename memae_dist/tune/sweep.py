@@ -93,9 +93,11 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     """Run (or resume) the sweep ``STORAGE/NAME`` and write its results into ``opts.out``."""
     from ray import tune
 
-    cfg = trial_scale(cfg, opts)
-    # A space that reaches a bad config fails before --val-from-test writes into the dataset.
+    cfg = with_absolute_paths(trial_scale(cfg, opts))
+    # A space that reaches a bad config, or an --out the results cannot go to, fails before
+    # --val-from-test writes into the dataset.
     space.check_against(cfg.to_dict())
+    res.check_out(opts.out, sweep_uri(space, cfg, opts))
     cfg = with_val_split(cfg, opts)
     objective = resolve_objective(space.objective, cfg)
     cfg = keep_best_by(cfg, objective)
@@ -133,7 +135,7 @@ class _Sweep:
     opts: SweepOptions
     objective: Objective
     samples: int
-    storage: str  # as given: a path or a URI
+    storage: str  # a URI, or an absolute path (trials and other nodes see the same folder)
     name: str
     uri: str  # STORAGE/NAME, absolute when local
     fs: Any  # pyarrow filesystem and path of ``uri``, for Tune
@@ -150,11 +152,16 @@ class _Sweep:
     @classmethod
     def plan(cls, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
              objective: Objective) -> _Sweep:
-        storage, name = opts.storage or cfg.run.storage, opts.name or space.name
-        uri = join(storage if "://" in storage else os.path.abspath(storage), name)
+        storage, name = absolute(opts.storage or cfg.run.storage), opts.name or space.name
+        uri = sweep_uri(space, cfg, opts)
         fs, fs_path = portable_fs(uri, cfg.storage)
         return cls(space, cfg, opts, objective, opts.samples or space.samples, storage, name,
                    uri, fs, fs_path)
+
+
+def sweep_uri(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> str:
+    """STORAGE/NAME, absolute when local."""
+    return join(absolute(opts.storage or cfg.run.storage), opts.name or space.name)
 
 
 def make_tuner(sweep: _Sweep, trainable, concurrent: int, registry_name: str):
@@ -227,8 +234,7 @@ def finish(sweep: _Sweep) -> SweepResult:
     rows = res.collect(analysis, space, base, objective, sweep.uri, cfg.train.epochs)
     interrupted = any(r.status not in res.FINISHED for r in rows)
     out = Path(opts.out)
-    out.mkdir(parents=True, exist_ok=True)
-    res.write_csv(rows, out / "trials.csv")
+    res.write_csv(rows, out / res.TABLE)
     res.plot(rows, space, objective, out / "objective_vs_params.png")
     print(res.format_table(rows, space, objective))
     best = None if interrupted else res.best_row(rows, objective)
@@ -237,13 +243,30 @@ def finish(sweep: _Sweep) -> SweepResult:
         checkpoint = res.best_checkpoint(best, cfg.storage)
         res.write_best(out, best, space, base, sweep.name, objective, checkpoint)
         if opts.test and checkpoint:
-            test_metrics = score_test_once(checkpoint, cfg, out / "test")
+            test_metrics = score_test_once(checkpoint, cfg, out / res.TEST_DIR)
         res.write_summary(out, {
             "sweep": sweep.uri, "objective": asdict(objective), "trial": best.trial_id,
             "value": best.objective, "epoch": best.best_epoch, "params": best.params,
             "checkpoint": checkpoint, "test": test_metrics,
         })
+    res.remove_stale(out, best=best is not None, test=test_metrics is not None)
     return SweepResult(sweep.uri, rows, objective, best, checkpoint, test_metrics, interrupted)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded, as the storage layer reads it); URIs and an
+    unset path as they are."""
+    return uri if not uri or "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Trials run in their own Tune trial folders, not in the driver's working directory: a
+    relative --data or storage would name another folder there. best.yaml gets these too, so
+    ``train --config best.yaml`` reads the same dataset from wherever it is run."""
+    tree = cfg.to_dict()
+    tree["data"]["path"] = absolute(cfg.data.path)
+    tree["run"]["storage"] = absolute(cfg.run.storage)
+    return from_dict(ExperimentConfig, tree)
 
 
 def trial_scale(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
@@ -367,11 +390,9 @@ def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path) -> dict |
     from memae_dist.data.manifest import load_manifest
     from memae_dist.evaluate.run import evaluate_checkpoint
 
-    done = out / "metrics.json"
-    if done.exists():
-        previous = json.loads(done.read_text())
-        if previous.get("checkpoint") == checkpoint:
-            return previous
+    previous = _previous_score(out / "metrics.json")
+    if previous is not None and previous.get("checkpoint") == checkpoint:
+        return previous
     manifest = load_manifest(cfg.data.path, cfg.storage)
     split = cfg.eval.split
     videos = manifest.splits.get(split, [])
@@ -382,12 +403,33 @@ def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path) -> dict |
                                batch_size=cfg.eval.batch_size, storage=cfg.storage)
 
 
+def _previous_score(path: Path) -> dict | None:
+    """A test score left by an earlier run of this sweep, or None: it only saves scoring again,
+    so a missing, damaged or unreadable one means scoring again (which rewrites it whole)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError included
+        log.warning("%s is unreadable (%s): scoring the test split again", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def check_same_sweep(sweep_uri: str, cfg: ExperimentConfig, fingerprint: dict) -> None:
     """Resuming a sweep with a different space or config would mix incomparable trials."""
     uri = join(sweep_uri, SWEEP_FILE)
     fingerprint = json.loads(json.dumps(fingerprint, default=str))
     if exists(uri, cfg.storage):
-        saved = json.loads(read_bytes(uri, cfg.storage))
+        try:
+            saved = json.loads(read_bytes(uri, cfg.storage))
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            saved = None
+        if not isinstance(saved, dict):
+            # Without it nothing tells whether resuming would mix incomparable trials.
+            raise UserError(f"{uri}: damaged sweep file (not the JSON this sweep wrote); "
+                            "restore it, or remove the sweep folder or pick another --name to "
+                            "start over")
         for key, value in fingerprint.items():
             if saved.get(key) != value:
                 raise UserError(f"sweep {sweep_uri} already exists with a different {key}; "

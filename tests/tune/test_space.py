@@ -178,3 +178,50 @@ def test_a_bad_space_fails_before_val_from_test_writes_into_the_dataset(tmp_path
     assert "model.shrink_threshold must be < 1" in capsys.readouterr().err
     assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_numbers_in_a_space_file_must_be_finite(tmp_path):
+    # YAML reads `inf` and `nan` (no dot) as text, `.inf` and `.nan` as floats: both refused.
+    for bad in ("inf", float("inf"), "-inf", "nan"):
+        data = good()
+        data["params"]["k"] = {"uniform": [1, bad]}
+        refuse(tmp_path, data, "params.k.uniform", "expected a finite number")
+    data = good()
+    data["params"]["k"] = {"uniform": [1, 3], "bounds": ["-inf", "inf"]}
+    refuse(tmp_path, data, "params.k.bounds", "expected a finite number")
+    for bad in ("nan", float("nan"), "inf"):
+        data = good()
+        data["params"]["model.entropy_weight"] = {"choice": [1e-4, bad]}
+        refuse(tmp_path, data, "params.model.entropy_weight.choice", "finite numbers")
+    for bad in ("nan", float("nan"), "inf", -1):
+        data = good()
+        data["objective"]["collapse_penalty"] = bad
+        refuse(tmp_path, data, "objective.collapse_penalty")
+
+
+def test_derived_values_too_large_or_not_finite_fail_at_once_naming_the_expression():
+    import time
+
+    for expr, reason in (("10 ** 10 ** 10 * k", "too large"),
+                         ("(k * 2 ** 900) ** 2", "too large"),
+                         ("0.5 ** -2000 * k", "too large"),
+                         ("k * 1e308 * 10", "not a finite number"),
+                         ("k + float('nan')", "not a finite number"),
+                         ("k * exp(1000)", "range"),
+                         ("(-k) ** 0.5", "not a real number"),
+                         ("'x' * 10 ** 9 if k else 0", "text can only be joined with +")):
+        space = parse_space({"params": {"k": {"uniform": [1, 3]}},
+                             "derived": {"model.shrink_threshold": expr}}, "big.yaml")
+        start = time.monotonic()
+        with pytest.raises(UserError) as info:
+            space.check_against(BASE)
+        assert time.monotonic() - start < 5, expr
+        message = str(info.value)
+        assert "\n" not in message and f"derived.model.shrink_threshold = {expr!r}" in message
+        assert reason in message, message
+    # Powers of a sane size still evaluate.
+    space = parse_space({"params": {"k": {"uniform": [1, 3]}},
+                         "derived": {"model.shrink_threshold": "k ** 2 / 2 ** 10",
+                                     "model.entropy_weight": "2 ** -5000 + 10 ** -4"}}, "s.yaml")
+    out = space.assignments({"k": 2.0}, BASE)
+    assert out["model.shrink_threshold"] == 4 / 1024 and out["model.entropy_weight"] == 1e-4

@@ -218,3 +218,124 @@ def test_diverging_trial_is_marked_and_an_interrupted_sweep_resumes(tiny_data, t
     assert second.checkpoint and Path(second.checkpoint, "state.pt").exists()
     table = read_rows(tmp_path / "out" / "trials.csv")
     assert {r["status"] for r in table} == {"COMPLETED", "DIVERGED"}
+
+
+# One trial of one epoch: what the tests of paths and outputs need, and no more.
+ONE = {"name": "one", "samples": 1, "params": {"model.num_slots": {"choice": [20]}}}
+# Sampled values inside (1, 3) give lambda = 5, the corners a valid one: the space passes the
+# up-front corner check and every trial then fails on its config.
+FAILING = {"name": "fails", "samples": 1, "params": {"k": {"uniform": [1, 3]}},
+           "derived": {"model.shrink_threshold": "5 if 1 < k < 3 else 0.01"}}
+
+
+def last_err_line(capsys) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_relative_paths_a_damaged_score_and_a_sweep_started_over(tiny_data, tmp_path,
+                                                                 monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # every path below is relative to it, as in the README
+    shutil.copytree(tiny_data, "data")
+    Path("base.yaml").write_text(yaml.safe_dump(BASE))
+    Path("one.yaml").write_text(yaml.safe_dump(ONE))
+    Path("fails.yaml").write_text(yaml.safe_dump(FAILING))
+    flags = ["--config", "base.yaml", "--data", "data", "--scheduler", "fifo", "--set",
+             "train.epochs=1", "--storage", "sweeps", "--out", "out"]
+    one = ["tune", "--space", "one.yaml", "--val-from-test", "1", "--name", "rel", *flags]
+    out, sweep = tmp_path / "out", tmp_path / "sweeps" / "rel"
+
+    # Trials run in Tune's trial folders: they get the dataset and storage as absolute paths.
+    assert main(one) == 0, capsys.readouterr().err
+    assert [r["status"] for r in read_rows(out / "trials.csv")] == ["COMPLETED"]
+    assert load_config(out / "best.yaml").data.path == str(tmp_path / "data")
+    best = json.loads((out / "best.json").read_text())
+    assert best["sweep"] == str(sweep) and best["checkpoint"].startswith(str(sweep / "runs"))
+
+    # A damaged test score is not trusted: the rerun scores the test split again.
+    metrics = out / "test" / "metrics.json"
+    metrics.write_text(metrics.read_text()[:40])
+    assert main(one) == 0, capsys.readouterr().err
+    assert json.loads(metrics.read_text())["checkpoint"] == best["checkpoint"]
+
+    # Another sweep is refused that --out before it starts, so the two never mix.
+    other = ["tune", "--space", "one.yaml", "--name", "other", *flags]
+    assert main(other) == 2
+    assert last_err_line(capsys) == (f"memae-dist: error: --out out: holds the results of "
+                                     f"sweep {sweep}; pick another --out (or remove that "
+                                     "folder) so the two sweeps' results do not mix")
+    assert not (tmp_path / "sweeps" / "other").exists()
+
+    # Started over under the same name, every trial fails: the line says why, and the first
+    # sweep's best config and test score are gone from --out.
+    shutil.rmtree(sweep)
+    assert main(["tune", "--space", "fails.yaml", "--name", "rel", *flags]) == 1
+    err = last_err_line(capsys)
+    assert err.startswith("memae-dist: no trial finished with a finite objective: every trial "
+                          "failed; trial ")
+    assert err.endswith("model.shrink_threshold must be < 1, got 5.0"), err
+    assert [r["status"] for r in read_rows(out / "trials.csv")] == ["ERROR"]
+    assert sorted(os.listdir(out)) == ["objective_vs_params.png", "trials.csv"]
+
+
+def test_out_is_checked_before_any_trial(tmp_path, capsys):
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    sweeps = tmp_path / "sweeps"
+
+    def tune(out: Path) -> str:
+        assert main(["tune", "--space", "smoke", "--config", str(base), "--data",
+                     str(tmp_path / "data"), "--val-from-test", "1", "--storage", str(sweeps),
+                     "--name", "s", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and not sweeps.exists(), err
+        return err[0]
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    assert tune(afile) == f"memae-dist: error: --out {afile}: exists and is not a folder"
+    long = tmp_path / ("x" * 300)
+    assert tune(long) == f"memae-dist: error: --out {long}: cannot write there: File name too long"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "trials.csv").write_text("a,b\n1,2\n")
+    assert tune(foreign) == (f"memae-dist: error: --out {foreign}: trials.csv there is not a "
+                             "sweep's result (unreadable, or written by something else); pick "
+                             "another --out")
+    (foreign / "best.json").write_text(json.dumps({"sweep": "s3://bucket/sweeps/s"}))
+    assert tune(foreign) == (f"memae-dist: error: --out {foreign}: holds the results of sweep "
+                             "s3://bucket/sweeps/s; pick another --out (or remove that folder) "
+                             "so the two sweeps' results do not mix")
+
+
+def test_a_damaged_sweep_file_is_one_line_naming_it(tiny_data, tmp_path, capsys):
+    base, space = tmp_path / "base.yaml", tmp_path / "one.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    space.write_text(yaml.safe_dump(ONE))
+    sweep_file = tmp_path / "sweeps" / "one" / "sweep.json"
+    sweep_file.parent.mkdir(parents=True)
+    cfg = load_config(None, [])
+    check_same_sweep(str(sweep_file.parent), cfg, {"space": {"k": [1, 3]}, "samples": 2})
+    for damaged in (sweep_file.read_bytes()[:10], b"\xff\xfe", b"[1, 2]"):
+        sweep_file.write_bytes(damaged)
+        assert main(["tune", "--space", str(space), "--config", str(base), "--data", tiny_data,
+                     "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "out")]) == 2
+        assert last_err_line(capsys) == (
+            f"memae-dist: error: {sweep_file}: damaged sweep file (not the JSON this sweep "
+            "wrote); restore it, or remove the sweep folder or pick another --name to start "
+            "over")
+        assert sorted(os.listdir(sweep_file.parent)) == ["sweep.json"]  # no trial started
+
+
+def test_a_result_that_cannot_be_written_is_one_line_naming_it(tmp_path):
+    from memae_dist.tune import results as res
+
+    blocked = tmp_path / "out"
+    blocked.write_text("")  # a file where the results' folder must go
+    row = res.TrialRow("t1", res.COMPLETED, 1, 0.5, 1, {"model.num_slots": 20})
+    with pytest.raises(UserError) as info:
+        res.write_csv([row], blocked / "trials.csv")
+    assert str(info.value) == (f"cannot write {blocked / 'trials.csv'}: File exists (the sweep "
+                               "is kept: rerun the same command to write its results again)")
+    with pytest.raises(UserError, match=f"cannot write {blocked / 'best.json'}: "):
+        res.write_summary(blocked, {"sweep": "s"})
+    assert blocked.read_text() == ""
