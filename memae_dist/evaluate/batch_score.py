@@ -288,21 +288,52 @@ def write_scores(uri: str, table: pa.Table, meta: dict,
 
 
 def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Table, dict]:
-    """(table, metadata) of a scores file written by ``score``."""
+    """(table, metadata) of a scores file written by ``score``; anything else is refused."""
     blob = read_bytes(uri, storage)
+    # Parquet reads the bytes from an Arrow-owned copy: a source that holds a Python object
+    # (BytesIO, bytes) is released by one of Arrow's pool threads, which then waits for the
+    # GIL; when the command exits right after (a refused file), that thread meets a finalising
+    # interpreter and the process aborts ("terminate called without an active exception").
+    arrow_blob = pa.BufferOutputStream()
+    arrow_blob.write(blob)
     try:
-        table = pq.read_table(io.BytesIO(blob))
+        table = pq.read_table(pa.BufferReader(arrow_blob.getvalue()))
     except (pa.ArrowInvalid, OSError):
         raise UserError(f"{uri} is not a scores file: not Parquet (scores are written by "
                         "'memae-dist score' and 'memae-dist evaluate')") from None
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    meta = json.loads(raw) if raw else {}
-    if meta.get("format") != SCORES_FORMAT:
-        raise UserError(f"{uri} is not a memae-dist scores file (written by 'memae-dist score')")
+    meta = _scores_meta(uri, (table.schema.metadata or {}).get(META_KEY))
     missing = [n for n in SCHEMA.names if n not in table.column_names]
     if missing:
         raise UserError(f"{uri} lacks column(s) {', '.join(missing)}")
+    for expected in SCHEMA:
+        found = table.schema.field(expected.name).type
+        if found != expected.type:
+            raise UserError(f"{uri}: column '{expected.name}' holds {found}, expected "
+                            f"{expected.type} as 'memae-dist score' writes it")
+        # Only a label may be unknown (an unlabelled video); a null anywhere else would turn
+        # into NaN or a bogus video name downstream.
+        if expected.name != "label" and table.column(expected.name).null_count:
+            raise UserError(f"{uri}: column '{expected.name}' has missing values")
     return table.replace_schema_metadata(None), meta
+
+
+def _scores_meta(uri: str, raw: bytes | None) -> dict:
+    """The ``memae_dist`` metadata of a scores file, checked to be one this code can read."""
+    try:
+        meta = json.loads(raw) if raw else {}
+    except ValueError:  # also UnicodeDecodeError
+        raise UserError(f"{uri}: its '{META_KEY.decode()}' metadata is not valid JSON "
+                        "(the file is damaged, or was not written by 'memae-dist score')") from None
+    if not isinstance(meta, dict) or meta.get("format") != SCORES_FORMAT:
+        raise UserError(f"{uri} is not a memae-dist scores file (written by 'memae-dist score')")
+    version = meta.get("format_version")
+    if type(version) is not int or version < 1:
+        raise UserError(f"{uri}: unknown scores format_version {version!r} (expected "
+                        f"1 to {SCORES_VERSION})")
+    if version > SCORES_VERSION:
+        raise UserError(f"{uri} was written by a newer memae-dist (scores format_version "
+                        f"{version}; this one reads up to {SCORES_VERSION}): upgrade memae-dist")
+    return meta
 
 
 def video_scores(table: pa.Table, labelled_only: bool = False) -> list[VideoScores]:

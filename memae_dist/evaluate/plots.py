@@ -8,13 +8,51 @@ lazily so importing this module stays cheap.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from memae_dist.data.atomic import atomic_local
+from memae_dist.data.redact import error_reason
+from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, abnormality, regularity
+
+# The temporary sibling ``atomic_local`` writes first: ``.NAME.tmp-<uuid hex>``.
+_ATOMIC_TEMP = re.compile(r"\.(.+)\.tmp-[0-9a-f]{32}")
+
+
+@contextmanager
+def writing(target) -> Iterator[None]:
+    """An OSError while creating or writing outputs becomes ``cannot write PATH: reason``.
+
+    PATH is the output file the error is about (the file a temporary sibling was to become), or
+    ``target`` when the error names none of them: a folder that cannot be made, a full disk."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(f"cannot write {_written(exc, target)}: {_reason(exc)}") from None
+
+
+def _written(exc: OSError, target) -> str:
+    for name in (exc.filename2, exc.filename):  # os.replace: (temp, destination)
+        if name is None:
+            continue
+        folder, base = os.path.split(os.fsdecode(name))
+        temp = _ATOMIC_TEMP.fullmatch(base)
+        if temp:
+            return os.path.join(folder, temp.group(1))
+    return os.fspath(target)
+
+
+def _reason(exc: OSError) -> str:
+    # strerror leaves out the paths (a temporary name means nothing to the user).
+    if exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return error_reason(exc)
 
 
 def _new_figure(width: float, height: float):
@@ -29,7 +67,7 @@ def _new_figure(width: float, height: float):
 def _save_png(fig, path) -> Path:
     """Save ``fig`` as PNG at ``path`` via a temp name and ``os.replace``."""
     out = Path(path)
-    with atomic_local(out) as fh:
+    with writing(out), atomic_local(out) as fh:
         fig.savefig(fh, format="png", dpi=100)
     return out
 

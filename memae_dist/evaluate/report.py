@@ -22,7 +22,7 @@ from memae_dist.data.atomic import atomic_local
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import read_scores, video_scores
-from memae_dist.evaluate.plots import plot_roc, plot_video
+from memae_dist.evaluate.plots import plot_roc, plot_video, writing
 from memae_dist.evaluate.protocol import METRICS, VideoScores, evaluate_videos
 
 log = logging.getLogger("memae_dist.report")
@@ -71,7 +71,8 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     chosen = parse_frames(frames) or top_frames(videos, top)
     sources = _model_sources(report, meta, checkpoint, data, storage)
     check_frames(chosen, videos, sources and sources[1].videos(meta.get("split", "test")))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     scored = [v for v in videos if v.name in labelled]
     if scored:
         report.metrics = evaluate_videos(scored)
@@ -225,7 +226,7 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
         parts += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{e(n)}</li>" for n in report.notes]
         parts.append("</ul>")
     parts += ["</body>", "</html>", ""]
-    with atomic_local(report.index, "w", encoding="utf-8") as fh:
+    with writing(report.index), atomic_local(report.index, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))
     return report.index
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import ScoreConfig, read_scores, score_dataset, video_scores
-from memae_dist.evaluate.plots import plot_roc, plot_score_curves
+from memae_dist.evaluate.plots import plot_roc, plot_score_curves, writing
 from memae_dist.evaluate.protocol import (
     METRICS,
     PROTOCOL_HELP,
@@ -46,7 +46,8 @@ def evaluate_checkpoint(
 ) -> dict:
     """Score ``split`` with ``checkpoint`` (``workers=0``: in this process; N: N Ray actors)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ScoreConfig(split=split, error=error, batch_size=batch_size, workers=workers,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       progress=progress)
@@ -84,8 +85,9 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str = "
         error=meta.get("error"), variant=meta.get("variant"),
         scores=scores_uri or str(out_dir / SCORES_FILE),
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics(out_dir, metrics, frame_table(videos))
+    with writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(out_dir, metrics, frame_table(videos))
     plot_score_curves(videos, out_dir / "scores.png")
     plot_roc(videos, out_dir / "roc.png")
     return json.loads((out_dir / "metrics.json").read_text())

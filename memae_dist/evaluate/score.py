@@ -25,12 +25,21 @@ import torch
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.manifest import Manifest, VideoEntry, load_manifest
 from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
-from memae_dist.data.storage import StorageConfig, join, pyarrow_fs, read_bytes, user_errors
+from memae_dist.data.storage import (
+    StorageConfig,
+    exists,
+    is_folder,
+    join,
+    pyarrow_fs,
+    read_bytes,
+    user_errors,
+)
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows, window_error
 from memae_dist.models import MemAE, build_model
 from memae_dist.models.fuse import for_inference, inference_layout
 from memae_dist.train.checkpoint import (
+    CONFIG_FILE,
     STATE_FILE,
     read_checkpoint_config,
     resolve_checkpoint,
@@ -40,6 +49,8 @@ from memae_dist.train.checkpoint import (
 log = logging.getLogger("memae_dist.score")
 SEGMENT_COLUMNS = ["video", "start", "num_frames", "video_frames", "height", "width", "frames"]
 PRECISIONS = ("auto", "fp32", "bf16")
+CHECKPOINT_IS = (f"give a checkpoint folder (with {STATE_FILE} and {CONFIG_FILE}), its "
+                 f"{STATE_FILE}, or a run folder (meaning its latest checkpoint)")
 
 
 @dataclass
@@ -51,14 +62,33 @@ class LoadedModel:
 
 def read_model_state(uri: str, storage: StorageConfig | None = None) -> tuple[str, dict, dict]:
     """(checkpoint URI, experiment config dict, model state dict) of a checkpoint or run URI."""
-    ckpt = resolve_checkpoint(uri, storage)
+    ckpt = _checkpoint_folder(uri, storage)
     config = read_checkpoint_config(ckpt, storage)
-    blob = read_bytes(join(ckpt, STATE_FILE), storage)
+    state_uri = join(ckpt, STATE_FILE)
+    blob = read_bytes(state_uri, storage)
     try:
         state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise unreadable_state(join(ckpt, STATE_FILE), exc) from None
-    return ckpt, config, state["model"]
+        raise unreadable_state(state_uri, exc) from None
+    weights = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(weights, dict):
+        raise UserError(f"{state_uri} is not a memae-dist checkpoint (a torch file without its "
+                        "'model' weights; checkpoints are written by 'memae-dist train')")
+    return ckpt, config, weights
+
+
+def _checkpoint_folder(uri: str, storage: StorageConfig | None) -> str:
+    """The checkpoint ``uri`` means, or one line saying what a checkpoint is."""
+    if not is_folder(uri, storage) and exists(uri, storage):
+        if uri.rstrip("/").rsplit("/", 1)[-1] != STATE_FILE:
+            raise UserError(f"{uri} is a file, not a checkpoint: {CHECKPOINT_IS}")
+        if "/" not in uri:
+            uri = f"./{uri}"  # a bare "state.pt" still names the folder it is in
+    ckpt = resolve_checkpoint(uri, storage)
+    if not exists(join(ckpt, CONFIG_FILE), storage):
+        raise UserError(f"{ckpt} has {STATE_FILE} but no {CONFIG_FILE}, so it is not a "
+                        f"complete checkpoint: {CHECKPOINT_IS}")
+    return ckpt
 
 
 def model_from_state(config: dict, state: dict) -> tuple[MemAE, ExperimentConfig]:

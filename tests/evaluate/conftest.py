@@ -6,6 +6,8 @@ test free of training cost while going through the same files a trained run writ
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -31,6 +33,26 @@ def make_checkpoint(folder, data: str, *overrides: str) -> str:
     save_checkpoint(folder, model, torch.optim.Adam(model.parameters()), TrainState(epoch=1),
                     cfg.to_dict())
     return str(folder)
+
+
+def write_scores_file(path, **meta) -> str:
+    """A small scores file as 'memae-dist score' writes it: two labelled videos of 12 scored
+    frames, each with abnormal frames. ``meta`` overrides entries of its metadata."""
+    from memae_dist.evaluate.batch_score import SCHEMA, SCORES_FORMAT, SCORES_VERSION, write_scores
+    from memae_dist.evaluate.protocol import regularity
+
+    rng = np.random.default_rng(0)
+    parts = []
+    for name in ("01", "02"):
+        scores = rng.random(12)
+        labels = (np.arange(12) >= 6).astype(np.int8)
+        parts.append(pa.table({"video": [name] * 12, "frame": np.arange(8, 20, dtype=np.int32),
+                               "score": scores, "regularity": regularity(scores),
+                               "label": labels}, schema=SCHEMA))
+    write_scores(str(path), pa.concat_tables(parts),
+                 {"format": SCORES_FORMAT, "format_version": SCORES_VERSION, "checkpoint": None,
+                  "data": None, "split": "test", "error": "mse", **meta})
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,18 @@
 """``score`` with Ray Data: N actors give exactly the scores of one process, in the right place."""
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from memae_dist.cli import main
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import (
+    META_KEY,
     SCHEMA,
     ScoreConfig,
     read_scores,
@@ -16,7 +20,7 @@ from memae_dist.evaluate.batch_score import (
     video_scores,
 )
 from memae_dist.evaluate.score import load_model, score_split
-from tests.evaluate.conftest import make_checkpoint
+from tests.evaluate.conftest import make_checkpoint, write_scores_file
 
 
 def test_two_workers_score_exactly_like_one_process(segmented_data, tiny_checkpoint, s3_bucket,
@@ -122,3 +126,44 @@ def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_dat
     (tmp_path / "junk.parquet").write_text("not parquet")
     with pytest.raises(UserError, match=r"junk\.parquet is not a scores file: not Parquet \("):
         read_scores(str(tmp_path / "junk.parquet"))
+
+
+def test_malformed_scores_files_are_refused_in_one_line(tmp_path, capsys):
+    good = write_scores_file(tmp_path / "good.parquet")
+    table = pq.read_table(good)
+    meta = json.loads(table.schema.metadata[META_KEY])
+    scores = table.column("score").to_pylist()
+
+    def with_meta(**changes):
+        return table.replace_schema_metadata({META_KEY: json.dumps({**meta, **changes})})
+
+    cases = {
+        "not_json": (table.replace_schema_metadata({META_KEY: b"{not json"}),
+                     "its 'memae_dist' metadata is not valid JSON"),
+        "not_an_object": (table.replace_schema_metadata({META_KEY: b"[1]"}),
+                          "is not a memae-dist scores file"),
+        "string_scores": (table.set_column(2, "score", pa.array([str(s) for s in scores])),
+                          "column 'score' holds string, expected double"),
+        "missing_score": (table.set_column(2, "score", pa.array([None] + scores[1:],
+                                                                pa.float64())),
+                          "column 'score' has missing values"),
+        "newer": (with_meta(format_version=99), "written by a newer memae-dist (scores "
+                  "format_version 99; this one reads up to 1): upgrade memae-dist"),
+        "no_version": (with_meta(format_version=None), "unknown scores format_version None"),
+    }
+    out = tmp_path / "out"
+    for name, (bad, why) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(bad, path)
+        with pytest.raises(UserError, match=r"^" + str(path)) as caught:
+            read_scores(str(path))
+        assert why in str(caught.value), name
+        for verb in ("evaluate", "report"):
+            assert main([verb, "--scores", str(path), "--out", str(out)]) == 2, (name, verb)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and why in err, (name, verb, err)
+    assert not out.exists()
+    # The file these were made from reads, with its labels.
+    read, read_meta = read_scores(good)
+    assert read.num_rows == 24 and read_meta == meta
+    assert [v.labels.sum() for v in video_scores(read, labelled_only=True)] == [6, 6]

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from memae_dist.cli import main
 from memae_dist.evaluate.protocol import METRICS, PROTOCOLS
+from tests.evaluate.conftest import write_scores_file
 
 
 def pairwise_auc(labels, scores) -> float:
@@ -97,3 +98,19 @@ def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys
         assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
         assert why in capsys.readouterr().err
     assert not Path("s3:").exists()  # the URI was not taken for a relative path
+
+
+def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
+    scores = write_scores_file(tmp_path / "scores.parquet")
+    out = tmp_path / "eval"
+    (out / "metrics.json").mkdir(parents=True)  # root-proof: no file can replace a folder
+    assert main(["evaluate", "--scores", scores, "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"memae-dist: error: cannot write {out / 'metrics.json'}"
+                                       ": is a directory\n")
+    assert not list(out.glob(".*.tmp-*"))
+    assert main(["evaluate", "--scores", scores, "--out", "/proc/memae-dist/eval"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "memae-dist: error: cannot write /proc/memae-dist/eval: ")
+    # The same file into a writable folder: the failures above were the folder's alone.
+    assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ok")]) == 0
+    assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["scores"] == scores

@@ -1,6 +1,7 @@
 """``memae-dist export``: ONNX, pt2 and TorchScript models give the PyTorch outputs (< 1e-4)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -100,3 +101,39 @@ def test_export_refuses_bad_settings(tiny_checkpoint, tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_data, tmp_path,
+                                                         capsys, monkeypatch):
+    config = (Path(tiny_checkpoint) / "config.json").read_text()
+    bad = {}
+    for name, foreign in (("linear", torch.nn.Linear(2, 2).state_dict()), ("dict", {"a": 1}),
+                          ("no_weights", {"model": 1})):
+        folder = tmp_path / name
+        folder.mkdir()
+        torch.save(foreign, folder / "state.pt")
+        (folder / "config.json").write_text(config)
+        bad[str(folder)] = f"{folder / 'state.pt'} is not a memae-dist checkpoint"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "state.pt").write_bytes((Path(tiny_checkpoint) / "state.pt").read_bytes())
+    what = "give a checkpoint folder (with state.pt and config.json), its state.pt, or a run"
+    bad[str(lone)] = f"{lone} has state.pt but no config.json, so it is not a complete checkpoint"
+    bad[str(lone / "state.pt")] = bad[str(lone)]
+    (tmp_path / "model.pt").write_bytes(b"")
+    bad[str(tmp_path / "model.pt")] = f"{tmp_path / 'model.pt'} is a file, not a checkpoint"
+    out = tmp_path / "out"
+    for ckpt, why in bad.items():
+        for argv in (["export", "--checkpoint", ckpt, "--format", "onnx",
+                      "--out", str(out / "m.onnx")],
+                     ["evaluate", "--checkpoint", ckpt, "--data", tiny_data, "--workers", "0",
+                      "--out", str(out)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and why in err, (argv, err)
+            if "is not a memae-dist checkpoint" not in why:
+                assert what in err  # where the path was no checkpoint: say what one is
+    assert not out.exists()
+    # A checkpoint's own state.pt names it, also as a bare file name.
+    monkeypatch.chdir(tiny_checkpoint)
+    assert load_model("state.pt").checkpoint_uri == "."

@@ -1,9 +1,11 @@
 """``memae-dist report``: the expected figures, and an index.html that shows them all."""
 
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 
 from memae_dist.cli import main
 from memae_dist.evaluate.batch_score import (
@@ -83,12 +85,18 @@ def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
     assert "video 02, frame 20" in text
 
 
-def test_report_refuses_bad_input_before_writing(scores, tmp_path, capsys):
+def test_report_refuses_bad_input_before_writing(scores, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "refused"
     gone = tmp_path / "gone"
+    foreign = tmp_path / "foreign"  # a torch file of someone else's, beside a real config
+    foreign.mkdir()
+    torch.save({"a": 1}, foreign / "state.pt")
+    shutil.copy(Path(tiny_checkpoint) / "config.json", foreign)
     for extra, why in ((["--frame", "01:3"], "that frame has no score"),
                        (["--frame", "zz:3"], "no video 'zz' in the scores"),
                        (["--checkpoint", str(gone)], str(gone)),  # named by the user: must load
+                       (["--checkpoint", str(foreign)],
+                        f"{foreign / 'state.pt'} is not a memae-dist checkpoint"),
                        ([], "must be a local folder")):
         dest = "s3://bucket/report" if not extra else str(out)
         assert main(["report", "--scores", str(scores), "--out", dest, *extra]) == 2
@@ -114,3 +122,21 @@ def test_report_top_frames_and_missing_model(scores, tmp_path):
     assert "No reconstructions or memory picture" in " ".join(page.text)
     # A frame without a score is refused with a clear message.
     assert main(["report", "--scores", str(scores), "--out", str(out), "--frame", "01:3"]) == 2
+
+
+def test_report_into_an_unwritable_folder_says_which_file(scores, tmp_path, capsys):
+    # Root-proof ways for a write to fail: a folder where a figure goes, a folder /proc refuses.
+    out = tmp_path / "blocked"
+    (out / "roc.png").mkdir(parents=True)
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--slots", "4"]) == 2
+    assert capsys.readouterr().err == (f"memae-dist: error: cannot write {out / 'roc.png'}: "
+                                       "is a directory\n")
+    assert [p.name for p in out.iterdir()] == ["roc.png"]  # no temporary file left behind
+    (out / "roc.png").rmdir()
+    (out / "index.html").mkdir()
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--slots", "4"]) == 2
+    assert f"cannot write {out / 'index.html'}: is a directory" in capsys.readouterr().err
+    assert not list(out.rglob(".*.tmp-*"))
+    assert main(["report", "--scores", str(scores), "--out", "/proc/memae-dist/report"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "memae-dist: error: cannot write /proc/memae-dist/report: ")
