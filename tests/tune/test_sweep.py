@@ -17,14 +17,9 @@ from memae_dist.config import load_config
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
 from memae_dist.train.runlock import LOCK_FILE, RunLock
+from memae_dist.tune.record import check_same_sweep
 from memae_dist.tune.space import load_space, parse_space
-from memae_dist.tune.sweep import (
-    SweepOptions,
-    check_same_sweep,
-    make_search,
-    plan_concurrency,
-    run_sweep,
-)
+from memae_dist.tune.sweep import SweepOptions, make_search, plan_concurrency, run_sweep
 
 # Tiny trials: 16x16 clips, 9 steps of 8 clips per epoch, 2 epochs, one worker of half a CPU.
 BASE = {
