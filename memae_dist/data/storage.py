@@ -111,6 +111,12 @@ def local_path(uri: str) -> str:
     raise UserError(f"{uri!r} is not a local path")
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (``~`` expanded), for processes whose working directory is
+    not this one (Ray workers, Tune trials); URIs, and an unset path, as they are."""
+    return uri if not uri or is_remote(uri) else local_path(uri)
+
+
 def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for ``uri``."""
     if not is_remote(uri):

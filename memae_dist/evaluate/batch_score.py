@@ -34,9 +34,8 @@ import pyarrow.parquet as pq
 from memae_dist.data.manifest import Manifest, load_manifest
 from memae_dist.data.storage import (
     StorageConfig,
-    is_remote,
+    absolute,
     join,
-    local_path,
     read_bytes,
     write_bytes_atomic,
 )
@@ -129,7 +128,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     cfg = cfg or ScoreConfig()
     storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
     # Absolute paths: Ray workers need not share the driver's working directory.
-    checkpoint, data_uri = _absolute(checkpoint), _absolute(data_uri)
+    checkpoint, data_uri = absolute(checkpoint), absolute(data_uri)
     ckpt, config, state = read_model_state(checkpoint, storage)
     _, exp = model_from_state(config, state)  # fails early on a bad checkpoint
     cfg = replace(cfg, error=cfg.error or exp.eval.error)
@@ -193,10 +192,6 @@ def _check_shard_sizes(data_uri: str, manifest: Manifest, split: str,
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}: rerun the same 'memae-dist prepare' to write it "
                         "again ('memae-dist data verify' checks every byte)")
-
-
-def _absolute(uri: str) -> str:
-    return uri if is_remote(uri) else local_path(uri)
 
 
 def _local_batches(model: tuple[dict, dict], kwargs, manifest: Manifest, data_uri: str,

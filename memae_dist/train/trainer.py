@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 from memae_dist.config import ExperimentConfig, from_dict, to_plain
-from memae_dist.data.storage import exists, join, portable_fs, read_bytes
+from memae_dist.data.storage import absolute, exists, join, portable_fs, read_bytes
 from memae_dist.errors import UserError
 from memae_dist.runtime import check_room_for_data, ensure_ray
 from memae_dist.train.checkpoint import (
@@ -47,10 +46,6 @@ class TrainResult:
 
 def run_uri(cfg: ExperimentConfig) -> str:
     return join(absolute(cfg.run.storage), cfg.run.name)
-
-
-def absolute(uri: str) -> str:
-    return uri if "://" in uri else os.path.abspath(uri)
 
 
 def for_workers(cfg: ExperimentConfig) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from memae_dist.config import ExperimentConfig, check_folder_name, from_dict
-from memae_dist.data.storage import join, portable_fs
+from memae_dist.data.storage import absolute, join, portable_fs
 from memae_dist.errors import UserError
 from memae_dist.train.runlock import RunLock
 from memae_dist.tune import cleanup
@@ -250,12 +250,6 @@ def finish(sweep: _Sweep) -> SweepResult:
         })
     res.remove_stale(out, best=best is not None, test=test_metrics is not None)
     return SweepResult(sweep.uri, rows, objective, best, checkpoint, test_metrics, interrupted)
-
-
-def absolute(uri: str) -> str:
-    """A local path made absolute (``~`` expanded, as the storage layer reads it); URIs and an
-    unset path as they are."""
-    return uri if not uri or "://" in uri else os.path.abspath(os.path.expanduser(uri))
 
 
 def with_absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
