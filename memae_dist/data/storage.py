@@ -275,6 +275,13 @@ def is_folder(uri: str, cfg: StorageConfig | None = None) -> bool:
         return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
+def is_file(uri: str, cfg: StorageConfig | None = None) -> bool:
+    """True for a file (an S3 object), False for a folder or nothing."""
+    fs, path = pyarrow_fs(uri, cfg)
+    with user_errors(uri, "check", cfg):
+        return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def makedirs(uri: str, cfg: StorageConfig | None = None) -> None:
     """Create a local directory; on S3 (no real directories) check that the bucket exists."""
     fs, path = pyarrow_fs(uri, cfg)

@@ -28,7 +28,7 @@ from memae_dist.data.shards import damage_reported, open_shard, owned_window_sta
 from memae_dist.data.storage import (
     StorageConfig,
     exists,
-    is_folder,
+    is_file,
     join,
     pyarrow_fs,
     read_bytes,
@@ -79,7 +79,7 @@ def read_model_state(uri: str, storage: StorageConfig | None = None) -> tuple[st
 
 def _checkpoint_folder(uri: str, storage: StorageConfig | None) -> str:
     """The checkpoint ``uri`` means, or one line saying what a checkpoint is."""
-    if not is_folder(uri, storage) and exists(uri, storage):
+    if is_file(uri, storage):
         if uri.rstrip("/").rsplit("/", 1)[-1] != STATE_FILE:
             raise UserError(f"{uri} is a file, not a checkpoint: {CHECKPOINT_IS}")
         if "/" not in uri:
