@@ -122,19 +122,24 @@ def grad_probe(config: dict) -> None:
 
 
 def reference_grads(cfg: ExperimentConfig, clips: np.ndarray, world: int) -> dict:
-    """Single process, plain BatchNorm: micro-batch i is every rank's i-th micro-batch."""
+    """Single process, plain BatchNorm: micro-batch i is every rank's i-th micro-batch.
+
+    In float64: at initialisation the memory hands the decoder near-identical codes, so its
+    first BatchNorm sees channels with |mean| >> std, where the stock fp32 CPU kernel loses
+    digits on some CPUs (2.7% in decoder.0.weight on an AMD EPYC, against 2e-6 for the
+    workers' global BatchNorm, both measured against float64)."""
     from memae_dist.models import build_model, memae_loss
     from memae_dist.train.step import to_model_input
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).train()
-    x = to_model_input(torch.from_numpy(clips))
+    model = build_model(cfg.model).train().double()
+    x = to_model_input(torch.from_numpy(clips)).double()
     per_rank = [part.chunk(cfg.train.grad_accum) for part in x.chunk(world)]
     for i in range(cfg.train.grad_accum):
         batch = torch.cat([micros[i] for micros in per_rank])
         loss, _ = memae_loss(model(batch), batch, cfg.model.effective_entropy_weight)
         (loss / cfg.train.grad_accum).backward()
-    return {k: p.grad for k, p in model.named_parameters()}
+    return {k: p.grad.float() for k, p in model.named_parameters()}
 
 
 def test_ddp_gradients_equal_single_process_gradients(cluster, tmp_path):
