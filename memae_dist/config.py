@@ -65,6 +65,11 @@ class ExperimentConfig:
     storage: StorageConfig = field(default_factory=StorageConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        if self.model.arch != "video" and self.data.window != 1:
+            raise UserError(f"model.arch={self.model.arch} reconstructs one image at a time: "
+                            f"set data.window=1 (got {self.data.window})")
+
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 

@@ -26,7 +26,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
     [
         (["train", "--config", "missing.yaml", "--data", "x"], "config file not found: missing"),
         (["train", "--config", "ped2-lite", "--data", "x"],
-         "config not found: ped2-lite (a YAML file, or a shipped name: demo, ped2, ped2_lite)"),
+         "config not found: ped2-lite (a YAML file, or a shipped name: demo, mnist, ped2, "
+         "ped2_lite)"),
         (["train", "--config", "demo", "--set", "model.num_slots=0"], "model.num_slots"),
         (["train", "--config", "demo", "--set", "model.slots=3"], "unknown config key"),
         # A bad value from a flag names the flag, not the recipe it overrides.

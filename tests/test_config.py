@@ -119,3 +119,20 @@ def test_global_batch_is_split_over_workers_and_accumulation():
     assert cfg.train.micro_batch_size == 4
     debug = load_config(None, ["train.batch_size=16", "train.workers=0"])
     assert debug.train.micro_batch_size == 16
+
+
+def test_image_nets_take_one_frame_per_sample():
+    with pytest.raises(UserError, match=r"model.arch=image reconstructs one image at a time: "
+                                        r"set data.window=1 \(got 16\)"):
+        load_config(None, ["model.arch=image"])
+    cfg = load_config(None, ["model.arch=mlp", "data.window=1"])
+    assert (cfg.model.arch, cfg.data.window) == ("mlp", 1)
+
+
+def test_mnist_is_the_papers_image_recipe():
+    """N = 100 as in the paper, lambda inside 1/N..3/N, one query per image (bench/RESULTS.md)."""
+    cfg = load_config(CONFIGS / "mnist.yaml")
+    assert (cfg.model.arch, cfg.model.num_slots, cfg.model.memory_query) == (
+        "image", 100, "flatten")
+    assert 1 / 100 <= cfg.model.shrink_threshold <= 3 / 100
+    assert (cfg.data.window, cfg.model.entropy_weight) == (1, 0.0002)

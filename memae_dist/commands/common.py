@@ -104,13 +104,13 @@ def resolve_yaml(name: str, package: str, what: str) -> Path:
 
 
 def resolve_config_path(name: str | None) -> Path | None:
-    """A YAML path, or the name of a shipped recipe (``demo``, ``ped2``, ``ped2_lite``)."""
+    """A YAML path, or a shipped recipe's name (``demo``, ``ped2``, ``ped2_lite``, ``mnist``)."""
     return None if name is None else resolve_yaml(name, "memae_dist.configs", "config")
 
 
 def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     """``train``'s flags: recipe, data, scale, storage, overrides."""
-    p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite)")
+    p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite, mnist)")
     p.add_argument("--data", help="prepared dataset URI (data.path)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--workers", type=int, help="0 = in-process debug mode")

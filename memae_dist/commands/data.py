@@ -15,7 +15,8 @@ def register(sub) -> None:
                                          "(reads the manifest only)")
     info.add_argument("uri", help="dataset URI: path, file:// or s3://")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument("--window", type=int, default=16, help="frames per window (default 16)")
+    info.add_argument("--window", type=int, default=None,
+                      help="frames per window (default 16; 1 for still images)")
     info.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
     add_storage_config_flag(info)
     info.set_defaults(func=run_info)
@@ -29,7 +30,7 @@ def run_info(args: argparse.Namespace) -> int:
     from memae_dist.data.info import dataset_info, format_info
     from memae_dist.errors import UserError
 
-    if args.window < 1 or args.stride < 1:
+    if (args.window is not None and args.window < 1) or args.stride < 1:
         raise UserError(f"--window and --stride must be >= 1, got {args.window}, {args.stride}")
     info = dataset_info(args.uri, args.window, args.stride, storage_config(args))
     print(json.dumps(info, indent=1) if args.json else format_info(info))

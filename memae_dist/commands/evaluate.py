@@ -14,7 +14,7 @@ def _protocol_help() -> str:
     lines = [f"{name}: {text} [{', '.join(PROTOCOLS[name])}]"
              for name, text in PROTOCOL_HELP.items()]
     return ("which numbers are the headline AUC / AP / EER (all are computed and written): "
-            + "; ".join(lines) + ". Default: paper")
+            + "; ".join(lines) + ". Default: paper for videos, micro for still images")
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
     src.add_argument("--scores", help="an existing 'memae-dist score' file: no model needed")
     p.add_argument("--data", help="prepared dataset URI (with --checkpoint)")
     p.add_argument("--out", required=True, help="folder for metrics.json, frames.csv, plots")
-    p.add_argument("--protocol", default="paper", choices=["paper", "micro", "per-video"],
+    p.add_argument("--protocol", default=None, choices=["paper", "micro", "per-video"],
                    help=_protocol_help())
     add_scoring_flags(p, workers_default=1)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

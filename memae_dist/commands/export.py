@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 from memae_dist.commands.common import (
     add_storage_config_flag,
     file_target,
-    frame_size,
+    int_at_least,
     storage_config,
 )
 
@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=["onnx", "pt2", "torchscript"],
                    help="onnx (ONNX Runtime), pt2 (torch.export), torchscript")
     p.add_argument("--out", required=True, help="output file: path or s3:// URI")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+    p.add_argument("--size", type=int_at_least(1), nargs=2, metavar=("H", "W"),
                    help="frame size (default: the checkpoint's training size)")
     p.add_argument("--error", choices=["mse", "mae"],
                    help="window error computed by the exported graph (default: the "
@@ -48,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
 
     storage = storage_config(args)
     check_out(args.out, args.format, storage)
-    result = export_model(args.checkpoint, args.format, args.out, size=frame_size(args.size),
-                          error=args.error, storage=storage)
+    result = export_model(args.checkpoint, args.format, args.out,
+                          size=tuple(args.size) if args.size else None, error=args.error,
+                          storage=storage)
     h, w = result.size
-    print(f"exported {result.format} for 16x{h}x{w} clips -> {result.path}")
+    shape = f"{result.window}x{h}x{w} clips" if result.arch == "video" else f"{h}x{w} images"
+    print(f"exported {result.format} for {shape} -> {result.path}")
     print(f"max |exported - PyTorch| on random clips: {result.max_abs_diff:.2e}")
     return 0

@@ -20,13 +20,15 @@ def register(sub) -> None:
     p.add_argument("--src", help="source folder (not for synthetic)")
     p.add_argument("--dst", required=True, help="dataset URI: path, file:// or s3://")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="stored frame size (default 256 256; synthetic: 32 32)")
+                   help="stored frame size (default 256 256; synthetic: 32 32; images: 28 28, "
+                        "the image net's input)")
     p.add_argument("--workers", type=int_at_least(1), default=None, help="parallel import tasks")
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
-    p.add_argument("--split", default="train", choices=("train", "test", "val"),
-                   help="folder: split of sources outside train/test/val folders")
+    p.add_argument("--split", choices=("train", "test", "val"),
+                   help="folder: split of sources outside train/test/val folders (default train)")
     p.add_argument("--seed", type=int, default=0, help="seed (synthetic)")
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable videos, list them")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable videos (images: single images), list them")
     add_storage_config_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -35,14 +37,18 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.data import prepare
 
+    # The video nets halve the frame size four times; the image net is fixed at 28x28.
+    size = (tuple(args.size) if args.kind == "images" and args.size
+            else frame_size(args.size))
     manifest = prepare.run_import(
-        args.kind, src=args.src, dst=args.dst, size=frame_size(args.size), workers=args.workers,
+        args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
         seed=args.seed, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
         progress=not args.no_progress, storage_cfg=storage_config(args),
     )
     print(f"prepared {args.kind} -> {args.dst}")
+    units = ("groups", "images") if manifest.get("content") == "images" else ("videos", "frames")
     for split, info in prepare.summarize(manifest).items():
-        print(f"  {split}: {info['videos']} videos, {info['frames']} frames, "
+        print(f"  {split}: {info['videos']} {units[0]}, {info['frames']} {units[1]}, "
               f"{info['abnormal']} abnormal")
     for item in manifest.get("skipped", []):
         print(f"  skipped {item['split']}/{item['video']}: {item['reason']}")

@@ -47,6 +47,7 @@ def resolve_space(name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.commands.common import resolve_config_path
     from memae_dist.config import load_config
+    from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
     from memae_dist.tune.sweep import SweepOptions, run_sweep
 
@@ -74,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
           f"{result.best.objective:.5g} -> {Path(args.out) / 'best.yaml'}")
     print(f"best checkpoint: {result.checkpoint}")
     if result.test_metrics:
-        auc = result.test_metrics.get("auc_paper")
-        print(f"test split '{result.test_metrics.get('split')}' (scored once, best trial only): "
-              f"auc_paper {'undefined' if auc is None else f'{auc:.4f}'}")
+        test = result.test_metrics
+        key = PROTOCOLS[test.get("protocol", "paper")][0]  # auc_micro for still images
+        auc = test.get(key)
+        print(f"test split '{test.get('split')}' (scored once, best trial only): "
+              f"{key} {'undefined' if auc is None else f'{auc:.4f}'}")
     return 0
 
 

@@ -12,10 +12,14 @@ from memae_dist.data import storage
 from memae_dist.data.manifest import load_manifest
 
 
-def dataset_info(uri: str, window: int = 16, stride: int = 1,
+def dataset_info(uri: str, window: int | None = None, stride: int = 1,
                  cfg: storage.StorageConfig | None = None) -> dict:
-    """Per split: videos, frames, windows, abnormal frames; plus bytes stored vs. raw frames."""
+    """Per split: videos, frames, windows, abnormal frames; plus bytes stored vs. raw frames.
+
+    ``window`` defaults to the paper's 16 frames, and to 1 for a set of still images.
+    """
     manifest = load_manifest(uri, cfg)
+    window = window or (1 if manifest.content == "images" else 16)
     height, width = manifest.size
     splits = {}
     for split in manifest.split_names:
@@ -37,6 +41,7 @@ def dataset_info(uri: str, window: int = 16, stride: int = 1,
         "name": manifest.name,
         "source": manifest.source,
         "format_version": manifest.format_version,
+        "content": manifest.content,
         "size": [height, width],
         "segment_frames": manifest.segment_frames,
         "segment_overlap": manifest.segment_overlap,
@@ -94,7 +99,8 @@ def format_info(info: dict) -> str:
     h, w = info["size"]
     lines = [
         f"{info['uri']}: {info['name']} (source {info['source']}, format v"
-        f"{info['format_version']}), frames {h}x{w}, segments of {info['segment_frames']} "
+        f"{info['format_version']}), {'still images' if info['content'] == 'images' else 'frames'}"
+        f" {h}x{w}, segments of {info['segment_frames']} "
         f"overlapping by {info['segment_overlap']}",
         f"  {'split':<6} {'videos':>7} {'frames':>9} {'windows':>9} {'abnormal':>9}"
         f"   (windows of {info['window']}, stride {info['stride']})",

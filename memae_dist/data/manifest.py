@@ -20,6 +20,9 @@ FORMAT_NAME = "memae-dist-frames"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "test", "val")
+# What a dataset's frames are: the frames of videos (windows of consecutive frames make a clip),
+# or still images (one image per frame, scored one by one, the image and MLP networks' input).
+CONTENTS = ("video", "images")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class Manifest:
     splits: dict[str, list[VideoEntry]]
     shards: list[ShardEntry]
     skipped: list[dict] = field(default_factory=list)  # {"split", "video", "reason"}
+    content: str = "video"  # one of CONTENTS; absent from manifests written before images
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
     # Where it was loaded from, for messages; not part of the file.
@@ -117,6 +121,7 @@ class Manifest:
             "splits": {s: {"videos": [asdict(v) for v in vs]} for s, vs in self.splits.items()},
             "shards": [asdict(s) for s in self.shards],
             "skipped": list(self.skipped),
+            "content": self.content,
         }
 
     @classmethod
@@ -143,6 +148,7 @@ class Manifest:
                 },
                 shards=[_shard_fields(s) for s in data["shards"]],
                 skipped=list(data.get("skipped") or []),
+                content=str(data.get("content", "video")),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise UserError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from None
@@ -150,6 +156,9 @@ class Manifest:
         return manifest
 
     def validate(self, where: str = "manifest") -> None:
+        if self.content not in CONTENTS:
+            raise UserError(f"{where}: content must be one of {', '.join(CONTENTS)}, "
+                            f"got {self.content!r}")
         if min(self.size) < 1:
             raise UserError(f"{where}: size must be positive, got {list(self.size)}")
         if not 0 <= self.segment_overlap < self.segment_frames:
@@ -192,6 +201,24 @@ def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) ->
     manifest = Manifest.from_dict(data, where=uri)
     manifest.uri = dataset_uri
     return manifest
+
+
+def check_model_input(manifest, model, data_uri: str) -> None:
+    """Refuse a dataset whose samples the ``model`` config's network cannot take."""
+    height, width = manifest.size
+    if model.arch == "video":
+        if manifest.content == "images":
+            raise UserError(f"dataset {data_uri} holds still images ('prepare images'); train "
+                            "it with model.arch=image or mlp and data.window=1")
+        if height % 16 or width % 16:
+            raise UserError(f"dataset {data_uri} has {height}x{width} frames; the video model "
+                            "needs multiples of 16 (prepare it again with --size)")
+    elif model.arch == "image" and (height, width) != (28, 28):
+        raise UserError(f"model.arch=image takes 28x28 images; dataset {data_uri} stores "
+                        f"{height}x{width} (prepare it again with --size 28 28)")
+    elif model.arch == "mlp" and height * width != model.input_dim:
+        raise UserError(f"model.input_dim={model.input_dim} does not fit dataset {data_uri}: "
+                        f"its {height}x{width} images are {height * width} values each")
 
 
 def save_manifest(

@@ -40,7 +40,8 @@ class VideoSpec:
     name: str  # unique within the split, safe as a file name
     # Picklable (module-level function or functools.partial); returns frames as uint8
     # (N, H0, W0) grayscale or (N, H0, W0, 3) RGB (or a list of such frames) plus abnormal
-    # ranges (0-based inclusive [first, last]) or None when the video is unlabelled.
+    # ranges (0-based inclusive [first, last]) or None when the video is unlabelled; it may
+    # add a third item, reasons for frames it left out (unreadable images of an image group).
     load: Callable[[], tuple[np.ndarray, list[list[int]] | None]]
     origin: str = ""  # what the frames are read from (source_origin); set by write_dataset
 
@@ -57,12 +58,14 @@ class VideoSpec:
 
 def source_origin(load: Callable) -> str:
     """A digest of what ``load`` reads: its function and arguments, and the size and mtime of
-    each existing path among them (of a folder's entries too, one level deep: frame folders)."""
+    each existing path among them (of a folder's entries too, one level deep: frame folders;
+    of each path in a tuple or list argument: the files of an image group)."""
     func = getattr(load, "func", load)
     args = getattr(load, "args", ())
     keywords = getattr(load, "keywords", None) or {}
     parts = [f"{func.__module__}.{func.__qualname__}", repr(args), repr(sorted(keywords.items()))]
-    for arg in (*args, *keywords.values()):
+    values = [*args, *keywords.values()]
+    for arg in [*values, *(a for v in values if isinstance(v, tuple | list) for a in v)]:
         if isinstance(arg, str) and os.path.exists(arg):
             parts.append(_stat_line(arg))
             if os.path.isdir(arg):
@@ -173,10 +176,16 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
     """Load, convert and store one video; runs inside a Ray task.
 
     Returns {"video": ..., "shard": ...} or, with ``skip_bad``, {"skipped": reason} for a video
-    that cannot be loaded. Storage errors always propagate.
+    that cannot be loaded. Frames the loader left out are an error without ``skip_bad`` (the
+    first one's reason) and listed as ``dropped`` reasons with it. Storage errors always
+    propagate.
     """
+    dropped: list[str] = []
     try:
-        frames, ranges = spec.load()
+        frames, ranges, *rest = spec.load()
+        dropped = [str(reason) for reason in rest[0]] if rest else []
+        if dropped and not skip_bad:
+            raise UserError(dropped[0])
         frames = to_gray_resized(frames, job.size, spec.key)  # (N, H, W)
         labels = labels_from_ranges(ranges, len(frames), spec.key)
     except Exception as exc:
@@ -185,7 +194,7 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
                 return {"error": str(exc)}
             raise
         return {"skipped": f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError)
-                else str(exc)}
+                else str(exc), "dropped": dropped}
     rel = f"{spec.split}/{spec.name}.parquet"
     fs, path = storage.pyarrow_fs(storage.join(job.dst, rel), job.storage)
     info = write_video_shard(fs, path, spec.name, spec.split, frames, labels,
@@ -195,6 +204,8 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
                        None if ranges is None else ranges_from_labels(labels))
     shard = ShardEntry(rel, spec.split, spec.name, info["bytes"], info["sha256"], info["rows"])
     record = {"settings": job.marker(spec), "video": asdict(video), "shard": asdict(shard)}
+    if dropped:  # kept in the marker, so a rerun that reuses the shard still lists them
+        record["dropped"] = dropped
     storage.write_bytes_atomic(_marker_uri(job.dst, spec), json.dumps(record).encode(),
                                job.storage)
     return record
@@ -213,14 +224,21 @@ def write_dataset(
     skip_bad: bool = False,
     progress: bool = True,
     storage_cfg: storage.StorageConfig | None = None,
+    content: str = "video",
 ) -> dict:
-    """Write every video's shard (one Ray task each), then the manifest; returns the manifest."""
+    """Write every video's shard (one Ray task each), then the manifest; returns the manifest.
+
+    ``content="images"`` marks each "video" as a group of still images (manifest ``content``).
+    """
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
     manifest_uri = storage.join(dst, "manifest.json")
     _refuse_another_dataset(dst, manifest_uri, name, source, job.storage)
-    done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None}
+    # A shard written under skip_bad without some frames is redone without it, so that the bad
+    # frame is an error again, as a skipped video is.
+    done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None
+            and (skip_bad or not rec.get("dropped"))}
     todo = [spec for spec in videos if spec.key not in done]
     if todo and storage.exists(manifest_uri, job.storage):
         storage.delete(manifest_uri, job.storage)  # shards are about to change under it
@@ -228,6 +246,7 @@ def write_dataset(
     if todo:
         results.update(_run_tasks(todo, job, workers, skip_bad, progress, len(videos)))
     manifest = _assemble(videos, results, job, name, source)
+    manifest.content = content
     if not manifest.shards:  # --skip-bad skipped them all: no dataset a reader could use
         first = manifest.skipped[0]
         raise UserError(f"every video was skipped, so no dataset was written to {dst} (the "
@@ -333,6 +352,8 @@ def _assemble(videos: list[VideoSpec], results: dict, job: _Job, name: str,
     shards, skipped = [], []
     for spec in videos:
         record = results[spec.key]
+        skipped += [{"split": spec.split, "video": spec.name, "reason": reason}
+                    for reason in record.get("dropped", [])]
         if "skipped" in record:
             skipped.append({"split": spec.split, "video": spec.name, "reason": record["skipped"]})
             continue

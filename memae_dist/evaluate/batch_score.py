@@ -9,7 +9,8 @@ spreads one segment (~113 windows) at a time, so even one long video keeps every
 driver keeps one float per frame, groups per video and writes one Parquet file.
 
 Output columns (one row per scored frame, videos in manifest order, frames ascending):
-``video`` string, ``frame`` int32 (the window start + 8), ``score`` float64 (raw window error),
+``video`` string, ``frame`` int32 (the window start + 8; + L // 2 for other windows L: a still
+image is its own frame), ``score`` float64 (raw window error),
 ``regularity`` float64 (1 - per-video min-max normalised score; 1 = normal), ``label`` int8
 (1 abnormal, 0 normal, null when the video is unlabelled). The file's schema metadata holds the
 checkpoint and data URIs and the settings (key ``memae_dist``), so ``report`` can find them.
@@ -41,10 +42,10 @@ from memae_dist.data.storage import (
 )
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import (
-    TARGET_OFFSET,
     VideoScores,
     frame_scores_from_windows,
     regularity,
+    target_offset_for,
 )
 from memae_dist.evaluate.score import (
     PRECISIONS,
@@ -169,7 +170,8 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     meta = {
         "format": SCORES_FORMAT, "format_version": SCORES_VERSION,
         "checkpoint": ckpt, "data": data_uri, "split": cfg.split, "error": cfg.error,
-        "window": window, "target_offset": TARGET_OFFSET, "frame_size": list(manifest.size),
+        "window": window, "target_offset": target_offset_for(window),
+        "frame_size": list(manifest.size), "content": manifest.content,
         "variant": exp.model.variant, "precision": cfg.precision, "batch_size": cfg.batch_size,
         "workers": cfg.workers, "gpus_per_worker": cfg.gpus_per_worker,
         "videos": [{"name": v.name, "num_frames": v.num_frames, "abnormal": v.abnormal}

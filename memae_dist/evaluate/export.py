@@ -1,9 +1,10 @@
 """``memae-dist export``: a checkpoint as a self-contained ONNX, pt2 or TorchScript model.
 
 The exported graph takes ``clip``: float32 ``(B, 1, L, H, W)`` in [-1, 1] (uint8 frames / 127.5
-- 1, L = 16 frames) and returns ``recon`` (same shape) and ``error`` ``(B,)``: the window's
-reconstruction error (mean squared error, or mean absolute error with ``error="mae"``). The
-batch size is free; H and W are fixed to the training frame size. Every export is checked
+- 1, L = 16 frames; the image net: ``(B, 1, H, W)``, the MLP: ``(B, H*W)``) and returns
+``recon`` (same shape) and ``error`` ``(B,)``: the window's reconstruction error (mean squared
+error, or mean absolute error with ``error="mae"``). The batch size is free; H and W are fixed
+to the training frame size. Every export is checked
 against the PyTorch model on random clips (with a batch size other than the traced one) and
 refused when any output differs by ``tol`` or more. Usage: docs/EXPORT.md.
 """
@@ -25,6 +26,7 @@ from memae_dist.data.storage import StorageConfig, write_bytes_atomic
 from memae_dist.errors import UserError
 from memae_dist.evaluate.ingest import checkpoint_frame_size
 from memae_dist.evaluate.score import load_model
+from memae_dist.models.build import arrange
 
 FORMATS = ("onnx", "pt2", "torchscript")
 META_NAME = "memae_dist.json"  # ONNX metadata key / pt2 and TorchScript extra file
@@ -42,10 +44,10 @@ class ScoringModel(nn.Module):
         self.squared = error == "mse"
 
     def forward(self, clip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon = self.model(clip).recon  # (B, 1, L, H, W)
+        recon = self.model(clip).recon  # the shape of clip
         diff = recon - clip
         err = diff * diff if self.squared else diff.abs()
-        return recon, err.flatten(1).mean(1)  # (B, 1, L, H, W), (B,)
+        return recon, err.flatten(1).mean(1)  # (B,)
 
 
 @dataclass
@@ -53,14 +55,33 @@ class ExportResult:
     path: str
     format: str
     size: tuple[int, int]
+    arch: str
+    window: int
     max_abs_diff: float  # largest |exported - PyTorch| over both outputs of the check clips
     seconds: float
 
 
-def random_clips(batch: int, window: int, size: tuple[int, int], seed: int) -> torch.Tensor:
-    """Uniform clips in [-1, 1], (B, 1, L, H, W) float32, reproducible from ``seed``."""
+INPUTS = {"video": "clip: float32 (B, 1, L, H, W) = uint8 / 127.5 - 1",
+          "image": "clip: float32 (B, 1, H, W) = uint8 / 127.5 - 1",
+          "mlp": "clip: float32 (B, H*W) = uint8 / 127.5 - 1, rows of the image"}
+
+
+def random_clips(batch: int, window: int, size: tuple[int, int], seed: int,
+                 arch: str = "video") -> torch.Tensor:
+    """Uniform float32 inputs in [-1, 1] of an ``arch`` net, reproducible from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.rand((batch, 1, window, *size), generator=gen) * 2 - 1
+    return arrange(torch.rand((batch, window, *size), generator=gen) * 2 - 1, arch)
+
+
+def check_size(arch: str, size: tuple[int, int], input_dim: int) -> None:
+    """The frame size an ``arch`` net takes (video: multiples of 16; image: 28x28; mlp: H*W)."""
+    if arch == "video" and (min(size) < 16 or size[0] % 16 or size[1] % 16):
+        raise UserError(f"--size must be two multiples of 16 (>= 16), got {size[0]} {size[1]}")
+    if arch == "image" and tuple(size) != (28, 28):
+        raise UserError(f"the image net takes 28x28 images, got --size {size[0]} {size[1]}")
+    if arch == "mlp" and size[0] * size[1] != input_dim:
+        raise UserError(f"--size {size[0]} {size[1]} is {size[0] * size[1]} values; the MLP "
+                        f"takes model.input_dim={input_dim}")
 
 
 def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] | None = None,
@@ -71,29 +92,27 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     t0 = time.perf_counter()
     loaded = load_model(checkpoint, storage)
-    if loaded.config.model.arch != "video":
-        raise UserError(f"export supports video checkpoints, got model.arch="
-                        f"{loaded.config.model.arch}")
-    size = size or checkpoint_frame_size(loaded.config.to_dict(), storage)
+    arch = loaded.config.model.arch
+    size = size or checkpoint_frame_size(loaded.config.to_dict(), storage) or (
+        (28, 28) if arch == "image" else None)  # the image net takes nothing else
     if size is None:
         raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
                         "size) is not reachable from here")
-    if size[0] % 16 or size[1] % 16:
-        raise UserError(f"--size must be multiples of 16, got {size[0]} {size[1]}")
+    check_size(arch, size, loaded.config.model.input_dim)
     window = loaded.config.data.window
     error = error or loaded.config.eval.error
     wrapper = ScoringModel(loaded.model, error).eval()
-    meta = {"checkpoint": loaded.checkpoint_uri, "frame_size": list(size), "window": window,
-            "error": error, "input": "clip: float32 (B, 1, L, H, W) = uint8 / 127.5 - 1",
-            "outputs": ["recon: (B, 1, L, H, W)", "error: (B,) window score"],
+    meta = {"checkpoint": loaded.checkpoint_uri, "arch": arch, "frame_size": list(size),
+            "window": window, "error": error, "input": INPUTS[arch],
+            "outputs": ["recon: the shape of clip", "error: (B,) window score"],
             "variant": loaded.config.model.variant}
-    example = random_clips(2, window, size, seed=0)
+    example = random_clips(2, window, size, seed=0, arch=arch)
     with tempfile.TemporaryDirectory(prefix="memae-export-") as tmp:
         path = Path(tmp) / f"model.{fmt}"  # a scratch name: the file is written to ``out``
         exporter = {"onnx": _export_onnx, "pt2": _export_program,
                     "torchscript": _export_torchscript}[fmt]
         run = exporter(wrapper, example, path, meta)
-        check = random_clips(check_batch, window, size, seed=1)
+        check = random_clips(check_batch, window, size, seed=1, arch=arch)
         with torch.no_grad():
             expected = [t.numpy() for t in wrapper(check)]
         got = run(check.numpy())
@@ -102,7 +121,7 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
             raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} "
                                f"(tolerance {tol:g}); not writing {out}")
         write_bytes_atomic(out, path.read_bytes(), storage)
-    return ExportResult(out, fmt, tuple(size), diff, time.perf_counter() - t0)
+    return ExportResult(out, fmt, tuple(size), arch, window, diff, time.perf_counter() - t0)
 
 
 def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):

@@ -3,7 +3,8 @@
 A model scores 16-frame windows; each window's reconstruction error is assigned to the window's
 9th frame (offset 8). With stride-1 windows a video of N frames yields N - 15 scores for frames
 8 .. N - 8, so the first 8 and last 7 frames of every video are never scored and their labels
-are dropped from the evaluation.
+are dropped from the evaluation. Other window lengths score their middle frame (offset L // 2);
+a "window" of one frame, a still image, scores itself.
 
 The paper normalises the errors of each video to [0, 1] (min-max), reports a "regularity score"
 1 - s, and computes one frame-level ROC AUC over the pooled frames of all test videos using the
@@ -31,16 +32,25 @@ from memae_dist.data.atomic import atomic_local
 from memae_dist.evaluate.definitions import METRICS, PROTOCOL_HELP, PROTOCOLS  # noqa: F401
 
 WINDOW_LENGTH = 16
-TARGET_OFFSET = 8  # the 9th frame of a 16-frame window, as in the official MemAE code
 FRAME_COLUMNS = ("video", "frame", "score", "regularity", "label")
 
 
+def target_offset_for(window_length: int) -> int:
+    """The frame of a window its score belongs to: the middle one (``L // 2``)."""
+    return window_length // 2
+
+
+TARGET_OFFSET = target_offset_for(WINDOW_LENGTH)  # the 9th of 16 frames, as in the official code
+
+
 def window_frame_index(window_start, window_length: int = WINDOW_LENGTH,
-                       target_offset: int = TARGET_OFFSET):
+                       target_offset: int | None = None):
     """Frame index a window's score is assigned to: ``window_start + target_offset``.
 
-    Works on an int or an integer array of starts.
+    Works on an int or an integer array of starts; the offset defaults to the window's middle.
     """
+    if target_offset is None:
+        target_offset = target_offset_for(window_length)
     if not 0 <= target_offset < window_length:
         raise ValueError(
             f"target_offset must be in [0, {window_length}), got {target_offset}")
@@ -49,7 +59,7 @@ def window_frame_index(window_start, window_length: int = WINDOW_LENGTH,
 
 def frame_scores_from_windows(video_frames: int, window_starts, window_scores,
                               window_length: int = WINDOW_LENGTH,
-                              target_offset: int = TARGET_OFFSET) -> tuple[np.ndarray, np.ndarray]:
+                              target_offset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Map per-window scores of one video to per-frame scores, sorted by frame.
 
     Returns ``(frames, scores)`` as int64 and float64 arrays. Raises ValueError when a start

@@ -142,7 +142,7 @@ def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[Vide
 
     loaded, manifest, data = sources
     entries = {v.name: v for v in manifest.videos(meta.get("split", "test"))}
-    window = loaded.config.data.window
+    window, arch = loaded.config.data.window, loaded.config.model.arch
     known = {v.name: v for v in videos}
     mass_total, cache = None, {}
 
@@ -156,16 +156,16 @@ def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[Vide
         path = out_dir / "triptychs" / f"{name}_{frame}.png"
         score = float(known[name].scores[known[name].frames.tolist().index(frame)])
         png, mass = visuals.triptych(loaded.model, frames_of(name), frame, window, path,
-                                     f"video {name}, frame {frame}: error {score:.5f}")
+                                     f"video {name}, frame {frame}: error {score:.5f}", arch)
         report.triptychs.append((name, frame, png))
         mass_total = _add(mass_total, mass)
     ordinary = [v for v in videos if v.name in entries][:16]  # for a fair usage estimate
     for v in ordinary:
         starts = visuals.sample_starts(entries[v.name].num_frames, window, 4)
         mass_total = _add(mass_total, visuals.usage_mass(loaded.model, frames_of(v.name),
-                                                         starts, window))
+                                                         starts, window, arch))
     report.memory = visuals.memory_picture(loaded.model, mass_total, tuple(manifest.size),
-                                           window, out_dir / "memory_slots.png", slots)
+                                           window, out_dir / "memory_slots.png", slots, arch)
     if report.memory is None:
         report.notes.append("No memory picture: this model has no memory (variant ae).")
 

@@ -40,7 +40,7 @@ def evaluate_checkpoint(
     workers: int = 0,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float | None = None,
-    protocol: str = "paper",
+    protocol: str | None = None,
     address: str | None = None,
     progress: bool = False,
 ) -> dict:
@@ -56,16 +56,23 @@ def evaluate_checkpoint(
     return evaluate_table(result.table, result.meta, out_dir, protocol)
 
 
-def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str = "paper",
+def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str | None = None,
                     storage: StorageConfig | None = None) -> dict:
     """The same metrics from an existing ``memae-dist score`` file (no model needed)."""
     table, meta = read_scores(scores_uri, storage)
     return evaluate_table(table, meta, Path(out_dir), protocol, scores_uri=scores_uri)
 
 
-def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str = "paper",
+def default_protocol(meta: dict) -> str:
+    """``paper`` for videos; ``micro`` for still images, where a "video" is only a storage group
+    and min-max normalising each group would rank images by the group they were stored in."""
+    return "micro" if meta.get("content") == "images" else "paper"
+
+
+def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | None = None,
                    scores_uri: str | None = None) -> dict:
     """metrics.json, frames.csv and the figures for the labelled videos of a scores table."""
+    protocol = protocol or default_protocol(meta)
     if protocol not in PROTOCOL_HELP:
         raise UserError(f"--protocol must be one of {', '.join(PROTOCOL_HELP)}, got {protocol!r}")
     videos = video_scores(table, labelled_only=True)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from memae_dist.config import ExperimentConfig, from_dict
-from memae_dist.data.manifest import Manifest, VideoEntry, load_manifest
+from memae_dist.data.manifest import Manifest, VideoEntry, check_model_input, load_manifest
 from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
 from memae_dist.data.storage import (
     StorageConfig,
@@ -37,6 +37,7 @@ from memae_dist.data.storage import (
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import VideoScores, frame_scores_from_windows, window_error
 from memae_dist.models import MemAE, build_model
+from memae_dist.models.build import model_input
 from memae_dist.models.fuse import for_inference, inference_layout
 from memae_dist.train.checkpoint import (
     CONFIG_FILE,
@@ -120,15 +121,15 @@ def use_bf16(precision: str, device: torch.device) -> bool:
 
 @torch.no_grad()
 def score_clips(model: MemAE, clips: np.ndarray, error: str = "mse",
-                device: torch.device | None = None, bf16: bool = False) -> np.ndarray:
+                device: torch.device | None = None, bf16: bool = False,
+                arch: str = "video") -> np.ndarray:
     """uint8 clips (B, L, H, W) -> one reconstruction error per clip (float64), on [-1, 1] inputs.
 
     The uint8 clips travel to the device before the conversion: 4x less to copy to a GPU.
     """
     device = device or torch.device("cpu")
-    x = torch.from_numpy(clips).to(device, non_blocking=True)
-    x = x.float().div_(127.5).sub_(1.0).unsqueeze(1)  # (B, 1, L, H, W)
-    x = x.contiguous(memory_format=inference_layout(device))
+    x = model_input(torch.from_numpy(clips).to(device, non_blocking=True), arch)
+    x = x.contiguous(memory_format=inference_layout(device, arch))
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     with autocast:
@@ -138,12 +139,13 @@ def score_clips(model: MemAE, clips: np.ndarray, error: str = "mse",
 
 
 def score_windows(model: MemAE, clips: np.ndarray, batch_size: int, error: str = "mse",
-                  device: torch.device | None = None, bf16: bool = False) -> np.ndarray:
+                  device: torch.device | None = None, bf16: bool = False,
+                  arch: str = "video") -> np.ndarray:
     """(N,) errors of clips (N, L, H, W), in chunks of ``batch_size`` starting at clip 0."""
     if len(clips) == 0:
         return np.zeros(0, np.float64)
     return np.concatenate([
-        score_clips(model, clips[lo:lo + batch_size], error, device, bf16)
+        score_clips(model, clips[lo:lo + batch_size], error, device, bf16, arch)
         for lo in range(0, len(clips), batch_size)
     ])
 
@@ -172,8 +174,9 @@ class SegmentScorer:
             _, config, state = read_model_state(checkpoint, storage)
         else:
             config, state = model
-        model, _ = model_from_state(config, state)
-        self.model = for_inference(model, self.device)
+        model, cfg = model_from_state(config, state)
+        self.arch = cfg.model.arch
+        self.model = for_inference(model, self.device, self.arch)
         self.bf16 = use_bf16(precision, self.device)
         self.window, self.segment_frames, self.overlap = window, segment_frames, overlap
         self.error, self.batch_size = error, batch_size
@@ -195,7 +198,7 @@ class SegmentScorer:
             view = np.lib.stride_tricks.sliding_window_view(frames, self.window, axis=0)
             clips = np.ascontiguousarray(view[owned - seg_start].transpose(0, 3, 1, 2))
             errors.append(score_windows(self.model, clips, self.batch_size, self.error,
-                                        self.device, self.bf16))
+                                        self.device, self.bf16, self.arch))
             starts.append(owned.astype(np.int32))
             videos.append(np.full(len(owned), str(batch["video"][i]), dtype=object))
         if not errors:
@@ -232,13 +235,7 @@ def segment_items(manifest: Manifest, data_uri: str, video: VideoEntry) -> dict[
 
 def check_scorable(manifest: Manifest, cfg: ExperimentConfig, data_uri: str) -> None:
     """Refuse data this checkpoint cannot score, naming the dataset and the setting."""
-    if cfg.model.arch != "video":
-        raise UserError(f"scoring needs a video checkpoint (model.arch=video), "
-                        f"got model.arch={cfg.model.arch}")
-    height, width = manifest.size
-    if height % 16 or width % 16:
-        raise UserError(f"dataset {data_uri} has {height}x{width} frames; the video model needs "
-                        "multiples of 16 (prepare it again with --size)")
+    check_model_input(manifest, cfg.model, data_uri)
     if cfg.data.window > manifest.segment_overlap + 1:
         raise UserError(
             f"data.window={cfg.data.window} of the checkpoint is longer than dataset {data_uri} "

@@ -1,7 +1,8 @@
 """Pictures that need the model: why a frame scored high, and what the memory has learned.
 
-- Triptychs: for a scored frame f, the window starting at f - 8 is reconstructed; the input
-  frame, its reconstruction and the squared-error heatmap show *where* the model failed.
+- Triptychs: for a scored frame f, the window starting at f - 8 is reconstructed (a still image:
+  the image itself); the input frame, its reconstruction and the squared-error heatmap show
+  *where* the model failed.
 - Memory slots: MemAE rebuilds every input from a few learned prototypes. Decoding one slot
   alone (the code every memory query would get with all attention on that slot) shows the
   normal pattern it stands for. The slots shown are those with the most attention over a sample
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 
 from memae_dist.evaluate.plots import plot_slots, plot_triptych
-from memae_dist.evaluate.protocol import TARGET_OFFSET
+from memae_dist.evaluate.protocol import target_offset_for
 from memae_dist.models import MemAE
+from memae_dist.models.build import model_input
 from memae_dist.models.memory import slot_mass
 
 
@@ -30,40 +32,48 @@ class Reconstruction:
 
 
 @torch.no_grad()
-def reconstruct(model: MemAE, frames: np.ndarray, start: int, window: int) -> Reconstruction:
+def reconstruct(model: MemAE, frames: np.ndarray, start: int, window: int,
+                arch: str = "video") -> Reconstruction:
     """Reconstruct the window ``frames[start:start + window]`` of a (N, H, W) uint8 video."""
-    clip = torch.from_numpy(np.ascontiguousarray(frames[start:start + window]))
-    x = clip.float().div_(127.5).sub_(1.0)[None, None]  # (1, 1, L, H, W)
-    out = model(x)
+    clip = torch.from_numpy(np.ascontiguousarray(frames[start:start + window]))  # (L, H, W)
+    out = model(model_input(clip[None], arch))
     mass = None if out.attention is None else slot_mass(out.attention).numpy()
-    return Reconstruction(x[0, 0].numpy(), out.recon[0, 0].float().numpy(), mass)
+    # Every net's output holds the clip's L x H x W values, whatever its own shape.
+    recon = out.recon[0].float().reshape(clip.shape).numpy()
+    return Reconstruction(clip.float().div(127.5).sub(1.0).numpy(), recon, mass)
 
 
 def triptych(model: MemAE, frames: np.ndarray, frame: int, window: int, path: Path,
-             title: str) -> tuple[Path, np.ndarray | None]:
+             title: str, arch: str = "video") -> tuple[Path, np.ndarray | None]:
     """Triptych PNG of scored frame ``frame``; also returns that window's slot mass."""
-    start = frame - TARGET_OFFSET
+    offset = target_offset_for(window)
+    start = frame - offset
     if not 0 <= start <= len(frames) - window:
         raise ValueError(f"frame {frame} has no score (needs a full window around it)")
-    rec = reconstruct(model, frames, start, window)
-    png = plot_triptych(rec.clip[TARGET_OFFSET], rec.recon[TARGET_OFFSET], path, title)
+    rec = reconstruct(model, frames, start, window, arch)
+    png = plot_triptych(rec.clip[offset], rec.recon[offset], path, title)
     return png, rec.mass
 
 
 @torch.no_grad()
 def decode_slots(model: MemAE, slots: np.ndarray, size: tuple[int, int],
-                 window: int) -> np.ndarray:
-    """(K, H, W): the frame at offset 8 decoded from a code made of one memory slot each."""
+                 window: int, arch: str = "video") -> np.ndarray:
+    """(K, H, W): the scored frame decoded from a code made of one memory slot each."""
     height, width = size
-    enc = model.encoder(torch.zeros(1, 1, window, height, width))  # (1, C, T', H', W')
-    vectors = model.memory.memory[torch.as_tensor(slots, dtype=torch.long)]  # (K, C)
-    z = vectors[:, :, None, None, None].expand(-1, -1, *enc.shape[2:])  # (K, C, T', H', W')
-    out = model.decoder(z.contiguous())  # (K, 1, L, H, W)
-    return out[:, 0, TARGET_OFFSET].float().numpy()
+    blank = torch.zeros(1, window, height, width, dtype=torch.uint8)
+    code = model.encoder(model_input(blank, arch)).shape[1:]  # (C, *spatial) or (D,)
+    vectors = model.memory.memory[torch.as_tensor(slots, dtype=torch.long)]  # (K, F)
+    if model.flatten_query or len(code) == 1:  # a slot is a whole code (flatten, mlp)
+        z = vectors.reshape(len(vectors), *code)
+    else:  # one query per position: every position gets the slot
+        z = vectors.reshape(*vectors.shape, *[1] * (len(code) - 1)).expand(-1, *code)
+    out = model.decoder(z.contiguous())  # (K, 1, L, H, W), (K, 1, H, W) or (K, H*W)
+    return out.float().reshape(len(vectors), window, height, width)[
+        :, target_offset_for(window)].numpy()
 
 
 def memory_picture(model: MemAE, mass: np.ndarray | None, size: tuple[int, int], window: int,
-                   path: Path, count: int = 32) -> Path | None:
+                   path: Path, count: int = 32, arch: str = "video") -> Path | None:
     """Grid of the ``count`` most used slots (by ``mass``; the first ones if no mass)."""
     if model.memory is None:
         return None
@@ -78,7 +88,7 @@ def memory_picture(model: MemAE, mass: np.ndarray | None, size: tuple[int, int],
         order = np.arange(count)
         captions = [f"slot {i}" for i in order]
         title = f"first {count} of {n} memory slots, decoded"
-    images = decode_slots(model, order, size, window)
+    images = decode_slots(model, order, size, window, arch)
     return plot_slots(images, captions, path, title)
 
 
@@ -91,12 +101,11 @@ def sample_starts(num_frames: int, window: int, count: int) -> list[int]:
 
 
 @torch.no_grad()
-def usage_mass(model: MemAE, frames: np.ndarray, starts: list[int], window: int
-               ) -> np.ndarray | None:
+def usage_mass(model: MemAE, frames: np.ndarray, starts: list[int], window: int,
+               arch: str = "video") -> np.ndarray | None:
     """Summed attention per slot over the windows at ``starts`` (None without memory)."""
     if model.memory is None or not starts:
         return None
     clips = np.stack([frames[s:s + window] for s in starts])  # (B, L, H, W)
-    x = torch.from_numpy(clips).float().div_(127.5).sub_(1.0).unsqueeze(1)
-    attention = model(x).attention
+    attention = model(model_input(torch.from_numpy(clips), arch)).attention
     return slot_mass(attention).numpy()

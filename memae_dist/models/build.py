@@ -63,3 +63,28 @@ def build_model(cfg: ModelConfig) -> MemAE:
     if cfg.uses_memory:
         memory = MemoryUnit(cfg.num_slots, features, cfg.effective_threshold, cfg.addressing)
     return MemAE(encoder, memory, decoder, flatten_query=cfg.memory_query == "flatten")
+
+
+def model_input(clip: Tensor, arch: str, flip: Tensor | None = None) -> Tensor:
+    """uint8 clips ``(B, L, H, W)`` from the frame store -> the network's float input in [-1, 1].
+
+    ``flip`` (``(B,)`` bool) mirrors those clips left to right. Shapes: ``arrange``.
+    """
+    x = clip.float().div_(127.5).sub_(1.0)  # (B, L, H, W)
+    if flip is not None and bool(flip.any()):
+        x[flip] = x[flip].flip(-1)
+    return arrange(x, arch)
+
+
+def arrange(x: Tensor, arch: str) -> Tensor:
+    """Clips ``(B, L, H, W)`` in the layout an ``arch`` net takes.
+
+    ``video``: ``(B, 1, L, H, W)``; ``image``: ``(B, 1, H, W)`` and ``mlp``: ``(B, H*W)``, both
+    from clips of one frame (``data.window=1``).
+    """
+    if arch == "video":
+        return x.unsqueeze(1)  # (B, 1, L, H, W)
+    if x.shape[1] != 1:
+        raise ValueError(f"model.arch={arch} takes one frame per sample, got clips of "
+                         f"{x.shape[1]} (data.window must be 1)")
+    return x if arch == "image" else x.flatten(1)  # (B, 1, H, W) or (B, H*W)

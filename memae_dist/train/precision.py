@@ -66,6 +66,8 @@ def memory_format(cfg: TrainConfig, arch: str, device: torch.device) -> torch.me
     """channels_last_3d where it helps: 3D convolutions on GPU (cuDNN's NDHWC kernels) and bf16
     on CPU (oneDNN's bf16 kernels: 1.24x the contiguous layout's training step)."""
     fast = device.type == "cuda" or (device.type == "cpu" and cfg.precision == "bf16")
+    if arch == "mlp":  # (B, D) vectors have no channels to put last
+        return torch.contiguous_format
     if cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and fast):
         return torch.channels_last_3d if arch == "video" else torch.channels_last
     return torch.contiguous_format

@@ -19,6 +19,7 @@ from torch import nn
 from memae_dist.config import ExperimentConfig
 from memae_dist.errors import UserError
 from memae_dist.models import memae_loss
+from memae_dist.models.build import model_input
 from memae_dist.models.memory import slot_mass
 from memae_dist.train.checkpoint import TrainState
 from memae_dist.train.history import EpochStats
@@ -52,12 +53,10 @@ def seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
 
 
-def to_model_input(clip: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 clips (B, L, H, W) -> float (B, 1, L, H, W) in [-1, 1], optionally mirrored."""
-    x = clip.float().div_(127.5).sub_(1.0).unsqueeze(1)  # (B, 1, L, H, W)
-    if flip is not None and bool(flip.any()):
-        x[flip] = x[flip].flip(-1)
-    return x
+def to_model_input(clip: torch.Tensor, flip: torch.Tensor | None = None,
+                   arch: str = "video") -> torch.Tensor:
+    """uint8 clips (B, L, H, W) -> the float input of an ``arch`` net, optionally mirrored."""
+    return model_input(clip, arch, flip)
 
 
 def all_finite(loss: torch.Tensor, world: int) -> bool:
@@ -130,7 +129,8 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
             if stats.first_batch_s is None:
                 stats.first_batch_s = time.perf_counter() - t_epoch
             flip = torch.rand(len(batch["clip"]), generator=gen) < 0.5 if cfg.data.augment else None
-            x = to_model_input(batch["clip"], flip).to(w.device, non_blocking=True)
+            x = to_model_input(batch["clip"], flip, cfg.model.arch).to(w.device,
+                                                                       non_blocking=True)
             x = x.contiguous(memory_format=w.memory_format)
             result = micro_step(w, x, sync=pending + 1 == accum)
             if result is None:

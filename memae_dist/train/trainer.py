@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from memae_dist.config import ExperimentConfig, from_dict, to_plain
+from memae_dist.data.manifest import check_model_input, load_manifest
 from memae_dist.data.storage import absolute, exists, join, portable_fs, read_bytes
 from memae_dist.errors import UserError
 from memae_dist.runtime import check_room_for_data, ensure_ray
@@ -119,6 +120,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
+    check_model_input(load_manifest(cfg.data.path, cfg.storage), cfg.model, cfg.data.path)
     check_val_split(cfg)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):

@@ -8,7 +8,8 @@ same metrics:
   the run's checkpoints will be scored (an unsupervised proxy: lower is better);
 - ``val_auc``: the paper's frame AUC (``evaluate_videos()["auc_paper"]``) when every video of
   the split is labelled and both classes occur among the scored frames. At stride 1 this is
-  exactly the evaluation protocol; at stride s it scores every s-th frame.
+  exactly the evaluation protocol; at stride s it scores every s-th frame. For a dataset of
+  still images it is the pooled image AUC (``auc_micro``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
 from memae_dist.evaluate.protocol import (
-    TARGET_OFFSET,
     evaluate_videos,
     video_scores_from_windows,
     window_error,
@@ -91,7 +91,8 @@ class Validator:
                 errors = []
                 for lo in range(0, len(starts), batch):
                     clips = view[starts[lo:lo + batch]].transpose(0, 3, 1, 2)  # (B, L, H, W)
-                    x = to_model_input(torch.from_numpy(np.ascontiguousarray(clips)))
+                    x = to_model_input(torch.from_numpy(np.ascontiguousarray(clips)),
+                                       arch=w.cfg.model.arch)
                     x = x.to(w.device).contiguous(memory_format=w.memory_format)
                     with w.precision.autocast():
                         recon = w.model(x).recon
@@ -114,13 +115,15 @@ class Validator:
         errors = np.concatenate([e for _, _, e in scored])
         out = {"val_recon": float(errors.mean()), "val_windows": int(errors.size)}
         window = self.w.cfg.data.window
-        if not all(v.labelled for v in self.videos) or window <= TARGET_OFFSET:
+        if not all(v.labelled for v in self.videos):
             return out
         by_name = {v.name: v for v in self.videos}
         videos = [video_scores_from_windows(name, by_name[name].num_frames, starts, errs,
                                             by_name[name].abnormal, window)
                   for name, starts, errs in scored]
-        auc = evaluate_videos(videos)["auc_paper"]
+        # Still images have no per-video scale to normalise away: their AUC is the pooled one.
+        key = "auc_micro" if self.manifest.content == "images" else "auc_paper"
+        auc = evaluate_videos(videos)[key]
         if auc is not None:  # undefined when the scored frames hold a single class
             out["val_auc"] = auc
         return out

@@ -134,3 +134,58 @@ def test_shard_entries_are_typed_and_cover_every_video(tmp_path, damage, says):
     (tmp_path / "manifest.json").write_text(json.dumps(raw))
     with pytest.raises(UserError, match=re.escape(says)):
         load_manifest(str(tmp_path))
+
+
+def test_content_defaults_to_video_and_is_checked(tmp_path):
+    """Manifests written before still images existed have no ``content``: they hold videos."""
+    save_manifest(str(tmp_path), _manifest())
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["content"] == "video"
+    del raw["content"]
+    _write(tmp_path, raw)
+    assert load_manifest(str(tmp_path)).content == "video"
+    raw["content"] = "images"
+    _write(tmp_path, raw)
+    assert load_manifest(str(tmp_path)).content == "images"
+    raw["content"] = "audio"
+    _write(tmp_path, raw)
+    with pytest.raises(UserError, match=r"manifest.json: content must be one of video, "
+                                        r"images, got 'audio'"):
+        load_manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("content", "size", "model", "message"),
+    [
+        ("images", (28, 28), {}, "holds still images ('prepare images'); train it with "
+                                 "model.arch=image or mlp and data.window=1"),
+        ("video", (24, 32), {}, "has 24x32 frames; the video model needs multiples of 16"),
+        ("images", (32, 32), {"arch": "image"}, "model.arch=image takes 28x28 images; "
+                                                "dataset DS stores 32x32"),
+        ("images", (28, 28), {"arch": "mlp", "input_dim": 100},
+         "model.input_dim=100 does not fit dataset DS: its 28x28 images are 784 values each"),
+    ],
+)
+def test_model_input_must_fit_the_dataset(content, size, model, message):
+    from memae_dist.data.manifest import check_model_input
+    from memae_dist.models import ModelConfig
+
+    m = _manifest()
+    m.content, m.size = content, size
+    with pytest.raises(UserError) as err:
+        check_model_input(m, ModelConfig(**model), "DS")
+    assert message in str(err.value)
+
+
+def test_fitting_models_pass():
+    from memae_dist.data.manifest import check_model_input
+    from memae_dist.models import ModelConfig
+
+    m = _manifest()
+    m.size = (32, 48)
+    check_model_input(m, ModelConfig(), "DS")
+    m.content, m.size = "images", (28, 28)
+    check_model_input(m, ModelConfig(arch="image"), "DS")
+    check_model_input(m, ModelConfig(arch="mlp", input_dim=784), "DS")
+    m.content = "video"  # a per-frame 2D model of video frames is allowed
+    check_model_input(m, ModelConfig(arch="image"), "DS")

@@ -137,3 +137,28 @@ def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_d
     # A checkpoint's own state.pt names it, also as a bare file name.
     monkeypatch.chdir(tiny_checkpoint)
     assert load_model("state.pt").checkpoint_uri == "."
+
+
+@pytest.mark.parametrize(("arch", "shape"), [("image", (3, 1, 28, 28)), ("mlp", (3, 784))])
+def test_image_and_mlp_checkpoints_export_with_their_input_shape(arch, shape, tmp_path, capsys):
+    """The image net takes 28x28 only, so its size needs no training data; the MLP takes H*W."""
+    ckpt = make_checkpoint(tmp_path / "checkpoint_epoch_0001", str(tmp_path / "gone"),
+                           f"model.arch={arch}", "data.window=1", "model.memory_query=flatten")
+    out = tmp_path / "model.pt2"
+    size = [] if arch == "image" else ["--size", "28", "28"]
+    assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out),
+                 *size]) == 0
+    assert "exported pt2 for 28x28 images" in capsys.readouterr().out
+    program = torch.export.load(str(out)).module()
+    clips = random_clips(3, 1, (28, 28), seed=5, arch=arch)
+    assert clips.shape == shape
+    with torch.no_grad():
+        recon, error = (t.numpy() for t in program(clips))
+    want_recon, want_error = pytorch_outputs(ckpt, clips)
+    assert recon.shape == shape and np.abs(recon - want_recon).max() < 1e-4
+    assert np.abs(error - want_error).max() < 1e-4
+    if arch == "mlp":  # a size that is not the MLP's input length is refused
+        assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out",
+                     str(tmp_path / "bad.pt2"), "--size", "20", "20"]) == 2
+        assert ("--size 20 20 is 400 values; the MLP takes model.input_dim=784"
+                in capsys.readouterr().err)

@@ -313,3 +313,15 @@ def test_write_metrics_accepts_pyarrow_table(tmp_path):
     assert fpath.read_text().splitlines()[1:] == ["A,8,1.0,1.0,0", "A,9,3.0,0.0,1"]
     with pytest.raises(ValueError, match="lacks column"):
         write_metrics(tmp_path, {}, [{"video": "A"}])
+
+
+def test_other_windows_score_their_middle_frame():
+    """The paper's 9th of 16 generalises to L // 2; a still image (L = 1) scores itself."""
+    from memae_dist.evaluate.protocol import target_offset_for
+
+    assert [target_offset_for(n) for n in (16, 8, 1)] == [8, 4, 0]
+    frames, _ = frame_scores_from_windows(20, np.arange(13), np.zeros(13), window_length=8)
+    np.testing.assert_array_equal(frames, np.arange(4, 17))
+    frames, scores = frame_scores_from_windows(3, [2, 0, 1], [0.3, 0.1, 0.2], window_length=1)
+    np.testing.assert_array_equal(frames, [0, 1, 2])
+    np.testing.assert_array_equal(scores, [0.1, 0.2, 0.3])

@@ -118,3 +118,48 @@ def test_memae_loss_without_memory():
     loss, parts = memae_loss(out, x, 0.0002)
     assert parts["entropy"].item() == 0.0 and parts["entropy"].dim() == 0
     torch.testing.assert_close(loss, F.mse_loss(out.recon, x))
+
+
+def test_model_input_gives_each_net_its_shape():
+    from memae_dist.models.build import model_input
+
+    clips = torch.randint(0, 256, (3, 16, 32, 48), dtype=torch.uint8)
+    x = model_input(clips, "video")
+    assert x.shape == (3, 1, 16, 32, 48)
+    assert x.min() >= -1 and x.max() <= 1
+    torch.testing.assert_close(x[:, 0], clips.float() / 127.5 - 1)
+    images = clips[:, :1, :28, :28]  # windows of one frame
+    assert model_input(images, "image").shape == (3, 1, 28, 28)
+    flat = model_input(images, "mlp")
+    assert flat.shape == (3, 784)
+    torch.testing.assert_close(flat[1], images[1, 0].flatten().float() / 127.5 - 1)
+    with pytest.raises(ValueError, match=r"model.arch=image takes one frame per sample, got "
+                                         r"clips of 16 \(data.window must be 1\)"):
+        model_input(clips, "image")
+
+
+def test_model_input_mirrors_flipped_samples_only():
+    from memae_dist.models.build import model_input
+
+    images = torch.arange(2 * 28 * 28, dtype=torch.float32).remainder(256).to(torch.uint8)
+    images = images.reshape(2, 1, 28, 28)
+    flip = torch.tensor([True, False])
+    x = model_input(images, "mlp", flip).reshape(2, 28, 28)
+    plain = images[:, 0].float() / 127.5 - 1
+    torch.testing.assert_close(x[0], plain[0].flip(-1))
+    torch.testing.assert_close(x[1], plain[1])
+
+
+@pytest.mark.parametrize("arch", ["image", "mlp"])
+def test_image_and_mlp_nets_train_on_store_clips(arch):
+    """One optimiser step on uint8 one-frame clips, as the training loop feeds them."""
+    from memae_dist.models.build import model_input
+
+    cfg = ModelConfig(arch=arch, num_slots=20, shrink_threshold=0.05, memory_query="flatten")
+    model = build_model(cfg)
+    x = model_input(torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8), arch)
+    out = model(x)
+    assert out.recon.shape == x.shape and out.attention.shape == (4, 20)
+    loss, _ = memae_loss(out, x, cfg.effective_entropy_weight)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
