@@ -325,23 +325,23 @@ def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: 
     pending: dict = {}
     results: dict = {}
     queue = list(todo)
+    # Tasks still in flight when this stops (an error, Ctrl-C, SIGTERM) are not cancelled: a
+    # ray.cancel that meets a task finishing at that moment aborts the driver inside Ray's core
+    # worker (ray-project/ray#54798). The driver's exit ends them; one that finishes first has
+    # written a whole shard and its marker, which the rerun reuses.
     with tqdm(total=total, initial=total - len(todo), desc="videos", unit="video",
               disable=not progress) as bar:
-        try:
-            while queue or pending:
-                while queue and len(pending) < limit:  # bounded in flight: bounded memory
-                    spec = queue.pop(0)
-                    pending[task.remote(spec, job, skip_bad)] = spec
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                spec = pending.pop(ready[0])
-                record = ray.get(ready[0])
-                if "error" in record:
-                    raise UserError(record["error"])
-                results[spec.key] = record
-                bar.update(1)
-        finally:
-            for ref in pending:
-                ray.cancel(ref)
+        while queue or pending:
+            while queue and len(pending) < limit:  # bounded in flight: bounded memory
+                spec = queue.pop(0)
+                pending[task.remote(spec, job, skip_bad)] = spec
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            spec = pending.pop(ready[0])
+            record = ray.get(ready[0])
+            if "error" in record:
+                raise UserError(record["error"])
+            results[spec.key] = record
+            bar.update(1)
     return results
 
 
