@@ -53,12 +53,6 @@ def seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
 
 
-def to_model_input(clip: torch.Tensor, flip: torch.Tensor | None = None,
-                   arch: str = "video") -> torch.Tensor:
-    """uint8 clips (B, L, H, W) -> the float input of an ``arch`` net, optionally mirrored."""
-    return model_input(clip, arch, flip)
-
-
 def all_finite(loss: torch.Tensor, world: int) -> bool:
     """True when the loss is finite on *every* worker (one tiny all-reduce with several)."""
     bad = (~torch.isfinite(loss.detach())).float().reshape(1)
@@ -129,8 +123,8 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
             if stats.first_batch_s is None:
                 stats.first_batch_s = time.perf_counter() - t_epoch
             flip = torch.rand(len(batch["clip"]), generator=gen) < 0.5 if cfg.data.augment else None
-            x = to_model_input(batch["clip"], flip, cfg.model.arch).to(w.device,
-                                                                       non_blocking=True)
+            x = model_input(batch["clip"], cfg.model.arch, flip).to(w.device,
+                                                                    non_blocking=True)
             x = x.contiguous(memory_format=w.memory_format)
             result = micro_step(w, x, sync=pending + 1 == accum)
             if result is None:

@@ -120,8 +120,9 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
-    check_model_input(load_manifest(cfg.data.path, cfg.storage), cfg.model, cfg.data.path)
-    check_val_split(cfg)
+    manifest = load_manifest(cfg.data.path, cfg.storage)
+    check_model_input(manifest, cfg.model, cfg.data.path)
+    check_val_split(cfg, manifest)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
         check_same_model(run, cfg)

@@ -28,13 +28,16 @@ from memae_dist.evaluate.protocol import (
     video_scores_from_windows,
     window_error,
 )
-from memae_dist.train.step import Worker, to_model_input
+from memae_dist.models.build import model_input
+from memae_dist.train.step import Worker
 
 log = logging.getLogger("memae_dist.train")
 
 
-def check_val_split(cfg) -> None:
-    """Driver-side: the split exists and suits ``train.checkpoint_metric`` (fail before Ray)."""
+def check_val_split(cfg, manifest=None) -> None:
+    """Driver-side: the split exists and suits ``train.checkpoint_metric`` (fail before Ray).
+
+    ``manifest``: the dataset's, when the caller has loaded it already."""
     metric = cfg.train.checkpoint_metric
     split = cfg.data.val_split
     if metric.startswith("val_") and not split:
@@ -46,7 +49,8 @@ def check_val_split(cfg) -> None:
         return
     if split == cfg.data.train_split:
         raise UserError(f"data.val_split must differ from data.train_split, both are {split!r}")
-    videos = [v for v in load_manifest(cfg.data.path, cfg.storage).videos(split)
+    manifest = manifest or load_manifest(cfg.data.path, cfg.storage)
+    videos = [v for v in manifest.videos(split)
               if v.num_frames >= cfg.data.window]
     if not videos:
         raise UserError(f"data.val_split={split}: no video has data.window={cfg.data.window} "
@@ -91,8 +95,8 @@ class Validator:
                 errors = []
                 for lo in range(0, len(starts), batch):
                     clips = view[starts[lo:lo + batch]].transpose(0, 3, 1, 2)  # (B, L, H, W)
-                    x = to_model_input(torch.from_numpy(np.ascontiguousarray(clips)),
-                                       arch=w.cfg.model.arch)
+                    x = model_input(torch.from_numpy(np.ascontiguousarray(clips)),
+                                    w.cfg.model.arch)
                     x = x.to(w.device).contiguous(memory_format=w.memory_format)
                     with w.precision.autocast():
                         recon = w.model(x).recon

@@ -95,14 +95,15 @@ def grad_probe(config: dict) -> None:
     """On each worker: one skipped step (NaN on rank 1 only), then one real step."""
     import ray.train
 
+    from memae_dist.models.build import model_input
     from memae_dist.train.loop import build_worker
     from memae_dist.train.precision import wrap_model
-    from memae_dist.train.step import micro_step, to_model_input
+    from memae_dist.train.step import micro_step
 
     cfg = from_dict(ExperimentConfig, config["experiment"])
     w = build_worker(cfg)
     w.net = wrap_model(w.model, cfg.train, w.world)
-    x = to_model_input(torch.from_numpy(config["clips"]))  # (B, 1, L, H, W)
+    x = model_input(torch.from_numpy(config["clips"]), "video")  # (B, 1, L, H, W)
     mine = x.chunk(w.world)[w.rank]
     poisoned = mine.clone()
     if w.rank == 1:
@@ -129,11 +130,11 @@ def reference_grads(cfg: ExperimentConfig, clips: np.ndarray, world: int) -> dic
     digits on some CPUs (2.7% in decoder.0.weight on an AMD EPYC, against 2e-6 for the
     workers' global BatchNorm, both measured against float64)."""
     from memae_dist.models import build_model, memae_loss
-    from memae_dist.train.step import to_model_input
+    from memae_dist.models.build import model_input
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).train().double()
-    x = to_model_input(torch.from_numpy(clips)).double()
+    x = model_input(torch.from_numpy(clips), "video").double()
     per_rank = [part.chunk(cfg.train.grad_accum) for part in x.chunk(world)]
     for i in range(cfg.train.grad_accum):
         batch = torch.cat([micros[i] for micros in per_rank])
