@@ -97,12 +97,15 @@ def _object_sizes(uri: str, cfg: storage.StorageConfig | None) -> dict[str, int]
 def format_info(info: dict) -> str:
     """Human-readable summary of :func:`dataset_info`."""
     h, w = info["size"]
+    images = info["content"] == "images"
+    # An image set stores each class folder as groups of images; a group is a "video" inside.
+    unit, skipped_unit = ("groups", "image(s)") if images else ("videos", "video(s)")
     lines = [
         f"{info['uri']}: {info['name']} (source {info['source']}, format v"
-        f"{info['format_version']}), {'still images' if info['content'] == 'images' else 'frames'}"
+        f"{info['format_version']}), {'still images' if images else 'frames'}"
         f" {h}x{w}, segments of {info['segment_frames']} "
         f"overlapping by {info['segment_overlap']}",
-        f"  {'split':<6} {'videos':>7} {'frames':>9} {'windows':>9} {'abnormal':>9}"
+        f"  {'split':<6} {unit:>7} {'frames':>9} {'windows':>9} {'abnormal':>9}"
         f"   (windows of {info['window']}, stride {info['stride']})",
     ]
     for split, s in info["splits"].items():
@@ -118,8 +121,10 @@ def format_info(info: dict) -> str:
             lines.append(f"  WARNING: {len(info[key])} shard(s) {what}: "
                          f"{', '.join(info[key][:5])}")
     if info["skipped"]:
-        lines.append(f"  skipped at import: {len(info['skipped'])} video(s): "
-                     + ", ".join(f"{s['split']}/{s['video']}" for s in info["skipped"][:5]))
+        # Images are skipped one by one, several per group: each group is named once.
+        where = list(dict.fromkeys(f"{s['split']}/{s['video']}" for s in info["skipped"]))
+        lines.append(f"  skipped at import: {len(info['skipped'])} {skipped_unit}"
+                     f"{' in' if images else ':'} " + ", ".join(where[:5]))
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
 from tests.data.videos import (
     frame_indices,
+    sideways_jpeg,
     video_path,
     write_frames,
     write_frames16,
@@ -113,6 +114,16 @@ def test_phone_rotation_is_applied(tmp_path):
     # counter-clockwise it lands at the bottom-left.
     rows, cols = np.nonzero(frames[0] > 200)
     assert rows.min() > 48 and cols.max() < 16
+
+
+def test_exif_orientation_of_frame_images_is_applied(tmp_path):
+    """Frames are stored upright, as every viewer shows them: a frame folder of JPEGs with
+    orientation 6 becomes portrait, the square at the top-right."""
+    for i in range(3):
+        sideways_jpeg(tmp_path / "seq" / f"{i:03d}.jpg")
+    frames = video_io.load_frame_folder(tmp_path / "seq", (64, 48))  # (N, H=64, W=48)
+    rows, cols = np.nonzero(frames[0] > 200)
+    assert rows.max() < 16 and cols.min() >= 32
 
 
 def test_import_to_store_skips_bad_videos_and_restarts(cameras, tmp_path, ray_local, capsys):

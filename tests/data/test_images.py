@@ -12,6 +12,7 @@ from memae_dist.data.importers.images import image_groups, import_images, load_i
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
+from tests.data.videos import sideways_jpeg
 
 SIZE = (28, 28)
 
@@ -101,6 +102,15 @@ def test_mvtec_tree_groups_labels_pixels_and_rerun(mvtec, tmp_path, ray_local, m
     after = _mtimes(tmp_path / "store")
     assert [k for k in before if after[k] != before[k]] == ["train/good-0001.parquet"]
     assert _frames(dst, "train")["good-0001"][0][:, 0, 0].tolist() == [100, 200]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF orientation is read as viewers show it: turned a
+    quarter clockwise, the stored top-left corner lands at the top-right."""
+    path = sideways_jpeg(tmp_path / "photo.jpg")
+    pixels = images.read_image(path, SIZE)
+    rows, cols = np.nonzero(pixels > 200)
+    assert rows.max() < 12 and cols.min() > 14
 
 
 def test_aliases_loose_train_images_and_class_names(tmp_path):
@@ -197,6 +207,10 @@ def test_unreadable_images_stop_the_import_or_are_skipped_one_by_one(mvtec, tmp_
     assert main([*argv, "--skip-bad"]) == 0
     assert capsys.readouterr().out.count("skipped test/scratch-0000") == 3
     assert shard.stat().st_mtime_ns == mtime
+    assert main(["data", "info", str(dst)]) == 0
+    info = capsys.readouterr().out
+    assert "skipped at import: 3 image(s) in test/scratch-0000\n" in info + "\n"
+    assert "groups" in info and "video" not in info
     assert main(argv) == 2
     assert "img2.png" in capsys.readouterr().err
 

@@ -90,3 +90,15 @@ def write_frames16(folder: Path, values: list[int], ext: str = "tif", height: in
     for i, value in enumerate(values):
         Image.fromarray(np.full((height, width), value, dtype)).save(folder / f"{i:03d}.{ext}")
     return folder
+
+
+def sideways_jpeg(path, orientation: int = 6):
+    """A 64x48 JPEG whose white square sits at the stored frame's top-left, tagged with an EXIF
+    orientation: 6 = the camera was turned, viewers rotate it 90 degrees clockwise."""
+    a = np.zeros((48, 64), np.uint8)
+    a[:16, :16] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, quality=95, exif=exif)
+    return path

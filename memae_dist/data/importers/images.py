@@ -19,8 +19,9 @@ named ``<class>-<k>`` (``good-0000``, ``good-0001``, ...; loose train images mak
 ``train``). Frame i of group k is image ``k * 1024 + i`` of its class folder, so a frame maps
 back to its file by listing the folder in that order. A test/val group of an anomaly class is
 abnormal in every frame, one of a normal class in none; train groups are unlabelled, as the
-training videos of the other importers. Frames are stored like every importer's: grayscale
-(16-bit grey scaled, not clipped), then a bilinear resize to ``size`` (default 28x28).
+training videos of the other importers. Frames are stored like every importer's: upright (EXIF
+orientation applied), grayscale (16-bit grey scaled, not clipped), then a bilinear resize to
+``size`` (default 28x28).
 
 An unreadable image (truncated, not an image, a decompression bomb, a broken link) stops the
 import naming the file; with ``skip_bad`` only that image is left out, listed in the manifest's

@@ -2,10 +2,11 @@
 and folders of frame images, converted on the fly to grayscale frames of the target size.
 
 Frames are converted one at a time while decoding, so a loader holds the video at its stored
-size, never at the camera's resolution. Conversion matches ``writer.to_gray_resized``: grayscale
-first (``writer.to_gray8``: 16-bit grey scaled, not clipped), then a Pillow bilinear
-(antialiased) resize. Frame counts always come from decoding: container headers often lie
-(variable frame rate, packed B-frames, truncated files).
+size, never at the camera's resolution. Conversion matches ``writer.to_gray_resized``: upright
+(a video's display rotation, an image's EXIF orientation), then grayscale (``writer.to_gray8``:
+16-bit grey scaled, not clipped), then a Pillow bilinear (antialiased) resize. Frame counts
+always come from decoding: container headers often lie (variable frame rate, packed B-frames,
+truncated files).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from memae_dist.data.writer import to_gray8
 from memae_dist.errors import UserError
@@ -86,12 +87,17 @@ def is_frame_folder(path: Path) -> bool:
 
 @contextlib.contextmanager
 def open_image(path: Path):
-    """``Image.open`` as a context, with any way of failing to read the image (also while
-    decoding it inside the block) turned into one ``cannot read image PATH`` error."""
+    """``Image.open`` as a context, upright, with any way of failing to read the image (also
+    while decoding it inside the block) turned into one ``cannot read image PATH`` error.
+
+    Upright: an EXIF orientation (a phone or camera JPEG stored sideways) is applied, so the
+    frame is stored as every viewer shows it. In place, because a copy would lose the file's
+    format, which ``writer.to_gray8`` needs for 16-bit PNGs."""
     if is_broken_link(path):
         raise UserError(f"cannot read image {path}: {broken_link_reason(path)}")
     try:
         with Image.open(path) as img:
+            ImageOps.exif_transpose(img, in_place=True)
             yield img
     except IMAGE_ERRORS as exc:
         raise UserError(f"cannot read image {path}: {exc}") from None
