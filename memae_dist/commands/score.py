@@ -89,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = score_config(args)
     data = args.data
     if args.videos:
-        _, config, _ = read_model_state(args.checkpoint, storage)
-        size = frame_size(args.size) or ingest.checkpoint_frame_size(config, storage)
+        _, config, _, trained_on = read_model_state(args.checkpoint, storage)
+        size = frame_size(args.size) or ingest.checkpoint_frame_size(config, storage,
+                                                                      trained_on)
         if size is None:
             raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
                             "size) is not reachable from here")

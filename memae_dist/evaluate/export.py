@@ -93,7 +93,8 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
     t0 = time.perf_counter()
     loaded = load_model(checkpoint, storage)
     arch = loaded.config.model.arch
-    size = size or checkpoint_frame_size(loaded.config.to_dict(), storage) or (
+    size = size or checkpoint_frame_size(loaded.config.to_dict(), storage,
+                                         loaded.trained_on) or (
         (28, 28) if arch == "image" else None)  # the image net takes nothing else
     if size is None:
         raise UserError("--size H W is needed: the checkpoint's training data (for its frame "

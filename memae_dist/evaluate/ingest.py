@@ -32,9 +32,12 @@ def default_prepared_uri(out_uri: str) -> str:
     return f"{base}_frames"
 
 
-def checkpoint_frame_size(config: dict, storage: StorageConfig | None = None
-                          ) -> tuple[int, int] | None:
-    """Frame size of the data the checkpoint was trained on, when that manifest is reachable."""
+def checkpoint_frame_size(config: dict, storage: StorageConfig | None = None,
+                          trained_on: dict | None = None) -> tuple[int, int] | None:
+    """Frame size of the data the checkpoint was trained on: its own record (``trained_on``),
+    else the training data's manifest when that is reachable (older checkpoints)."""
+    if (trained_on or {}).get("size"):
+        return tuple(int(n) for n in trained_on["size"])
     path = (config.get("data") or {}).get("path")
     if not path:
         return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -59,10 +59,14 @@ class LoadedModel:
     model: MemAE
     config: ExperimentConfig
     checkpoint_uri: str
+    # What it was trained on ({"size": [H, W], "content": ...}); empty for older checkpoints.
+    trained_on: dict = field(default_factory=dict)
 
 
-def read_model_state(uri: str, storage: StorageConfig | None = None) -> tuple[str, dict, dict]:
-    """(checkpoint URI, experiment config dict, model state dict) of a checkpoint or run URI."""
+def read_model_state(uri: str, storage: StorageConfig | None = None
+                     ) -> tuple[str, dict, dict, dict]:
+    """(checkpoint URI, experiment config dict, model state dict, training data record) of a
+    checkpoint or run URI; the record is empty for checkpoints older than it."""
     ckpt = _checkpoint_folder(uri, storage)
     config = read_checkpoint_config(ckpt, storage)
     state_uri = join(ckpt, STATE_FILE)
@@ -75,7 +79,8 @@ def read_model_state(uri: str, storage: StorageConfig | None = None) -> tuple[st
     if not isinstance(weights, dict):
         raise UserError(f"{state_uri} is not a memae-dist checkpoint (a torch file without its "
                         "'model' weights; checkpoints are written by 'memae-dist train')")
-    return ckpt, config, weights
+    trained_on = state.get("data")
+    return ckpt, config, weights, trained_on if isinstance(trained_on, dict) else {}
 
 
 def _checkpoint_folder(uri: str, storage: StorageConfig | None) -> str:
@@ -107,9 +112,9 @@ def model_from_state(config: dict, state: dict) -> tuple[MemAE, ExperimentConfig
 
 def load_model(uri: str, storage: StorageConfig | None = None) -> LoadedModel:
     """A model from a checkpoint URI or a run URI (its latest checkpoint), in eval mode."""
-    ckpt, config, state = read_model_state(uri, storage)
+    ckpt, config, state, trained_on = read_model_state(uri, storage)
     model, cfg = model_from_state(config, state)
-    return LoadedModel(model, cfg, ckpt)
+    return LoadedModel(model, cfg, ckpt, trained_on)
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
@@ -171,7 +176,7 @@ class SegmentScorer:
         if model is None:
             if checkpoint is None:
                 raise ValueError("SegmentScorer needs a checkpoint URI or model=(config, state)")
-            _, config, state = read_model_state(checkpoint, storage)
+            _, config, state, _ = read_model_state(checkpoint, storage)
         else:
             config, state = model
         model, cfg = model_from_state(config, state)
@@ -233,9 +238,19 @@ def segment_items(manifest: Manifest, data_uri: str, video: VideoEntry) -> dict[
     return {"uri": [uri] * rows, "row_group": list(range(rows))}
 
 
-def check_scorable(manifest: Manifest, cfg: ExperimentConfig, data_uri: str) -> None:
-    """Refuse data this checkpoint cannot score, naming the dataset and the setting."""
+def check_scorable(manifest: Manifest, cfg: ExperimentConfig, data_uri: str,
+                   trained_on: dict | None = None) -> None:
+    """Refuse data this checkpoint cannot score, naming the dataset and the setting.
+
+    ``trained_on``: the checkpoint's record of its training data. A convolutional net runs on
+    any frame size, but its memory holds features of objects at the training scale: errors at
+    another scale are not the ones it learned to tell apart, so a mismatch is refused."""
     check_model_input(manifest, cfg.model, data_uri)
+    size = tuple((trained_on or {}).get("size") or ())
+    if size and size != tuple(manifest.size):
+        raise UserError(f"dataset {data_uri} has {manifest.size[0]}x{manifest.size[1]} frames, "
+                        f"but the checkpoint was trained on {size[0]}x{size[1]}: prepare the "
+                        f"data again with --size {size[0]} {size[1]}")
     if cfg.data.window > manifest.segment_overlap + 1:
         raise UserError(
             f"data.window={cfg.data.window} of the checkpoint is longer than dataset {data_uri} "
@@ -252,7 +267,7 @@ def score_split(
 ) -> list[VideoScores]:
     """Score every video of ``split`` in this process (no Ray); the reference path."""
     manifest = load_manifest(data_uri, storage)
-    check_scorable(manifest, loaded.config, data_uri)
+    check_scorable(manifest, loaded.config, data_uri, loaded.trained_on)
     window = loaded.config.data.window
     videos = manifest.videos(split)
     if not videos:

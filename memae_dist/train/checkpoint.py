@@ -2,8 +2,9 @@
 
 A checkpoint is a folder ``checkpoint_epoch_NNNN`` in the run's storage with:
 - ``state.pt``: model, optimizer, scaler, epoch, step, RNG states (torch, CUDA, numpy, Python),
-  data position and the best metric so far, saved as tensors and plain values so
-  ``torch.load(weights_only=True)`` reads it (no pickled code runs);
+  data position, the best metric so far and the training data's frame size and content,
+  saved as tensors and plain values so ``torch.load(weights_only=True)`` reads it (no pickled
+  code runs);
 - ``config.json``: the experiment configuration (no secrets: credentials never enter it);
 - ``history.json``: the per-epoch metrics up to this checkpoint, so a resumed run continues one
   history without gaps or duplicates.
@@ -75,7 +76,9 @@ def save_checkpoint(
     state: TrainState,
     config: dict[str, Any],
     scaler_state: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> None:
+    """``data``: what the run trains on (``trainer.trained_on``), kept for scoring and export."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -87,6 +90,7 @@ def save_checkpoint(
         "rng": rng_state(),
         # Batches of the next epoch already consumed: checkpoints are taken at epoch ends.
         "data_position": {"epoch": state.epoch, "batch": 0},
+        "data": data or {},
     }
     torch.save(payload, folder / STATE_FILE)
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))

@@ -72,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics["run_starts"] = state.starts
         metrics["prev_checkpoint_s"] = state.last_report_s  # write + upload of the last one
         state.history.append(metrics)
-        report(w, state, metrics, config["experiment"])
+        report(w, state, metrics, config)
         if tb is not None:
             tb.write(state.history[-1])
     if tb is not None:
@@ -132,8 +132,9 @@ def improved(cfg: ExperimentConfig, state: TrainState, metrics: dict) -> bool:
     return value > state.best_value if cfg.train.best_mode == "max" else value < state.best_value
 
 
-def report(w: Worker, state: TrainState, metrics: dict, raw: dict) -> None:
-    """Rank 0 writes the checkpoint; every rank calls ``report`` (it is a barrier)."""
+def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
+    """Rank 0 writes the checkpoint; every rank calls ``report`` (it is a barrier).
+    ``config``: the loop's config (the experiment dict and what the run trains on)."""
     cfg = w.cfg
     if not math.isfinite(metrics["loss"]):
         raise NonFiniteLoss(f"non-finite epoch loss at epoch {state.epoch}; no checkpoint written")
@@ -148,8 +149,8 @@ def report(w: Worker, state: TrainState, metrics: dict, raw: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp, checkpoint_upload(target, cfg):
         ckpt = None
         if w.rank == 0:
-            save_checkpoint(Path(tmp), w.model, w.optimizer, state, raw,
-                            w.precision.state_dict())
+            save_checkpoint(Path(tmp), w.model, w.optimizer, state, config["experiment"],
+                            w.precision.state_dict(), data=config.get("data"))
             ckpt = ray.train.Checkpoint.from_directory(tmp)
             if best:
                 save_best(Path(tmp), run, state.epoch, cfg.train.checkpoint_metric,

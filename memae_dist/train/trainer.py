@@ -133,10 +133,17 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
             return finished(run, cfg, {})
         if done:
             log.info("resuming %s after epoch %d", run, done)
-        return finished(run, cfg, run_trainer(cfg, address, callbacks))
+        return finished(run, cfg, run_trainer(cfg, address, callbacks, trained_on(manifest)))
 
 
-def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks) -> dict:
+def trained_on(manifest) -> dict:
+    """What checkpoints record of their training data: scoring other data refuses a frame size
+    the model never saw, and export takes its input size from here."""
+    return {"size": list(manifest.size), "content": manifest.content}
+
+
+def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,
+                data: dict | None = None) -> dict:
     """Start Ray if needed, run the TorchTrainer, and return its final metrics."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -150,7 +157,7 @@ def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks) -> dict:
     experiment = for_workers(cfg)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": experiment},
+        train_loop_config={"experiment": experiment, "data": data or {}},
         torch_config=TorchConfig(backend="nccl" if cfg.train.gpus_per_worker else "gloo"),
         scaling_config=scaling_config(cfg),
         run_config=ray.train.RunConfig(

@@ -18,8 +18,9 @@ from memae_dist.train.checkpoint import TrainState, save_checkpoint
 TINY_MODEL = ["model.num_slots=50", "model.shrink_threshold=0.02"]
 
 
-def make_checkpoint(folder, data: str, *overrides: str) -> str:
-    """Save a freshly initialised model as a checkpoint folder; returns its path."""
+def make_checkpoint(folder, data: str, *overrides: str, trained_on: dict | None = None) -> str:
+    """Save a freshly initialised model as a checkpoint folder; returns its path.
+    ``trained_on``: the training data record a trained run writes (none: an older checkpoint)."""
     cfg = load_config(None, [*TINY_MODEL, f"data.path={data}", *overrides])
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -31,7 +32,7 @@ def make_checkpoint(folder, data: str, *overrides: str) -> str:
                 m.running_var.uniform_(0.5, 1.5)
     folder.mkdir(parents=True, exist_ok=True)
     save_checkpoint(folder, model, torch.optim.Adam(model.parameters()), TrainState(epoch=1),
-                    cfg.to_dict())
+                    cfg.to_dict(), data=trained_on)
     return str(folder)
 
 

@@ -107,6 +107,23 @@ def test_window_error_defaults_to_the_checkpoints_recipe(segmented_data, tiny_ch
     assert not by_recipe.table.equals(default.table)
 
 
+def test_data_at_another_frame_size_than_training_is_refused(tmp_path, segmented_data):
+    """The checkpoint records its training frame size; data prepared at another size would be
+    scored at a scale the memory never saw, so it is refused before any scoring."""
+    m = load_manifest(segmented_data)
+    h, w = m.size
+    other = make_checkpoint(tmp_path / "other" / "checkpoint_epoch_0001", segmented_data,
+                            trained_on={"size": [2 * h, 2 * w], "content": "video"})
+    with pytest.raises(UserError, match=rf"dataset {segmented_data} has {h}x{w} frames, but the "
+                       rf"checkpoint was trained on {2 * h}x{2 * w}: prepare the data again "
+                       rf"with --size {2 * h} {2 * w}$"):
+        score_dataset(other, segmented_data, None, ScoreConfig(workers=0, progress=False))
+    same = make_checkpoint(tmp_path / "same" / "checkpoint_epoch_0001", segmented_data,
+                           trained_on={"size": [h, w], "content": "video"})
+    result = score_dataset(same, segmented_data, None, ScoreConfig(workers=0, progress=False))
+    assert result.table.num_rows > 0
+
+
 def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_data):
     with pytest.raises(UserError, match="score.batch_size"):
         ScoreConfig(batch_size=0)

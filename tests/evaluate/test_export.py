@@ -92,6 +92,21 @@ def test_export_computes_the_recipes_window_error_by_default(tiny_data, tmp_path
                                rtol=1e-5)
 
 
+def test_export_takes_the_size_the_checkpoint_recorded(tmp_path, capsys):
+    """A trained checkpoint records its frame size, so it exports without --size even where
+    its training data is out of reach; an older one without the record needs --size."""
+    gone = str(tmp_path / "gone")
+    ckpt = make_checkpoint(tmp_path / "new" / "checkpoint_epoch_0001", gone,
+                           trained_on={"size": [32, 48], "content": "video"})
+    out = tmp_path / "model.pt2"
+    assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out)]) == 0
+    assert "16x32x48 clips" in capsys.readouterr().out
+    old = make_checkpoint(tmp_path / "old" / "checkpoint_epoch_0001", gone)
+    assert main(["export", "--checkpoint", old, "--format", "pt2", "--out",
+                 str(tmp_path / "old.pt2")]) == 2
+    assert "--size H W is needed" in capsys.readouterr().err
+
+
 def test_export_refuses_bad_settings(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", tiny_checkpoint, "--format", "onnx", "--out",

@@ -41,6 +41,9 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
     # Validation on the labelled test split: 2 videos x 25 stride-1 windows.
     assert row["val_windows"] == 50 and row["val_recon"] > 0 and 0 <= row["val_auc"] <= 1
     assert result.best_checkpoint_uri.endswith("best/checkpoint_epoch_0001")
+    # The checkpoint records what it was trained on (scoring and export read it back).
+    state = torch.load(Path(result.checkpoint_uri) / STATE_FILE, weights_only=True)
+    assert state["data"] == {"size": [16, 16], "content": "video"}
     history = json.loads((tmp_path / "debug" / "history.json").read_text())
     assert history == result.history
     assert (tmp_path / "debug" / "history.csv").read_text().startswith("epoch,step,loss")
