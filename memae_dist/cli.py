@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from memae_dist.data.storage import enable_endpoint_probe
+    from memae_dist.data.endpoint import enable_endpoint_probe
 
     enable_endpoint_probe()
     # Ray Data logs an error raised in a read task or actor with its stack (as a possible Ray

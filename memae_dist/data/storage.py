@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,11 +21,15 @@ from urllib.parse import urlsplit
 import pyarrow.fs as pafs
 
 from memae_dist.data.atomic import atomic_local
+from memae_dist.data.endpoint import (
+    CONNECT_TIMEOUT_S,
+    connect_error,
+    probe_endpoint,
+)
 from memae_dist.data.redact import error_reason, redact_url
 from memae_dist.errors import UserError
 
 DEFAULT_REGION = "us-east-1"
-CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 30.0
 # Transient faults (dropped connections, a restarting server, 5xx) are retried with exponential
 # backoff: 10 attempts give up after about 80 s against a dead port (measured). Ray Data retries
@@ -139,48 +142,11 @@ def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSy
     return pafs.PyFileSystem(handler), _s3_path(uri)
 
 
-_PROBE = {"enabled": False, "reached": set()}
-
-
-def enable_endpoint_probe() -> None:
-    """Probe each S3 endpoint once, before this process's first request to it (the CLI does).
-
-    The patient retries above are right in the middle of a run and wrong at its start: a
-    mistyped or stopped endpoint must fail in seconds with its address, not after minutes of
-    backoff. Ray workers never probe: a worker started during an outage retries instead.
-    """
-    _PROBE["enabled"] = True
-
-
-def probe_endpoint(endpoint: str | None, force: bool = False, uri: str = "") -> None:
-    """One TCP connection to ``endpoint`` (when probing is enabled, or ``force``: checks such
-    as the doctor's, on any node, must answer in seconds too)."""
-    if not endpoint or endpoint in _PROBE["reached"] or not (force or _PROBE["enabled"]):
-        return
-    reason = _connect_error(endpoint)
-    if reason:
-        where = f"cannot reach {uri}: " if uri else ""
-        raise UserError(f"{where}{reason}: check storage.endpoint_url / AWS_ENDPOINT_URL and "
-                        "the network")
-    _PROBE["reached"].add(endpoint)
-
-
-def _connect_error(endpoint: str) -> str | None:
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        return f"S3 endpoint {redact_url(endpoint)} is unreachable ({reason.lower()})"
-    return None
-
-
 def unreachable_reason(cfg: StorageConfig | None = None) -> str | None:
     """Why the configured S3 endpoint cannot be reached (one TCP connection), or None; the
     bare fact, for checks that give their own fix."""
     endpoint = (cfg or StorageConfig()).resolved().endpoint_url
-    return _connect_error(endpoint) if endpoint else None
+    return connect_error(endpoint) if endpoint else None
 
 
 def fsspec_fs(uri: str, cfg: StorageConfig | None = None):

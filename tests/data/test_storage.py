@@ -5,7 +5,7 @@ import time
 import pyarrow.fs as pafs
 import pytest
 
-from memae_dist.data import storage
+from memae_dist.data import endpoint, storage
 from memae_dist.errors import UserError
 from tests.conftest import DUMMY_SECRET
 
@@ -108,7 +108,7 @@ def test_s3_missing_key_names_uri(s3_bucket):
 
 def test_unreachable_endpoint_fails_fast_without_secrets(s3_server, monkeypatch):
     # As in the CLI: probe each endpoint before the first request (library calls retry).
-    monkeypatch.setitem(storage._PROBE, "enabled", True)
+    monkeypatch.setitem(endpoint._PROBE, "enabled", True)
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

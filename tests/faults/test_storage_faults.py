@@ -13,11 +13,13 @@ The last two put a TCP proxy (``netfault.FaultProxy``) between the CLI and the S
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -55,6 +57,40 @@ def auth_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+class _WebPage(http.server.BaseHTTPRequestHandler):
+    """A web server that is not S3 (a storage product's web console on the wrong port): an
+    HTML page for any path, 200 for paths under a bucket named ``console``, else 404."""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        self._page(include_body=True)
+
+    def do_HEAD(self):  # noqa: N802
+        self._page(include_body=False)
+
+    def do_PUT(self):  # noqa: N802
+        self._page(include_body=True)
+
+    def _page(self, include_body: bool) -> None:
+        body = b"<!doctype html><html><body>Console</body></html>"
+        self.send_response(200 if self.path.startswith("/console") else 404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if include_body:
+            self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def web_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _WebPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -72,24 +108,37 @@ VERBS = {
 }
 
 
-@pytest.mark.parametrize("fault", ["endpoint-down", "wrong-credentials", "missing-bucket"])
+@pytest.mark.parametrize("fault", ["endpoint-down", "wrong-credentials", "missing-bucket",
+                                   "not-s3"])
 @pytest.mark.parametrize("verb", sorted(VERBS))
-def test_unusable_store_fails_fast_naming_it(fault, verb, s3_server, auth_server, tmp_path):
+def test_unusable_store_fails_fast_naming_it(fault, verb, s3_server, auth_server, web_server,
+                                             tmp_path):
     bucket = "no-such-bucket-memae"
     endpoint = {"endpoint-down": f"http://127.0.0.1:{_free_port()}",
-                "wrong-credentials": auth_server, "missing-bucket": s3_server}[fault]
+                "wrong-credentials": auth_server, "missing-bucket": s3_server,
+                "not-s3": web_server}[fault]
     args = [a.format(s3=f"s3://{bucket}", tmp=tmp_path) for a in VERBS[verb]]
     t0 = time.monotonic()
     proc = memae(*args, cwd=tmp_path, env={"AWS_ENDPOINT_URL": endpoint})
     elapsed = time.monotonic() - t0
     names = {"endpoint-down": (endpoint, "unreachable"),
              "wrong-credentials": ("access denied", "AWS credentials"),
-             "missing-bucket": (bucket, "does not exist")}[fault]
+             "missing-bucket": (bucket, "does not exist"),
+             "not-s3": (web_server, "does not answer like an S3 service")}[fault]
     line = assert_user_error(proc, *names)
     assert "dummy-secret" not in proc.stderr + proc.stdout, line
     assert elapsed < FAST_S, (elapsed, line)
     assert not (tmp_path / "eval").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written, not even a log
+
+
+def test_a_web_page_answering_200_is_not_taken_for_s3_replies(web_server, tmp_path):
+    """A console whose catch-all route answers 200 for every path would pass for a bucket
+    holding every object; its HTML is named as not S3's, before anything is read."""
+    proc = memae("data", "info", "s3://console/data", cwd=tmp_path,
+                 env={"AWS_ENDPOINT_URL": web_server})
+    line = assert_user_error(proc, web_server, "does not answer like an S3 service (HTTP 200")
+    assert "JSON" not in line and "dummy-secret" not in proc.stderr + proc.stdout
 
 
 # ---------------------------------------------------------------- faults in the middle of a run
