@@ -19,9 +19,6 @@ _REASONS = (
     (("NETWORK_CONNECTION", "curlCode: 7", "Couldn't connect", "Could not connect",
       "Connection refused", "Failed to connect", "timed out", "curlCode: 28"),
      "endpoint unreachable"),
-    # The AWS SDK's words for a reply that is not S3's XML: a web page answered instead.
-    (("XML_ERROR",), "the endpoint's reply is not S3's (a web page? check storage.endpoint_url "
-     "/ AWS_ENDPOINT_URL: the S3 API's address, not a web console's)"),
 )
 
 

@@ -59,7 +59,7 @@ class LoadedModel:
     model: MemAE
     config: ExperimentConfig
     checkpoint_uri: str
-    # What it was trained on ({"size": [H, W], "content": ...}); empty for older checkpoints.
+    # What it was trained on ({"size": [H, W]}); empty for checkpoints older than the record.
     trained_on: dict = field(default_factory=dict)
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``checkpoint_epoch_NNNN`` in the run's storage with:
 - ``state.pt``: model, optimizer, scaler, epoch, step, RNG states (torch, CUDA, numpy, Python),
-  data position, the best metric so far and the training data's frame size and content,
+  data position, the best metric so far and the training data's frame size,
   saved as tensors and plain values so ``torch.load(weights_only=True)`` reads it (no pickled
   code runs);
 - ``config.json``: the experiment configuration (no secrets: credentials never enter it);
@@ -78,7 +78,7 @@ def save_checkpoint(
     scaler_state: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """``data``: what the run trains on (``trainer.trained_on``), kept for scoring and export."""
+    """``data``: what the run trains on (its frame size), kept for scoring and export."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

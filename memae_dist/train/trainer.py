@@ -133,13 +133,10 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
             return finished(run, cfg, {})
         if done:
             log.info("resuming %s after epoch %d", run, done)
-        return finished(run, cfg, run_trainer(cfg, address, callbacks, trained_on(manifest)))
-
-
-def trained_on(manifest) -> dict:
-    """What checkpoints record of their training data: scoring other data refuses a frame size
-    the model never saw, and export takes its input size from here."""
-    return {"size": list(manifest.size), "content": manifest.content}
+        # Checkpoints record the frame size: scoring refuses data at a size the model never
+        # saw, and export takes its input size from there.
+        trained_on = {"size": list(manifest.size)}
+        return finished(run, cfg, run_trainer(cfg, address, callbacks, trained_on))
 
 
 def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,

@@ -113,13 +113,13 @@ def test_data_at_another_frame_size_than_training_is_refused(tmp_path, segmented
     m = load_manifest(segmented_data)
     h, w = m.size
     other = make_checkpoint(tmp_path / "other" / "checkpoint_epoch_0001", segmented_data,
-                            trained_on={"size": [2 * h, 2 * w], "content": "video"})
+                            trained_on={"size": [2 * h, 2 * w]})
     with pytest.raises(UserError, match=rf"dataset {segmented_data} has {h}x{w} frames, but the "
                        rf"checkpoint was trained on {2 * h}x{2 * w}: prepare the data again "
                        rf"with --size {2 * h} {2 * w}$"):
         score_dataset(other, segmented_data, None, ScoreConfig(workers=0, progress=False))
     same = make_checkpoint(tmp_path / "same" / "checkpoint_epoch_0001", segmented_data,
-                           trained_on={"size": [h, w], "content": "video"})
+                           trained_on={"size": [h, w]})
     result = score_dataset(same, segmented_data, None, ScoreConfig(workers=0, progress=False))
     assert result.table.num_rows > 0
 

@@ -97,7 +97,7 @@ def test_export_takes_the_size_the_checkpoint_recorded(tmp_path, capsys):
     its training data is out of reach; an older one without the record needs --size."""
     gone = str(tmp_path / "gone")
     ckpt = make_checkpoint(tmp_path / "new" / "checkpoint_epoch_0001", gone,
-                           trained_on={"size": [32, 48], "content": "video"})
+                           trained_on={"size": [32, 48]})
     out = tmp_path / "model.pt2"
     assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out)]) == 0
     assert "16x32x48 clips" in capsys.readouterr().out

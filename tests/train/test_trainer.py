@@ -43,7 +43,7 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
     assert result.best_checkpoint_uri.endswith("best/checkpoint_epoch_0001")
     # The checkpoint records what it was trained on (scoring and export read it back).
     state = torch.load(Path(result.checkpoint_uri) / STATE_FILE, weights_only=True)
-    assert state["data"] == {"size": [16, 16], "content": "video"}
+    assert state["data"] == {"size": [16, 16]}
     history = json.loads((tmp_path / "debug" / "history.json").read_text())
     assert history == result.history
     assert (tmp_path / "debug" / "history.csv").read_text().startswith("epoch,step,loss")
