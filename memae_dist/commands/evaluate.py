@@ -71,3 +71,22 @@ def print_evaluation(metrics: dict) -> None:
     for v in metrics["per_video"]:
         print(f"  {v['name']:<12} {v['n_frames']:>7} {v['n_abnormal']:>8} {_fmt(v['auc']):>8} "
               f"{_fmt(v['ap']):>8} {_fmt(v['eer']):>8}")
+    print_thresholds(metrics.get("thresholds"), metrics.get("split"))
+
+
+def print_thresholds(thresholds: dict | None, split: str | None) -> None:
+    """The raw-error thresholds a live system would flag ``score >= threshold`` with."""
+    if not thresholds:
+        return
+    print(f"thresholds on the raw error ('score' column of 'memae-dist score'), read off split "
+          f"'{split}'; flag score >= threshold:")
+    for p in thresholds["at_fpr"]:
+        budget = f"  false positives <= {p['target_fpr']:.1%}:"
+        if p["threshold"] is None:  # the highest errors of this split are normal frames'
+            print(f"{budget} none (no threshold flags a frame within this budget)")
+            continue
+        print(f"{budget} threshold {p['threshold']:<10.6g}  (FPR {p['fpr']:.4f}, recall "
+              f"{p['tpr']:.4f})")
+    f1 = thresholds["best_f1"]
+    print(f"  best F1 {f1['f1']:.4f}: threshold {f1['threshold']:.6g}  (precision "
+          f"{f1['precision']:.4f}, recall {f1['recall']:.4f})")

@@ -30,6 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from memae_dist.data.atomic import atomic_local
 from memae_dist.evaluate.definitions import METRICS, PROTOCOL_HELP, PROTOCOLS  # noqa: F401
+from memae_dist.evaluate.thresholds import deployment_thresholds
 
 WINDOW_LENGTH = 16
 FRAME_COLUMNS = ("video", "frame", "score", "regularity", "label")
@@ -225,6 +226,7 @@ def evaluate_videos(videos: Sequence[VideoScores]) -> dict[str, Any]:
         "n_videos": len(videos),
         "n_abnormal": int(labels.sum()),
         "per_video": per_video,
+        "thresholds": deployment_thresholds(labels, raw),
     }
 
 

@@ -65,6 +65,12 @@ def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkp
     assert "protocol micro: raw errors pooled" in printed
     assert f"AUC {metrics['auc_micro']:.4f}" in printed
     assert "auc_paper" in printed and "per video:" in printed
+    # Thresholds on the raw errors a live system would use, read off this split.
+    thresholds = metrics["thresholds"]
+    assert [p["target_fpr"] for p in thresholds["at_fpr"]] == [0.001, 0.01, 0.05]
+    assert 0 < thresholds["best_f1"]["f1"] <= 1
+    assert "thresholds on the raw error ('score' column of 'memae-dist score')" in printed
+    assert f"best F1 {thresholds['best_f1']['f1']:.4f}" in printed
     for name in ("frames.csv", "scores.png", "roc.png"):
         assert (out / name).stat().st_size > 0
 
@@ -74,7 +80,7 @@ def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkp
     metrics2 = json.loads((again / "metrics.json").read_text())
     assert metrics2["headline"]["protocol"] == "paper"
     assert metrics2["headline"]["auc"] == metrics["auc_paper"]
-    for key in METRICS:
+    for key in [*METRICS, "thresholds"]:
         assert metrics2[key] == metrics[key], key
 
 

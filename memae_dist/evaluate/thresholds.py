@@ -1,0 +1,54 @@
+"""Deployment thresholds on the raw reconstruction error, read off a labelled split.
+
+The paper's AUC needs every frame of a video before it can normalise one, so a live system
+cannot use it: it compares each window's raw error (the ``score`` column of ``memae-dist
+score``) with a fixed threshold, flagging ``error >= threshold``. These are the thresholds a
+deployment is usually tuned to: a false-positive budget (how many normal frames may raise an
+alarm) and the best F1. They hold for data like the split they were read from; read them off
+a labelled validation split, not the test split whose numbers are reported.
+
+Pure numpy + scikit-learn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+# False-positive budgets a deployment is commonly tuned to.
+TARGET_FPRS = (0.001, 0.01, 0.05)
+
+
+def deployment_thresholds(labels, scores) -> dict[str, Any] | None:
+    """``{"at_fpr": [...], "best_f1": {...}}`` for raw ``scores`` (higher = more abnormal),
+    or None when ``labels`` hold one class only (no false positive or no hit can be counted)."""
+    labels = np.asarray(labels).reshape(-1).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.all() or not labels.any():
+        return None
+    return {"at_fpr": [at_fpr(labels, scores, t) for t in TARGET_FPRS],
+            "best_f1": best_f1(labels, scores)}
+
+
+def at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> dict[str, Any]:
+    """The lowest threshold whose false-positive rate on these frames is at most ``target``,
+    with the rates it gives; ``threshold`` is None when no threshold keeps under ``target``
+    while flagging anything (ties at the top among normal frames)."""
+    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+    i = int(np.searchsorted(fpr, target, side="right")) - 1  # fpr is non-decreasing
+    threshold = float(thr[i]) if np.isfinite(thr[i]) else None
+    return {"target_fpr": target, "threshold": threshold, "fpr": float(fpr[i]),
+            "tpr": float(tpr[i])}
+
+
+def best_f1(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """The threshold with the highest F1 (abnormal = positive), and its precision and recall."""
+    precision, recall, thr = precision_recall_curve(labels, scores)
+    # The curve's last point (precision 1, recall 0) has no threshold.
+    p, r = precision[:-1], recall[:-1]
+    f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    i = int(np.argmax(f1))
+    return {"threshold": float(thr[i]), "f1": float(f1[i]), "precision": float(p[i]),
+            "recall": float(r[i])}
