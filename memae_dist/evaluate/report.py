@@ -181,6 +181,11 @@ def _fmt(value) -> str:
                                                             else html.escape(str(value)))
 
 
+def _sig(value) -> str:
+    # Errors can be 1e-4 small: significant digits, not a fixed count of decimals.
+    return _fmt(None) if value is None else f"{value:.6g}"
+
+
 def _rel(path: Path, root: Path) -> str:
     return html.escape(path.relative_to(root).as_posix(), quote=True)
 
@@ -210,6 +215,7 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
         parts += [f'<tr><td class="l">{e(k)}</td><td>{_fmt(report.metrics.get(k))}</td>'
                   f'<td class="l">{e(text)}</td></tr>' for k, text in METRICS.items()]
         parts.append("</table>")
+        parts += _thresholds_section(report.metrics.get("thresholds"), meta.get("split"))
     if report.roc:
         parts += ["<h2>ROC curve</h2>", f'<img src="{_rel(report.roc, root)}" alt="ROC curve">']
     parts += _video_section(report, videos, labelled, root)
@@ -229,6 +235,26 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
     with writing(report.index), atomic_local(report.index, "w", encoding="utf-8") as fh:
         fh.write("\n".join(parts))
     return report.index
+
+
+def _thresholds_section(thresholds: dict | None, split: str | None) -> list[str]:
+    """The raw-error thresholds of ``evaluate`` (``thresholds.py``), as a table."""
+    if not thresholds:
+        return []
+    parts = ["<h2>Thresholds on the raw error</h2>",
+             f"<p>Read off split {html.escape(str(split))}; a live system flags windows whose "
+             "error (the <code>score</code> column) is at or above the threshold.</p>",
+             "<table>", '<tr><th class="l">chosen for</th><th>threshold</th><th>FPR</th>'
+             "<th>recall</th><th>precision</th></tr>"]
+    for p in thresholds["at_fpr"]:
+        parts.append(f'<tr><td class="l">false positives &le; {p["target_fpr"]:.1%}</td>'
+                     f'<td>{_sig(p["threshold"])}</td><td>{_fmt(p["fpr"])}</td>'
+                     f'<td>{_fmt(p["tpr"])}</td><td>{_fmt(None)}</td></tr>')
+    f1 = thresholds["best_f1"]
+    parts.append(f'<tr><td class="l">best F1 ({f1["f1"]:.4f})</td><td>{_sig(f1["threshold"])}'
+                 f'</td><td>{_fmt(None)}</td><td>{_fmt(f1["recall"])}</td>'
+                 f'<td>{_fmt(f1["precision"])}</td></tr>')
+    return [*parts, "</table>"]
 
 
 def _video_section(report: Report, videos: list[VideoScores], labelled: set[str],

@@ -82,6 +82,7 @@ def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
     text = " ".join(page.text)
     for key in METRICS:
         assert key in text
+    assert "Thresholds on the raw error" in text and "best F1" in text
     assert "video 02, frame 20" in text
 
 
