@@ -28,15 +28,16 @@ def deployment_thresholds(labels, scores) -> dict[str, Any] | None:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if labels.all() or not labels.any():
         return None
-    return {"at_fpr": [at_fpr(labels, scores, t) for t in TARGET_FPRS],
+    curve = roc_curve(labels, scores, drop_intermediate=False)
+    return {"at_fpr": [at_fpr(curve, t) for t in TARGET_FPRS],
             "best_f1": best_f1(labels, scores)}
 
 
-def at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> dict[str, Any]:
-    """The lowest threshold whose false-positive rate on these frames is at most ``target``,
-    with the rates it gives; ``threshold`` is None when no threshold keeps under ``target``
-    while flagging anything (ties at the top among normal frames)."""
-    fpr, tpr, thr = roc_curve(labels, scores, drop_intermediate=False)
+def at_fpr(curve, target: float) -> dict[str, Any]:
+    """From a ROC ``curve`` (``roc_curve``'s fpr, tpr, thresholds): the lowest threshold whose
+    false-positive rate is at most ``target``, with the rates it gives. ``threshold`` is None
+    when even the highest one flags more normal frames than that (normal frames at the top)."""
+    fpr, tpr, thr = curve
     i = int(np.searchsorted(fpr, target, side="right")) - 1  # fpr is non-decreasing
     threshold = float(thr[i]) if np.isfinite(thr[i]) else None
     return {"target_fpr": target, "threshold": threshold, "fpr": float(fpr[i]),
