@@ -118,14 +118,17 @@ def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str
     A checkpoint or dataset the user named must load; the ones the scores file merely
     recorded may have moved since, which costs the figures and not the report."""
     from memae_dist.data.manifest import load_manifest
-    from memae_dist.evaluate.score import load_model
+    from memae_dist.evaluate.score import check_scorable, load_model
 
     ckpt_uri, data_uri = checkpoint or meta.get("checkpoint"), data or meta.get("data")
     if not ckpt_uri or not data_uri:
         report.notes.append("No reconstructions or memory picture: pass --checkpoint and --data.")
         return None
     try:
-        return load_model(ckpt_uri, storage), load_manifest(data_uri, storage), data_uri
+        loaded, manifest = load_model(ckpt_uri, storage), load_manifest(data_uri, storage)
+        # Reconstructions of frames the model cannot take (or at another scale) would mislead.
+        check_scorable(manifest, loaded.config, data_uri, loaded.trained_on)
+        return loaded, manifest, data_uri
     except UserError as exc:
         if checkpoint or data:
             raise

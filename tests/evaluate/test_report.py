@@ -15,6 +15,7 @@ from memae_dist.evaluate.batch_score import (
     write_scores,
 )
 from memae_dist.evaluate.protocol import METRICS
+from tests.evaluate.conftest import make_checkpoint
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -86,18 +87,22 @@ def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
     assert "video 02, frame 20" in text
 
 
-def test_report_refuses_bad_input_before_writing(scores, tiny_checkpoint, tmp_path, capsys):
+def test_report_refuses_bad_input_before_writing(scores, tiny_checkpoint, segmented_data,
+                                                  tmp_path, capsys):
     out = tmp_path / "refused"
     gone = tmp_path / "gone"
     foreign = tmp_path / "foreign"  # a torch file of someone else's, beside a real config
     foreign.mkdir()
     torch.save({"a": 1}, foreign / "state.pt")
     shutil.copy(Path(tiny_checkpoint) / "config.json", foreign)
+    larger = make_checkpoint(tmp_path / "larger" / "checkpoint_epoch_0001", segmented_data,
+                             trained_on={"size": [64, 64]})
     for extra, why in ((["--frame", "01:3"], "that frame has no score"),
                        (["--frame", "zz:3"], "no video 'zz' in the scores"),
                        (["--checkpoint", str(gone)], str(gone)),  # named by the user: must load
                        (["--checkpoint", str(foreign)],
                         f"{foreign / 'state.pt'} is not a memae-dist checkpoint"),
+                       (["--checkpoint", larger], "but the checkpoint was trained on 64x64"),
                        ([], "must be a local folder")):
         dest = "s3://bucket/report" if not extra else str(out)
         assert main(["report", "--scores", str(scores), "--out", dest, *extra]) == 2
