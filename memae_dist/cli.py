@@ -17,8 +17,8 @@ import sys
 from memae_dist.errors import UserError
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
-COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "report", "export",
-            "doctor")
+COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "events", "report",
+            "export", "doctor")
 
 # Ray Data's loggers that print an error raised in a read task or actor, with its stack.
 RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions",
