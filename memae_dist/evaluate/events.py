@@ -62,16 +62,16 @@ def find_events(video: VideoScores, threshold: float, *, min_frames: int = 1,
 def event_summary(videos: list[VideoScores], events: list[Event],
                   labelled: set[str]) -> dict:
     """Counts over all videos; the label checks cover the labelled videos only."""
-    out = {"videos": len(videos), "videos_with_events": len({e.video for e in events}),
-           "events": len(events), "frames_scored": int(sum(v.frames.size for v in videos))}
+    by_video: dict[str, list[Event]] = {}
+    for e in events:
+        by_video.setdefault(e.video, []).append(e)
+    out = {"videos": len(videos), "videos_with_events": len(by_video), "events": len(events)}
     if not labelled:
         return out
     anomalies = missed = 0
-    for v in videos:
-        if v.name not in labelled:
-            continue
+    for v in (v for v in videos if v.name in labelled):
         hits = np.zeros(v.frames.size, dtype=bool)
-        for e in (e for e in events if e.video == v.name):
+        for e in by_video.get(v.name, []):
             hits |= (v.frames >= e.first_frame) & (v.frames <= e.last_frame)
         for first, last in _runs(v.labels.astype(bool)):
             anomalies += 1
