@@ -7,8 +7,8 @@ For each (variant, seed) of the chosen profile this runs exactly what a user wou
         --set model.variant=V --set train.seed=N
     memae-dist evaluate --checkpoint WORK/runs/V_sN --data ... --error mse --out WORK/eval/V_sN
 
-and once more with ``--error mae`` (the official test script's error measure, and the Ped2
-recipes' own), then collects frame AUC (paper protocol and the others), where the paper
+and once more with ``--error mae`` (the official test script's error measure for MemAE, and
+the Ped2 recipes' own), then collects frame AUC (paper protocol and the others), where the paper
 protocol loses AUC (mis-ranked frame pairs within and across videos), the memory's last-epoch
 attention entropy, training clips/s and wall time into ``bench/results/ped2_<profile>.json``
 for the Ped2 table of ``bench/RESULTS.md``.
@@ -24,8 +24,13 @@ A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is r
 interrupted reproduction continues where it stopped (training itself resumes by run name). With
 ``--only``, the results file still lists every finished run of the plan in the work folder.
 
+``--tabulate FILE ...`` reads the runs of earlier results files instead of training (a run
+named twice, by variant and seed, counts once) and prints, or writes to ``--json``, their
+summaries: the table's means and spreads, recomputed from what was measured.
+
 Usage: python bench/reproduce_ped2.py [--profile lite|paper] [--src ../shared/data/ucsd_ped2]
        [--work bench/.work/ped2] [--only memae:0,ae:0] [--set KEY=VALUE ...] [--size S]
+       python bench/reproduce_ped2.py --tabulate RESULTS.json ... [--json OUT]
 """
 
 from __future__ import annotations
@@ -45,6 +50,14 @@ from memae_dist.models.config import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER = {"ae": 0.917, "memae_nonsparse": 0.929, "memae": 0.941}
+# The official test script scores a window differently per model class: the AE by the mean
+# squared error of its [0, 1] frames, MemAE (and so MemAE-nonSparse, the same class without
+# shrinkage) by the per-pixel L2 norm over colour channels of its [-1, 1] frames, averaged,
+# which for grey frames is the mean absolute error. The scale is lost to the per-video min-max;
+# the measure is not. "official" reads each run with its variant's measure.
+OFFICIAL_ERROR = {"ae": "mse", "memae_nonsparse": "mae", "memae": "mae"}
+SUMMARIES = {"summary": "auc_paper", "summary_mae": "auc_paper_mae",
+             "summary_official": "auc_paper_official"}
 PROFILES = {
     "lite": {"recipe": "ped2_lite", "size": 64,
              "runs": [("memae", 0), ("memae", 1), ("memae", 2), ("ae", 0),
@@ -105,8 +118,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
         check_reusable(args, profile, runs / name, variant, seed)
         if walls_file.exists():
             walls = json.loads(walls_file.read_text())
-    # The official MemAE test script's error: the per-pixel L2 norm over colour channels,
-    # averaged, which for grey frames is the mean absolute error.
+    # The official MemAE test script's error (OFFICIAL_ERROR).
     mae_file = args.work / "eval" / f"{name}_mae" / "metrics.json"
     if not mae_file.exists():
         run(cli("evaluate", "--checkpoint", str(runs / name), "--data", data, "--error", "mae",
@@ -116,7 +128,7 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
     history = json.loads((runs / name / "history.json").read_text())
     steady = [row["clips_per_s"] for row in history[1:]] or [history[0]["clips_per_s"]]
     epochs_s = sum(row["epoch_s"] for row in history)
-    return {
+    return with_official({
         "variant": variant, "seed": seed,
         "auc_paper": metrics["auc_paper"], "auc_micro": metrics.get("auc_micro"),
         "auc_per_video_mean": metrics.get("auc_per_video_mean"),
@@ -135,7 +147,13 @@ def train_and_evaluate(args, profile: dict, data: str, variant: str, seed: int) 
                               if ModelConfig(variant=variant).uses_memory else None),
         **pairs_lost(metrics),
         **{f"{key}_mae": value for key, value in pairs_lost(mae).items()},
-    }
+    })
+
+
+def with_official(row: dict) -> dict:
+    """``row`` with ``auc_paper_official``: its AUC under the official script's error."""
+    key = "auc_paper_mae" if OFFICIAL_ERROR[row["variant"]] == "mae" else "auc_paper"
+    return {**row, "auc_paper_official": row[key]}
 
 
 # What a finished run must share with this invocation's plan to be reported as part of it.
@@ -209,6 +227,26 @@ def summarise(rows: list[dict], key: str = "auc_paper") -> dict:
     return out
 
 
+def summaries(rows: list[dict]) -> dict:
+    return {name: summarise(rows, key) for name, key in SUMMARIES.items()}
+
+
+def tabulate(files: list[Path]) -> dict:
+    """The runs of earlier results files, each (variant, seed) once, and their summaries."""
+    rows, seen = [], set()
+    for path in files:
+        try:
+            runs = json.loads(path.read_text())["runs"]
+        except (OSError, ValueError, KeyError) as exc:
+            sys.exit(f"--tabulate: {path} is not a results file of this script ({exc})")
+        for row in runs:
+            if (row["variant"], row["seed"]) not in seen:
+                seen.add((row["variant"], row["seed"]))
+                rows.append(with_official(row))
+    return {"runs": rows, **summaries(rows), "files": [str(p) for p in files],
+            "command": "python bench/reproduce_ped2.py " + " ".join(sys.argv[1:])}
+
+
 def machine() -> str:
     from memae_dist.train.precision import cpu_has_native
 
@@ -239,7 +277,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="frame size (square) instead of the profile's, to study resolution")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--tabulate", type=Path, nargs="+", metavar="RESULTS",
+                        help="summarise earlier results files instead of training")
     args = parser.parse_args()
+    if args.tabulate:
+        result = tabulate(args.tabulate)
+        if args.json:
+            write_bytes_atomic(str(args.json), json.dumps(result, indent=2).encode())
+        print(json.dumps({name: result[name] for name in SUMMARIES}, indent=2))
+        return
     profile = PROFILES[args.profile]
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -260,7 +306,7 @@ def main() -> None:
             rows.append(train_and_evaluate(args, profile, data, variant, seed))
     result = {"profile": args.profile, "recipe": profile["recipe"], "size": size,
               "overrides": args.set, "machine": machine(), "runs": rows,
-              "summary": summarise(rows), "summary_mae": summarise(rows, "auc_paper_mae"),
+              **summaries(rows),
               "command": "python bench/reproduce_ped2.py " + " ".join(sys.argv[1:])}
     target = args.json or ROOT / "bench/results" / f"ped2_{args.profile}.json"
     write_bytes_atomic(str(target), json.dumps(result, indent=2).encode())

@@ -115,3 +115,35 @@ def test_the_ae_reports_no_attention_entropy(reproduce, tmp_path, tiny_data):
             Namespace(work=work, set=[]), reproduce.PROFILES["lite"], str(tiny_data), variant, 0)
     assert rows["ae"]["per_query_entropy"] is None
     assert rows["memae"]["per_query_entropy"] == 0.0
+
+
+def results_file(path: Path, *runs: tuple[str, int, float, float]) -> Path:
+    """A results file of this script with (variant, seed, MSE auc_paper, MAE auc_paper) runs."""
+    rows = [{"variant": v, "seed": s, "auc_paper": mse, "auc_paper_mae": mae}
+            for v, s, mse, mae in runs]
+    path.write_text(json.dumps({"runs": rows}))
+    return path
+
+
+def test_the_official_reading_scores_the_ae_by_mse_and_the_memories_by_mae(reproduce, tmp_path):
+    first = results_file(tmp_path / "a.json", ("memae", 0, 0.84, 0.92), ("ae", 0, 0.86, 0.90))
+    # The AE's seed 0 again (a run copied into two plans) counts once.
+    second = results_file(tmp_path / "b.json", ("ae", 0, 0.86, 0.90), ("ae", 1, 0.84, 0.88),
+                          ("memae_nonsparse", 0, 0.81, 0.86), ("memae", 1, 0.86, 0.86))
+    table = reproduce.tabulate([first, second])
+    assert [(r["variant"], r["seed"]) for r in table["runs"]] == [
+        ("memae", 0), ("ae", 0), ("ae", 1), ("memae_nonsparse", 0), ("memae", 1)]
+    official = table["summary_official"]
+    assert official["ae"]["mean"] == pytest.approx(0.85)  # the MSE's 0.86 and 0.84
+    assert official["memae"]["mean"] == pytest.approx(0.89)  # the MAE's 0.92 and 0.86
+    assert official["memae"]["spread"] == pytest.approx(0.06)
+    assert official["memae_nonsparse"]["mean"] == pytest.approx(0.86)
+    assert table["summary_mae"]["ae"]["mean"] == pytest.approx(0.89)
+    assert table["summary"]["memae"]["mean"] == pytest.approx(0.85)
+
+
+def test_tabulating_a_file_that_is_not_a_results_file_names_it(reproduce, tmp_path):
+    stray = tmp_path / "metrics.json"
+    stray.write_text(json.dumps({"auc_paper": 0.9}))
+    with pytest.raises(SystemExit, match="metrics.json is not a results file"):
+        reproduce.tabulate([stray])
