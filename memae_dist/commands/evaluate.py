@@ -75,7 +75,10 @@ def print_evaluation(metrics: dict) -> None:
 
 
 def print_thresholds(thresholds: dict | None, split: str | None) -> None:
-    """The raw-error thresholds a live system would flag ``score >= threshold`` with."""
+    """The raw-error thresholds a live system would flag ``score >= threshold`` with.
+
+    Printed in full: each is a frame's score, and a rounded-up copy passed to ``events
+    --threshold`` would no longer flag that frame."""
     if not thresholds:
         return
     print(f"thresholds on the raw error ('score' column of 'memae-dist score'), read off split "
@@ -85,8 +88,8 @@ def print_thresholds(thresholds: dict | None, split: str | None) -> None:
         if p["threshold"] is None:  # the highest errors of this split are normal frames'
             print(f"{budget} none (no threshold flags a frame within this budget)")
             continue
-        print(f"{budget} threshold {p['threshold']:<10.6g}  (FPR {p['fpr']:.4f}, recall "
+        print(f"{budget} threshold {p['threshold']!r}  (FPR {p['fpr']:.4f}, recall "
               f"{p['tpr']:.4f})")
     f1 = thresholds["best_f1"]
-    print(f"  best F1 {f1['f1']:.4f}: threshold {f1['threshold']:.6g}  (precision "
+    print(f"  best F1 {f1['f1']:.4f}: threshold {f1['threshold']!r}  (precision "
           f"{f1['precision']:.4f}, recall {f1['recall']:.4f})")

@@ -34,13 +34,18 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.data.storage import write_bytes_atomic
+    from memae_dist.errors import UserError
     from memae_dist.evaluate.batch_score import read_scores, video_scores
     from memae_dist.evaluate.events import event_summary, events_csv, find_events
 
     storage = storage_config(args)
     if args.out:
         file_target(args.out, "events.csv", storage=storage)
-    table, _ = read_scores(args.scores, storage)
+    table, meta = read_scores(args.scores, storage)
+    if meta.get("content") == "images":
+        raise UserError(f"{args.scores} holds scores of still images: an image has no "
+                        "neighbours in time to make an event; flag each image whose score is "
+                        "at or above the threshold")
     videos = video_scores(table)
     labelled = {v.name for v in video_scores(table, labelled_only=True)}
     events = [e for v in videos for e in find_events(

@@ -311,7 +311,32 @@ def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Tabl
         # into NaN or a bogus video name downstream.
         if expected.name != "label" and table.column(expected.name).null_count:
             raise UserError(f"{uri}: column '{expected.name}' has missing values")
-    return table.replace_schema_metadata(None), meta
+    return _in_frame_order(uri, table.replace_schema_metadata(None)), meta
+
+
+def _in_frame_order(uri: str, table: pa.Table) -> pa.Table:
+    """Each video's rows together and by frame, videos in order of first appearance.
+
+    ``score`` writes them so; a file sorted or filtered by another tool is put back, because
+    events and curves read neighbouring rows as neighbouring frames. A frame twice or a
+    non-finite score (a diverged model) has no meaning there and is refused."""
+    names = table.column("video").to_pylist()
+    first_seen = {name: i for i, name in enumerate(dict.fromkeys(names))}
+    video = np.fromiter((first_seen[n] for n in names), dtype=np.int64, count=len(names))
+    frame = table.column("frame").to_numpy(zero_copy_only=False)
+    order = np.lexsort((frame, video))
+    if not np.array_equal(order, np.arange(len(order))):
+        table, video, frame = table.take(order), video[order], frame[order]
+        names = table.column("video").to_pylist()
+    twice = np.flatnonzero((video[1:] == video[:-1]) & (frame[1:] == frame[:-1]))
+    if twice.size:
+        raise UserError(f"{uri}: video {names[twice[0]]!r} has frame {frame[twice[0]]} twice")
+    score = table.column("score").to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~np.isfinite(score))
+    if bad.size:
+        raise UserError(f"{uri}: video {names[bad[0]]!r} has a non-finite score ({score[bad[0]]}) "
+                        f"at frame {frame[bad[0]]}: the model that wrote it has diverged")
+    return table
 
 
 def _scores_meta(uri: str, raw: bytes | None) -> dict:
@@ -334,7 +359,7 @@ def _scores_meta(uri: str, raw: bytes | None) -> dict:
 
 
 def video_scores(table: pa.Table, labelled_only: bool = False) -> list[VideoScores]:
-    """Per-video scores in file order; unlabelled videos get all-zero labels (or are dropped)."""
+    """Per-video scores in row order; unlabelled videos get all-zero labels (or are dropped)."""
     cols = {n: table.column(n).to_numpy(zero_copy_only=False) for n in ("frame", "score")}
     names = table.column("video").to_pylist()
     labels = table.column("label")

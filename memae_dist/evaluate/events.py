@@ -3,9 +3,9 @@
 What a video-analytics deployment acts on is not a frame but an event: "something abnormal
 from frame 120 to 187 of camera 3". An event is a run of consecutive scored frames with
 ``score >= threshold``; runs separated by at most ``max_gap`` unflagged frames are one event
-(a person briefly hidden does not end it), and events shorter than ``min_frames`` are dropped
-(one noisy frame is no alarm). The threshold is a raw error, as ``evaluate`` reads them off a
-labelled split (``thresholds.py``).
+(a person briefly hidden does not end it), and events shorter than ``min_frames`` frames,
+bridged ones included, are dropped (one noisy frame is no alarm). The threshold is a raw
+error, as ``evaluate`` reads them off a labelled split (``thresholds.py``).
 
 Where the scores carry labels, each event is checked against them: an event that overlaps an
 abnormal frame is a detection, one that does not is a false alarm, and a labelled anomaly (a
@@ -39,14 +39,15 @@ class Event:
 
 def find_events(video: VideoScores, threshold: float, *, min_frames: int = 1,
                 max_gap: int = 0, labelled: bool = False) -> list[Event]:
-    """The events of one video, in frame order (``frames`` are its scored frame indices)."""
-    runs = _runs(video.scores >= threshold)  # [(first, last)] positions into the arrays
-    merged: list[list[int]] = []
-    for first, last in runs:
-        if merged and first - merged[-1][1] - 1 <= max_gap:
-            merged[-1][1] = last
+    """The events of one video, in frame order (``video.frames``: its scored frame indices,
+    ascending, as ``read_scores`` delivers them). ``min_frames`` counts bridged frames too."""
+    merged: list[list[int]] = []  # [first, last] positions into the arrays
+    for i in np.flatnonzero(video.scores >= threshold):
+        # The gap in frame numbers: a frame missing from the scores is not a scored one.
+        if merged and video.frames[i] - video.frames[merged[-1][1]] - 1 <= max_gap:
+            merged[-1][1] = i
         else:
-            merged.append([first, last])
+            merged.append([i, i])
     events = []
     for first, last in merged:
         if last - first + 1 < min_frames:

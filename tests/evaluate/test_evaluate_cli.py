@@ -71,6 +71,8 @@ def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkp
     assert 0 < thresholds["best_f1"]["f1"] <= 1
     assert "thresholds on the raw error ('score' column of 'memae-dist score')" in printed
     assert f"best F1 {thresholds['best_f1']['f1']:.4f}" in printed
+    # In full, as events --threshold needs it: a rounded-up copy would miss that very frame.
+    assert f"threshold {thresholds['best_f1']['threshold']!r}  (precision" in printed
     for name in ("frames.csv", "scores.png", "roc.png"):
         assert (out / name).stat().st_size > 0
 

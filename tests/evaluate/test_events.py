@@ -8,7 +8,13 @@ import pyarrow as pa
 import pytest
 
 from memae_dist.cli import main
-from memae_dist.evaluate.batch_score import SCHEMA, SCORES_FORMAT, SCORES_VERSION, write_scores
+from memae_dist.evaluate.batch_score import (
+    SCHEMA,
+    SCORES_FORMAT,
+    SCORES_VERSION,
+    read_scores,
+    write_scores,
+)
 from memae_dist.evaluate.events import find_events
 from memae_dist.evaluate.protocol import VideoScores, regularity
 
@@ -83,3 +89,47 @@ def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
     assert main(["events", "--scores", str(tmp_path / "none.parquet"), "--threshold", "1"]) == 2
     assert "none.parquet" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "scores.parquet"]
+
+
+def test_a_gap_is_measured_in_frames_not_rows():
+    # Frames 11-49 are not in the scores (cut out by another tool): 10 and 50 are not neighbours.
+    video = VideoScores("01", np.array([8, 9, 10, 50, 51]), np.array([0.1, 0.1, 0.9, 0.9, 0.1]),
+                        np.zeros(5))
+    assert [(e.first_frame, e.last_frame) for e in find_events(video, 0.5)] == [(10, 10),
+                                                                              (50, 50)]
+    assert len(find_events(video, 0.5, max_gap=39)) == 1
+
+
+def _rewritten(path, table, **meta):
+    write_scores(str(path), table, {"format": SCORES_FORMAT, "format_version": SCORES_VERSION,
+                                    "checkpoint": None, "data": None, "split": "test",
+                                    "error": "mse", **meta})
+    return str(path)
+
+
+def test_rows_in_another_order_give_the_same_events(tmp_path, capsys):
+    scores = _scores_file(tmp_path / "scores.parquet")
+    assert main(["events", "--scores", scores, "--threshold", "0.5"]) == 0
+    in_order = capsys.readouterr().out
+    table = read_scores(scores)[0]
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    order[[0, int(np.argmax(order < 12))]] = order[[int(np.argmax(order < 12)), 0]]
+    # Rows mixed across videos and frames; video 01 still seen first, so listed first.
+    shuffled = _rewritten(tmp_path / "shuffled.parquet", table.take(order))
+    assert main(["events", "--scores", shuffled, "--threshold", "0.5"]) == 0
+    assert capsys.readouterr().out == in_order
+    assert read_scores(shuffled)[0].equals(table)
+
+
+def test_frames_twice_a_broken_score_and_still_images_are_refused(tmp_path, capsys):
+    table = read_scores(_scores_file(tmp_path / "scores.parquet"))[0]
+    twice = _rewritten(tmp_path / "twice.parquet", pa.concat_tables([table, table.slice(3, 1)]))
+    broken = table.set_column(2, "score", pa.array(np.r_[SCORES, [np.nan] + [0.1] * 11]))
+    nan = _rewritten(tmp_path / "nan.parquet", broken)
+    images = _rewritten(tmp_path / "images.parquet", table, content="images")
+    for path, why in ((twice, "video '01' has frame 11 twice"),
+                      (nan, "video '02' has a non-finite score (nan) at frame 8"),
+                      (images, "holds scores of still images")):
+        assert main(["events", "--scores", path, "--threshold", "0.5"]) == 2
+        err = capsys.readouterr().err
+        assert why in err and path in err and len(err.strip().splitlines()) == 1
