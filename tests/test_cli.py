@@ -57,6 +57,16 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--set train.lr=nan: train.lr must be a finite number, got nan"),
         (["train", "--config", "demo", "--set", "model.shrink_threshold=.inf"],
          "model.shrink_threshold must be a finite number, got inf"),
+        # Keys in a URI would be echoed and logged wherever the URI is: refused, redacted.
+        (["data", "info", "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bkt/data"],
+         "error: s3://***@bkt/data: an S3 URI must not hold credentials"),
+        (["events", "--scores", "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bkt/s.parquet", "--threshold",
+          "1"], "s3://***@bkt/s.parquet: an S3 URI must not hold credentials"),
+        (["prepare", "synthetic", "--dst", "d", "--size", "100000", "100000"],
+         "--size must be two multiples of 16 from 16 to 4096, got 100000 100000"),
+        (["prepare", "images", "--src", "s", "--dst", "d", "--size", "0", "28"],
+         "--size must be two from 1 to 4096, got 0 28"),
+        (["tune", "--space", "smoke", "--out", ""], "--out is empty"),
         # The override is echoed without the password it holds.
         (["train", "--config", "demo", "--set", "storage.endpoint_url=http://me:pw99@minio:9000"],
          "error: --set storage.endpoint_url=http://***@minio:9000: storage.endpoint_url must"),
@@ -68,6 +78,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr
     assert lines[-1].startswith("memae-dist: error: ") and message in lines[-1], lines
+    assert "wJalrXUtnFEMI" not in proc.stderr + proc.stdout
 
 
 @pytest.mark.parametrize("verb", [

@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 
 from memae_dist.errors import UserError
 
+# Larger than any camera's frame: a typo (an extra digit) is refused before it asks for
+# hundreds of GiB.
+MAX_SIDE = 4096
 
-def frame_size(values: list[int] | None) -> tuple[int, int] | None:
+
+def frame_size(values: list[int] | None, multiple: int = 16) -> tuple[int, int] | None:
+    """``--size H W``: the video nets halve a frame four times, hence multiples of 16."""
     if values is None:
         return None
     h, w = values
-    if h < 16 or w < 16 or h % 16 or w % 16:
-        raise UserError(f"--size must be two multiples of 16 (>= 16), got {h} {w}")
+    if min(h, w) < multiple or max(h, w) > MAX_SIDE or h % multiple or w % multiple:
+        what = f"multiples of {multiple} " if multiple > 1 else ""
+        raise UserError(f"--size must be two {what}from {multiple} to {MAX_SIDE}, got {h} {w}")
     return h, w
 
 
@@ -45,24 +52,42 @@ def float_at_least(low: float, above: bool = False):
     return parse
 
 
+# Names that promise a file: given as an output folder, they are a mistaken file name.
+FILE_SUFFIXES = (".json", ".csv", ".png", ".parquet", ".pq", ".html", ".txt", ".yaml", ".yml")
+
+
 def local_folder(value: str, flag: str = "--out") -> Path:
     """An output folder on this machine, checked before any work: not a URI, not a file."""
+    if not value.strip():  # Path("") is the working folder: never what was meant
+        raise UserError(f"{flag} is empty; give a folder's name")
     if "://" in value:
         raise UserError(f"{flag} {value}: must be a local folder (this command writes its "
                         "figures and tables on this machine)")
     path = Path(value)
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {value}: exists and is not a folder")
+    if not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+        raise UserError(f"{flag} {value}: names a file; give a folder (this command writes "
+                        "several files into it)")
     _no_file_in_the_way(path, value, flag)
     return path
 
 
-def file_target(value: str, example: str, flag: str = "--out", storage=None) -> None:
-    """Refuse, before any work, an output file that could only fail once written: a folder by
-    that name, a file where one of its folders must go, an unsupported scheme, or an S3 bucket
-    that is missing or refuses us."""
+def file_target(value: str, example: str, flag: str = "--out", storage=None,
+                inputs: tuple[str | None, ...] = ()) -> None:
+    """Refuse, before any work, an output file that could only fail once written: no name, one
+    of the ``inputs`` (read, then overwritten), a folder by that name, a file where one of its
+    folders must go, an unsupported scheme, or an S3 bucket that is missing or refuses us."""
     from memae_dist.data import storage as st
 
+    if not value.strip():
+        raise UserError(f"{flag} is empty; give a file's name (e.g. {example})")
+    for name in inputs:
+        if name and same_file(value, name):
+            raise UserError(f"{flag} {value}: is the input file; give another name")
+    if value.endswith(("/", os.sep)):  # a folder, existing or not, whatever the scheme
+        raise UserError(f"{flag} {value}: names a folder; give the file's name "
+                        f"(e.g. {value}{example})")
     if not st.is_remote(value):  # also refuses an unsupported scheme, naming it
         path = Path(st.local_path(value))
         if path.is_dir():
@@ -71,13 +96,21 @@ def file_target(value: str, example: str, flag: str = "--out", storage=None) -> 
                             f"(e.g. {shown / example})")
         _no_file_in_the_way(path, value, flag)
         return
-    if value.endswith("/"):
-        raise UserError(f"{flag} {value}: names a folder; give the file's name "
-                        f"(e.g. {value}{example})")
     st.check_bucket(value, storage)
     if st.is_folder(value, storage):
         raise UserError(f"{flag} {value}: is a folder; give the file's name "
                         f"(e.g. {value}/{example})")
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether two URIs name one file: local paths resolved (links, ``..``), S3 keys as written."""
+    from memae_dist.data import storage as st
+
+    if st.is_remote(a) != st.is_remote(b):
+        return False
+    if st.is_remote(a):
+        return a.split("://", 1)[1].strip("/") == b.split("://", 1)[1].strip("/")
+    return Path(st.local_path(a)).resolve() == Path(st.local_path(b)).resolve()
 
 
 def _no_file_in_the_way(path: Path, value: str, flag: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from memae_dist.commands.common import add_storage_config_flag, storage_config
+from memae_dist.commands.common import add_storage_config_flag, int_at_least, storage_config
 
 
 def register(sub) -> None:
@@ -15,9 +15,9 @@ def register(sub) -> None:
                                          "(reads the manifest only)")
     info.add_argument("uri", help="dataset URI: path, file:// or s3://")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    info.add_argument("--window", type=int, default=None,
+    info.add_argument("--window", type=int_at_least(1), default=None,
                       help="frames per window (default 16; 1 for still images)")
-    info.add_argument("--stride", type=int, default=1, help="window stride (default 1)")
+    info.add_argument("--stride", type=int_at_least(1), default=1, help="window stride (default 1)")
     add_storage_config_flag(info)
     info.set_defaults(func=run_info)
     verify = verbs.add_parser("verify", help="read every shard, check sizes and checksums")
@@ -28,10 +28,6 @@ def register(sub) -> None:
 
 def run_info(args: argparse.Namespace) -> int:
     from memae_dist.data.info import dataset_info, format_info
-    from memae_dist.errors import UserError
-
-    if (args.window is not None and args.window < 1) or args.stride < 1:
-        raise UserError(f"--window and --stride must be >= 1, got {args.window}, {args.stride}")
     info = dataset_info(args.uri, args.window, args.stride, storage_config(args))
     print(json.dumps(info, indent=1) if args.json else format_info(info))
     return 0

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     out = local_folder(args.out)
     storage = storage_config(args)
     if args.scores:
+        refuse_scoring_flags(args)
         metrics = evaluate_scores(args.scores, out, args.protocol, storage)
     else:
         if not args.data:
@@ -51,6 +52,22 @@ def run(args: argparse.Namespace) -> int:
     print_evaluation(metrics)
     print(f"metrics: {out / 'metrics.json'}")
     return 0
+
+
+# Flags that steer the scoring of a checkpoint: a scores file was scored already.
+SCORING_ONLY = ("data", "split", "error", "workers", "gpus_per_worker", "cpus_per_worker",
+                "batch_size", "precision", "address")
+
+
+def refuse_scoring_flags(args: argparse.Namespace) -> None:
+    from memae_dist.errors import UserError
+
+    parser = args.verbs[args.command]
+    given = [f"--{name.replace('_', '-')}" for name in SCORING_ONLY
+             if getattr(args, name) != parser.get_default(name)]
+    if given:
+        raise UserError(f"{', '.join(given)}: only with --checkpoint; --scores {args.scores} "
+                        "was scored already (its data, split and error are in it)")
 
 
 def _fmt(value) -> str:

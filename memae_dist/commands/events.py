@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.events import event_summary, events_csv, find_events
 
     storage = storage_config(args)
-    if args.out:
-        file_target(args.out, "events.csv", storage=storage)
+    if args.out is not None:
+        file_target(args.out, "events.csv", storage=storage, inputs=(args.scores,))
     table, meta = read_scores(args.scores, storage)
     if meta.get("content") == "images":
         raise UserError(f"{args.scores} holds scores of still images: an image has no "
@@ -51,16 +51,19 @@ def run(args: argparse.Namespace) -> int:
     events = [e for v in videos for e in find_events(
         v, args.threshold, min_frames=args.min_frames, max_gap=args.max_gap,
         labelled=v.name in labelled)]
-    if args.out:
+    if args.out is not None:
         write_bytes_atomic(args.out, events_csv(events), storage)
-    print_events(events, event_summary(videos, events, labelled), args.threshold)
-    if args.out:
+    print_events(events, event_summary(videos, events, labelled), args.threshold,
+                 meta.get("error"))
+    if args.out is not None:
         print(f"events: {args.out}")
     return 0
 
 
-def print_events(events: list, summary: dict, threshold: float) -> None:
-    print(f"{summary['events']} event(s) at score >= {threshold:g} in "
+def print_events(events: list, summary: dict, threshold: float, error: str | None) -> None:
+    # The error named: a threshold read off scores of the other error flags nonsense.
+    kind = f" ({error} window error)" if error else ""
+    print(f"{summary['events']} event(s) at score >= {threshold:g}{kind} in "
           f"{summary['videos_with_events']} of {summary['videos']} video(s)")
     if "anomalies" in summary:
         print(f"  labelled anomalies detected: {summary['anomalies_detected']} of "

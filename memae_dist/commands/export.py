@@ -33,11 +33,11 @@ SUFFIX_FORMATS = {".onnx": ("onnx",), ".pt2": ("pt2",), ".ts": ("torchscript",),
                   ".pt": ("torchscript", "pt2")}
 
 
-def check_out(out: str, fmt: str, storage=None) -> None:
+def check_out(out: str, fmt: str, storage=None, checkpoint: str | None = None) -> None:
     """Refuse, before the export's minutes, an --out that is a folder or names another format."""
     from memae_dist.errors import UserError
 
-    file_target(out, f"model.{fmt}", storage=storage)
+    file_target(out, f"model.{fmt}", storage=storage, inputs=(checkpoint,))
     formats = SUFFIX_FORMATS.get(PurePosixPath(out).suffix.lower())
     if formats is not None and fmt not in formats:
         raise UserError(f"--out {out}: the name says {formats[0]}, but --format is {fmt}")
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.export import export_model
 
     storage = storage_config(args)
-    check_out(args.out, args.format, storage)
+    check_out(args.out, args.format, storage, args.checkpoint)
     result = export_model(args.checkpoint, args.format, args.out,
                           size=tuple(args.size) if args.size else None, error=args.error,
                           storage=storage)

@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.data import prepare
 
     # The video nets halve the frame size four times; the image net is fixed at 28x28.
-    size = (tuple(args.size) if args.kind == "images" and args.size
-            else frame_size(args.size))
+    size = frame_size(args.size, multiple=1 if args.kind == "images" else 16)
     manifest = prepare.run_import(
         args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
         seed=args.seed, skip_bad=args.skip_bad, labels=args.labels, split=args.split,

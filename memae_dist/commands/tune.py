@@ -45,12 +45,13 @@ def resolve_space(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.commands.common import local_folder, resolve_config_path
     from memae_dist.config import load_config
     from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
     from memae_dist.tune.sweep import SweepOptions, run_sweep
 
+    out = local_folder(args.out)
     space = load_space(resolve_space(args.space))
     overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
@@ -59,12 +60,12 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-        storage=args.storage, name=args.name, out=Path(args.out), seed=args.seed,
+        storage=args.storage, name=args.name, out=out, seed=args.seed,
         test=not args.no_test, val_from_test=args.val_from_test, address=args.address,
     )
     result = run_sweep(space, cfg, opts)
     print(f"sweep: {result.path}")
-    print(f"table: {Path(args.out) / 'trials.csv'}")
+    print(f"table: {out / 'trials.csv'}")
     if result.interrupted:
         print("memae-dist: sweep interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"memae-dist: {no_best_reason(result.rows)}", file=sys.stderr)
         return 1
     print(f"best: trial {result.best.trial_id}, {result.objective.metric} "
-          f"{result.best.objective:.5g} -> {Path(args.out) / 'best.yaml'}")
+          f"{result.best.objective:.5g} -> {out / 'best.yaml'}")
     print(f"best checkpoint: {result.checkpoint}")
     if result.test_metrics:
         test = result.test_metrics

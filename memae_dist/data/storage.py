@@ -26,7 +26,7 @@ from memae_dist.data.endpoint import (
     connect_error,
     probe_endpoint,
 )
-from memae_dist.data.redact import error_reason, redact_url
+from memae_dist.data.redact import error_reason, redact_text, redact_url
 from memae_dist.errors import UserError
 
 DEFAULT_REGION = "us-east-1"
@@ -48,43 +48,53 @@ class StorageConfig:
     region: str | None = None
 
     def __post_init__(self) -> None:
-        if self.endpoint_url is not None:
-            parts = urlsplit(self.endpoint_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise UserError(
-                    "storage.endpoint_url must look like http(s)://host[:port], "
-                    f"got {redact_url(self.endpoint_url)!r}"
-                )
-            if parts.username or parts.password:
-                # Credentials belong in the environment, never in a config that gets logged.
-                raise UserError(
-                    "storage.endpoint_url must not contain credentials; "
-                    "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
-                )
-        if self.region is not None and not re.fullmatch(r"[a-z0-9-]+", self.region):
-            raise UserError(f"storage.region must be a region name, got {self.region!r}")
+        _check_endpoint(self.endpoint_url, "storage.endpoint_url")
+        _check_region(self.region, "storage.region")
 
     def resolved(self) -> StorageConfig:
-        """This config with unset fields filled from the environment (what workers should get)."""
-        endpoint = (
-            self.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_S3")
-            or os.environ.get("AWS_ENDPOINT_URL")
-            or None
-        )
-        region = (
-            self.region
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or DEFAULT_REGION
-        )
+        """This config with unset fields filled from the environment (what workers should get);
+        a bad value found there is named by its variable."""
+        endpoint, region = self.endpoint_url, self.region
+        for var in (() if endpoint else ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")):
+            if os.environ.get(var):
+                endpoint = _check_endpoint(os.environ[var], var)
+                break
+        for var in (() if region else ("AWS_REGION", "AWS_DEFAULT_REGION")):
+            if os.environ.get(var):
+                region = _check_region(os.environ[var], var)
+                break
+        region = region or DEFAULT_REGION
         return replace(self, endpoint_url=endpoint, region=region)
+
+
+def _check_endpoint(url: str | None, name: str) -> str | None:
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UserError(f"{name} must look like http(s)://host[:port], got {redact_url(url)!r}")
+    if parts.username or parts.password:
+        # Credentials belong in the environment, never in a config that gets logged.
+        raise UserError(f"{name} must not contain credentials; "
+                        "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+    return url
+
+
+def _check_region(region: str | None, name: str) -> str | None:
+    if region is not None and not re.fullmatch(r"[a-z0-9-]+", region):
+        raise UserError(f"{name} must be a region name, got {region!r}")
+    return region
 
 
 def is_remote(uri: str) -> bool:
     """True for object-store URIs (s3://), False for local paths and file:// URIs."""
     scheme = _scheme(uri)
     if scheme == "s3":
+        if "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+            # A bucket name holds no '@': this is user:password@, and would be echoed (and
+            # logged) everywhere the URI is; the keys belong in the environment.
+            raise UserError(f"{redact_text(uri)}: an S3 URI must not hold credentials; set "
+                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         return True
     if scheme in ("", "file"):
         return False
@@ -301,10 +311,13 @@ def first_missing_folder(root: str) -> str | None:
 
 
 def remove_empty_folders(path: str, outermost: str) -> None:
-    """rmdir from ``path`` up to ``outermost``; stops at the first folder that is not empty."""
+    """rmdir from ``path`` up to ``outermost``; stops at the first folder that is not empty.
+    Folders of the chain that were never made are passed over."""
     while True:
         try:
             os.rmdir(path)
+        except FileNotFoundError:
+            pass
         except OSError:
             return
         if path == outermost:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -30,6 +31,8 @@ from memae_dist.data.manifest import (
 )
 from memae_dist.data.shards import write_video_shard
 from memae_dist.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 
@@ -234,7 +237,7 @@ def write_dataset(
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
     manifest_uri = storage.join(dst, "manifest.json")
-    _refuse_another_dataset(dst, manifest_uri, name, source, job.storage)
+    _refuse_another_dataset(dst, manifest_uri, name, source, job)
     # A shard written under skip_bad without some frames is redone without it, so that the bad
     # frame is an error again, as a skipped video is.
     done = {spec.key: rec for spec in videos if (rec := _valid_marker(spec, job)) is not None
@@ -256,13 +259,14 @@ def write_dataset(
 
 
 def _refuse_another_dataset(dst: str, manifest_uri: str, name: str, source: str,
-                            cfg: storage.StorageConfig) -> None:
+                            job: _Job) -> None:
     """A rerun updates its own dataset; writing one dataset over another would drop the other's
-    videos from the manifest and leave their shards behind, so it is refused."""
-    if not storage.exists(manifest_uri, cfg):
+    videos from the manifest and leave their shards behind, so it is refused. The same dataset
+    at another frame size is rewritten, said out loud: its checkpoints no longer score it."""
+    if not storage.exists(manifest_uri, job.storage):
         return
     try:
-        old = json.loads(storage.read_bytes(manifest_uri, cfg))
+        old = json.loads(storage.read_bytes(manifest_uri, job.storage))
         old_name, old_source = old["name"], old["source"]
     except (ValueError, KeyError, TypeError):
         return  # not a manifest anyone can read: the new one replaces it
@@ -270,6 +274,11 @@ def _refuse_another_dataset(dst: str, manifest_uri: str, name: str, source: str,
         raise UserError(f"{dst} already holds another dataset ({old_name!r}, from "
                         f"{old_source}); write {name!r} to another place, or delete that one "
                         "first")
+    old_size = tuple(old.get("size") or ())
+    if len(old_size) == 2 and old_size != job.size:
+        logger.warning("%s holds %s at %sx%s frames: rewriting every video at %sx%s (models "
+                       "trained on the old size no longer score it)", dst, name, *old_size,
+                       *job.size)
 
 
 def _validate(videos: Sequence[VideoSpec], dst, size, segment_frames, segment_overlap,

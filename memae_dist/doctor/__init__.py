@@ -77,7 +77,8 @@ def preflight(cfg: ExperimentConfig, address: str | None = None) -> None:
             checks += storage_and_node_checks(cfg, nodes, system=False)
     failed = [c for c in checks if c.failed]
     if failed:
+        hint = "" if any(c.fix == DOCTOR_HINT for c in failed) else f" ({DOCTOR_HINT})"
         raise UserError("preflight failed, nothing was started: "
-                        + " | ".join(c.line() for c in failed) + f" ({DOCTOR_HINT})")
+                        + " | ".join(c.line() for c in failed) + hint)
     log.info("preflight passed in %.1f s: storage and dataset usable from the driver%s",
              time.monotonic() - start, f" and all {len(nodes)} nodes" if nodes else "")

@@ -311,6 +311,8 @@ def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Tabl
         # into NaN or a bogus video name downstream.
         if expected.name != "label" and table.column(expected.name).null_count:
             raise UserError(f"{uri}: column '{expected.name}' has missing values")
+    if not table.num_rows:  # score never writes one: a file cut down by another tool
+        raise UserError(f"{uri} holds no scores (0 rows)")
     return _in_frame_order(uri, table.replace_schema_metadata(None)), meta
 
 

@@ -51,8 +51,10 @@ def prepare_videos(src: str, dst: str, size: tuple[int, int], *, labels: str | N
                    workers: int | None = None, progress: bool = True,
                    storage: StorageConfig | None = None) -> dict:
     """Import ``src`` (a video file, a folder, or an s3:// prefix) into ``dst``; the manifest."""
+    from memae_dist.data import storage as st
     from memae_dist.data.prepare import run_import
 
+    created = st.first_missing_folder(dst)
     with _staging(src) as tmp:
         folder, origin = _local_source(src, tmp, storage)
         log.info("preparing %s -> %s at %dx%d", src, dst, *size)
@@ -62,6 +64,11 @@ def prepare_videos(src: str, dst: str, size: tuple[int, int], *, labels: str | N
                               storage_cfg=storage)
         except UserError as exc:  # name the user's files, not their staged copies
             raise UserError(str(exc).replace(str(folder), origin)) from None
+        finally:
+            # A failed first import leaves no empty folder behind; the shards of the videos
+            # that did import stay, for the rerun to keep.
+            if created:
+                st.remove_empty_folders(st.join(st.local_path(dst), "test"), created)
 
 
 @contextmanager

@@ -44,6 +44,33 @@ def test_storage_config_resolves_environment(monkeypatch):
     assert (cfg.endpoint_url, cfg.region) == ("http://s3-specific:2", "eu-west-1")
     explicit = storage.StorageConfig(endpoint_url="http://mine:3", region="us-west-2").resolved()
     assert (explicit.endpoint_url, explicit.region) == ("http://mine:3", "us-west-2")
+    # A bad value from the environment is named by its variable, without its password.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://key:hunter22@minio:9000")
+    with pytest.raises(UserError, match="^AWS_ENDPOINT_URL_S3 must not contain cred") as err:
+        storage.StorageConfig().resolved()
+    assert "hunter22" not in str(err.value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "EU West")
+    with pytest.raises(UserError, match="^AWS_DEFAULT_REGION must be a region name"):
+        storage.StorageConfig().resolved()
+
+
+def test_an_s3_uri_with_keys_in_it_is_refused_without_them():
+    with pytest.raises(UserError) as err:
+        storage.is_remote("S3://AKIDEXAMPLE:hunter22@bucket/data")
+    assert str(err.value).startswith("S3://***@bucket/data: an S3 URI must not hold cred")
+    assert storage.is_remote("s3://bucket/a@b/c")  # '@' in a key is fine
+
+
+def test_removing_empty_folders_passes_over_missing_ones(tmp_path):
+    made = tmp_path / "made"
+    (made / "kept").mkdir(parents=True)
+    (made / "kept" / "f").write_text("x")
+    storage.remove_empty_folders(str(made / "never" / "deeper"), str(made))
+    assert (made / "kept" / "f").exists()
+    (made / "kept" / "f").unlink()
+    storage.remove_empty_folders(str(made / "kept"), str(made))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("form", ["path", "file"])

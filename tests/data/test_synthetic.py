@@ -203,6 +203,20 @@ def test_a_dataset_is_not_written_over_another(tmp_path, ray_local):
     assert again == first  # its own rerun is still an update
 
 
+def test_the_same_dataset_at_another_size_is_rewritten_said_out_loud(tmp_path, ray_local,
+                                                                     caplog):
+    dst = str(tmp_path / "syn")
+    small = SyntheticConfig(train_videos=1, test_videos=1, frames_per_video=32)
+    generate_synthetic(dst, small, progress=False)
+    assert "rewriting" not in caplog.text
+    resized = generate_synthetic(dst, SyntheticConfig(train_videos=1, test_videos=1,
+                                                      frames_per_video=32, size=(48, 48)),
+                                 progress=False)
+    assert resized["size"] == [48, 48]
+    assert (f"{dst} holds synthetic at 32x32 frames: rewriting every video at 48x48 (models "
+            "trained on the old size no longer score it)") in caplog.text
+
+
 def test_prepare_synthetic_takes_its_endpoint_from_config(s3_bucket, tmp_path):
     """`--config`'s storage: section, as for every other kind: no AWS_ENDPOINT_URL needed."""
     import os

@@ -106,6 +106,16 @@ def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys
         assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
         assert why in capsys.readouterr().err
     assert not Path("s3:").exists()  # the URI was not taken for a relative path
+    # No name (the working folder), a file's name: refused, not taken for a folder.
+    for bad, why in (("", "--out is empty"), (str(tmp_path / "ev" / "metrics.json"),
+                                               "names a file; give a folder")):
+        assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
+        assert why in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
+    # A scores file is scored already: flags that steer scoring are refused, not ignored.
+    assert main(["evaluate", "--scores", "any.parquet", "--out", str(tmp_path / "ev"),
+                 "--error", "mae", "--data", tiny_data, "--batch-size", "8"]) == 2
+    assert "--data, --error, --batch-size: only with --checkpoint" in capsys.readouterr().err
 
 
 def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):

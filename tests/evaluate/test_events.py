@@ -59,7 +59,7 @@ def test_cli_prints_and_writes_events_with_label_checks(tmp_path, capsys):
     out = tmp_path / "alarms" / "events.csv"
     assert main(["events", "--scores", scores, "--threshold", "0.5", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "8 event(s) at score >= 0.5 in 2 of 2 video(s)" in printed
+    assert "8 event(s) at score >= 0.5 (mse window error) in 2 of 2 video(s)" in printed
     # Labelled video 01: anomalies 9-12 and 18-19, both hit; event 16 has no abnormal frame.
     assert "labelled anomalies detected: 2 of 2; false alarms (no abnormal frame): 1" in printed
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -88,7 +88,24 @@ def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
     assert "is a folder; give the file's name" in capsys.readouterr().err
     assert main(["events", "--scores", str(tmp_path / "none.parquet"), "--threshold", "1"]) == 2
     assert "none.parquet" in capsys.readouterr().err
+    # The input itself (however spelled), no name, a folder-to-be: each refused, not written.
+    for out, why in ((scores, "is the input file"),
+                     (str(tmp_path / "folder" / ".." / "scores.parquet"), "is the input file"),
+                     ("", "--out is empty"),
+                     (str(tmp_path / "new") + "/", "names a folder; give the file's name")):
+        assert main(["events", "--scores", scores, "--threshold", "0.5", "--out", out]) == 2
+        assert why in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "scores.parquet"]
+    assert read_scores(scores)[0].num_rows == 24
+
+
+def test_a_scores_file_without_rows_is_refused(tmp_path, capsys):
+    table = read_scores(_scores_file(tmp_path / "scores.parquet"))[0]
+    empty = _rewritten(tmp_path / "empty.parquet", table.slice(0, 0))
+    for verb in (["events", "--threshold", "0.5"], ["evaluate", "--out", str(tmp_path / "ev")]):
+        assert main([verb[0], "--scores", empty, *verb[1:]]) == 2
+        assert f"{empty} holds no scores (0 rows)" in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()
 
 
 def test_a_gap_is_measured_in_frames_not_rows():

@@ -124,7 +124,8 @@ def _open(path: Path):
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as exc:
-        raise UserError(f"cannot open video {path}: {exc}") from None
+        # strerror: FFmpeg's words without its error number and the path again.
+        raise UserError(f"cannot open video {path}: {exc.strerror or exc}") from None
     # Cover art and thumbnails are video streams too (one still picture): never the footage.
     stills = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
     streams = [s for s in container.streams.video if not (s.disposition & stills)]
