@@ -287,14 +287,22 @@ def restore_point(run_uri: str, storage: StorageConfig | None = None,
                   ray_managed: bool = True) -> str | None:
     """The checkpoint a (re)started run continues from, or None for a fresh start.
 
-    Ray Train restores the latest checkpoint *it registered* (its snapshot file), and nothing
-    without a snapshot; a checkpoint whose upload finished just before a crash may exist
-    without being registered. The data order of the next epoch must follow the checkpoint Ray
-    hands the workers, so for Ray-managed runs only Ray's record counts. In-process debug runs
-    (``ray_managed=False``) resume from the newest complete checkpoint folder.
+    Ray Train restores the latest checkpoint *it registered* (its snapshot file); a checkpoint
+    whose upload finished just before a crash may exist without being registered, and the data
+    order of the next epoch must follow the checkpoint Ray hands the workers, so once Ray has
+    a snapshot only its record counts. Without one (a run interrupted before Ray wrote it, or
+    one trained in-process with ``workers=0``) Ray restores nothing: the workers then fetch the
+    newest complete checkpoint folder themselves (``loop.resume``), and so does the data.
     """
-    if not ray_managed:
-        return latest_checkpoint(run_uri, storage)
+    registered = ray_registered(run_uri, storage) if ray_managed else None
+    if registered is not None:
+        return registered or None
+    return latest_checkpoint(run_uri, storage)
+
+
+def ray_registered(run_uri: str, storage: StorageConfig | None = None) -> str | None:
+    """The checkpoint Ray's snapshot names ("" when the snapshot names none that is whole), or
+    None when Ray has written no snapshot for the run."""
     snapshot = join(run_uri, RAY_SNAPSHOT)
     if not exists(snapshot, storage):
         return None
@@ -305,7 +313,7 @@ def restore_point(run_uri: str, storage: StorageConfig | None = None,
         name = ""
     if CHECKPOINT_RE.match(name) and exists(join(run_uri, name, STATE_FILE), storage):
         return join(run_uri, name)
-    return None
+    return ""
 
 
 def save_best(local: Path, run_uri: str, epoch: int, metric: str, value: float,

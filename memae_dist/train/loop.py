@@ -27,10 +27,10 @@ from memae_dist.train.checkpoint import (
     TrainState,
     checkpoint_dir_name,
     download_dir,
-    latest_checkpoint,
     prune,
     ray_uploader,
     restore,
+    restore_point,
     save_best,
     save_checkpoint,
     upload_dir,
@@ -101,8 +101,9 @@ def build_worker(cfg: ExperimentConfig) -> Worker:
 def resume(w: Worker) -> TrainState:
     """Restore from the run's last checkpoint, if it has one, then wrap the model for training.
 
-    Ray hands workers the checkpoint; in-process debug mode (``workers=0``) has no Ray storage,
-    so the loop finds and fetches the run's latest checkpoint itself.
+    Ray hands workers the checkpoint it registered; without one (in-process debug mode, or a
+    run whose earlier attempt was cut off before Ray recorded any) the loop fetches the
+    checkpoint ``restore_point`` names itself.
     """
     state, scaler = TrainState(), {}
     checkpoint = ray.train.get_checkpoint()
@@ -112,8 +113,10 @@ def resume(w: Worker) -> TrainState:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint.to_directory(tmp)
             state, scaler = restore(Path(tmp), w.model, w.optimizer)
-    elif w.cfg.train.workers == 0:
-        latest = latest_checkpoint(run_uri(w.cfg), w.cfg.storage)
+    else:
+        # Nothing from Ray: a debug run, or one whose earlier attempt ended before Ray recorded
+        # its checkpoints; resume from the one the data order follows too.
+        latest = restore_point(run_uri(w.cfg), w.cfg.storage, w.cfg.train.workers > 0)
         if latest is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 download_dir(latest, Path(tmp), w.cfg.storage)

@@ -19,6 +19,7 @@ from memae_dist.errors import UserError
 from memae_dist.runtime import check_room_for_data, ensure_ray
 from memae_dist.train.checkpoint import (
     HISTORY_FILE,
+    STATE_FILE,
     best_checkpoint,
     checkpoint_epoch,
     latest_checkpoint,
@@ -64,19 +65,47 @@ def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
     return checkpoint_epoch(point) if point else 0
 
 
-def check_same_model(run: str, cfg: ExperimentConfig) -> None:
+def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | None = None
+                     ) -> None:
     """A run's model is fixed when it first starts: resumed with other model settings, its
-    weights would not load (a changed shape), or one history would mix two experiments."""
+    weights would not load (a changed shape), or one history would mix two experiments. So is
+    what the model sees: clips of ``data.window`` frames of the first run's ``size``."""
     point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
     if point is None:
         return
-    saved = read_checkpoint_config(point, cfg.storage).get("model") or {}
-    wanted = to_plain(cfg.model)
-    changed = [f"model.{key}={saved[key]!r} (now {value!r})"
-               for key, value in wanted.items() if key in saved and saved[key] != value]
+    saved = read_checkpoint_config(point, cfg.storage)
+    model = saved.get("model") or {}
+    changed = [f"model.{key}={model[key]!r} (now {value!r})"
+               for key, value in to_plain(cfg.model).items()
+               if key in model and model[key] != value]
+    data = saved.get("data") or {}
+    if data.get("window", cfg.data.window) != cfg.data.window:
+        changed.append(f"data.window={data['window']!r} (now {cfg.data.window!r})")
+    trained = trained_size(point, cfg.storage) if size else None
+    if trained and trained != tuple(size):
+        changed.append(f"{trained[0]}x{trained[1]} frames (now {size[0]}x{size[1]} in "
+                       f"{cfg.data.path})")
     if changed:
         raise UserError(f"run {run} was started with {', '.join(changed)}; a run keeps its "
                         "model when it resumes: drop the change, or give the run a new --name")
+    if data.get("path") and data["path"] != absolute(cfg.data.path):
+        log.warning("%s resumes on %s; it was trained on %s until now", run,
+                    absolute(cfg.data.path), data["path"])
+
+
+def trained_size(ckpt_uri: str, storage=None) -> tuple[int, int] | None:
+    """The frame size a checkpoint was trained on (None for checkpoints older than the record)."""
+    import io
+
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(read_bytes(join(ckpt_uri, STATE_FILE), storage)),
+                           map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - restoring it names what is wrong with it, in one line
+        return None
+    size = (state.get("data") or {}).get("size") if isinstance(state, dict) else None
+    return (int(size[0]), int(size[1])) if size and len(size) == 2 else None
 
 
 class TrainData:
@@ -125,7 +154,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     check_val_split(cfg, manifest)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
-        check_same_model(run, cfg)
+        check_same_model(run, cfg, manifest.size)
         done = completed_epochs(run, cfg)
         if done >= cfg.train.epochs:
             log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
-from memae_dist.train.checkpoint import checkpoint_epoch, restore_point
+from memae_dist.train.checkpoint import checkpoint_epoch, ray_registered, restore_point
 from memae_dist.train.runlock import LOCK_FILE, RunLock
 
 pytestmark = pytest.mark.slow
@@ -61,7 +61,7 @@ def test_sigint_then_same_command_finishes_one_history(tiny_data, s3_bucket, tmp
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
     # The first checkpoint, once Ray has registered it (the one a rerun restores).
-    while not (restore_point(run) or "").endswith("checkpoint_epoch_0001"):
+    while not (ray_registered(run) or "").endswith("checkpoint_epoch_0001"):
         assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint within the time limit"
         time.sleep(0.5)

@@ -199,10 +199,10 @@ def train_worker_pids(node) -> list[int]:
 
 
 def wait_for_registered(run: str, name: str, timeout: float) -> None:
-    from memae_dist.train.checkpoint import restore_point
+    from memae_dist.train.checkpoint import ray_registered
 
     deadline = time.monotonic() + timeout
-    while not (restore_point(run) or "").endswith(name):
+    while not (ray_registered(run) or "").endswith(name):
         assert time.monotonic() < deadline, f"timed out waiting for Ray to register {name}"
         time.sleep(0.5)
 

@@ -1,6 +1,8 @@
 """Training through Ray Train: debug mode, DDP workers, checkpoints, exact resumption."""
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,8 +10,8 @@ import torch
 
 from memae_dist.config import load_config
 from memae_dist.errors import UserError
-from memae_dist.train.checkpoint import STATE_FILE, latest_checkpoint
-from memae_dist.train.trainer import fit
+from memae_dist.train.checkpoint import RAY_SNAPSHOT, STATE_FILE, latest_checkpoint
+from memae_dist.train.trainer import check_same_model, fit
 
 TINY = [
     "model.num_slots=50", "model.shrink_threshold=0.02", "data.shuffle_buffer=16",
@@ -26,7 +28,7 @@ def weights(ckpt_uri: str) -> dict:
     return state["model"]
 
 
-def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
+def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path, caplog):
     cfg = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.epochs=1",
                       "train.max_steps_per_epoch=3", "run.name=debug", "data.val_split=test",
                       "train.checkpoint_metric=val_auc")
@@ -57,7 +59,21 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path):
     with pytest.raises(UserError, match=r"debug was started with model.num_slots=50 \(now 20\); "
                                         "a run keeps its model when it resumes"):
         fit(changed)
+    # So are the clips it sees: another window, or frames of another size.
+    other = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.epochs=2",
+                        "train.max_steps_per_epoch=3", "run.name=debug", "data.window=8")
+    with pytest.raises(UserError, match=r"started with data.window=16 \(now 8\); a run keeps"):
+        fit(other)
+    with pytest.raises(UserError, match=r"started with 16x16 frames \(now 32x32 in .*\); a run"):
+        check_same_model(str(tmp_path / "debug"), cfg, (32, 32))
     assert latest_checkpoint(str(tmp_path / "debug")).endswith("checkpoint_epoch_0001")
+    # The same data moved (another folder, a bucket): resumed, and said.
+    moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    longer = tiny_config(str(moved), tmp_path, "train.workers=0", "train.epochs=2",
+                         "train.max_steps_per_epoch=3", "run.name=debug")
+    with caplog.at_level(logging.WARNING, logger="memae_dist.train"):
+        assert fit(longer).epochs_done == 2
+    assert f"resumes on {moved}; it was trained on {tiny_data} until now" in caplog.text
 
 
 def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
@@ -92,3 +108,22 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     # The cosine schedule is a function of the epoch: the rerun picks up the same curve.
     assert [row["lr"] for row in resumed.history] == [row["lr"] for row in straight.history]
     assert [row["lr"] for row in straight.history] == [1e-3, 5e-4]
+    # Cut off before Ray wrote its record of the checkpoint (an early Ctrl-C), or started in
+    # debug mode: Ray restores nothing, the workers fetch the checkpoint themselves.
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=1", "run.name=unrecorded"))
+    (tmp_path / "unrecorded" / RAY_SNAPSHOT).unlink()
+    unrecorded = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2",
+                                 "run.name=unrecorded"))
+    assert [row["run_starts"] for row in unrecorded.history] == [1, 2]
+    c = weights(unrecorded.checkpoint_uri)
+    for key in a:
+        torch.testing.assert_close(a[key], c[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_a_debug_run_resumes_on_ray_workers(tiny_data, tmp_path):
+    common = ["train.max_steps_per_epoch=2", "run.name=moved"]
+    first = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=0", "train.epochs=1"))
+    second = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=1", "train.epochs=2"))
+    assert [(r["epoch"], r["step"], r["run_starts"]) for r in second.history] == [
+        (1, 2, 1), (2, 4, 2)]
+    assert second.history[0]["loss"] == first.history[0]["loss"]
