@@ -217,3 +217,19 @@ def test_broken_links_are_bad_sources_not_ignored(tmp_path, ray_local, capsys):
     assert "skipped train/gone: cannot open video" in out
     assert "skipped train/seq: cannot read image" in out
     assert [v.name for v in load_manifest(str(tmp_path / "store")).videos("train")] == ["cam"]
+
+
+@pytest.mark.parametrize(("labels", "why"), [
+    (np.array([0, 0, 0.5, 1]), "frame labels must be 0 or 1, got 0.5 at frame 2"),
+    (np.array([0, -1, 0, 0]), "frame labels must be 0 or 1, got -1 at frame 1"),
+    (np.array([0, 0, np.nan, 0]), "frame labels must be 0 or 1, got nan at frame 2"),
+    (np.zeros((2, 2)), "one value per frame, shape (N,), got (2, 2)"),
+    (np.array(["0", "1"]), "frame labels must be numbers"),
+])
+def test_npy_frame_labels_are_0_or_1_one_per_frame(tmp_path, labels, why):
+    np.save(tmp_path / "v.npy", labels)
+    with pytest.raises(UserError) as err:
+        video_io.read_frame_labels(tmp_path / "v.npy")
+    assert str(err.value).startswith(str(tmp_path / "v.npy")) and why in str(err.value)
+    np.save(tmp_path / "ok.npy", np.array([[0.0, 1.0, 1.0, 0.0]]))  # a row of floats is fine
+    assert video_io.read_frame_labels(tmp_path / "ok.npy").tolist() == [0, 1, 1, 0]

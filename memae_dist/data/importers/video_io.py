@@ -244,7 +244,12 @@ def load_with_frame_labels(path: str, size: tuple[int, int], labels_file: str):
 def load_label_array(path: str | Path) -> np.ndarray:
     """A ``.npy`` of frame labels, flattened; never unpickles (a label file is not code)."""
     try:
-        return np.load(path, allow_pickle=False).reshape(-1)
+        array = np.load(path, allow_pickle=False)
+        # One value per frame: (N,), or a row or column of them; a grid is no frame order.
+        if array.ndim > 2 or (array.ndim == 2 and 1 not in array.shape):
+            raise UserError(f"{path}: frame labels must be one value per frame, shape (N,), "
+                            f"got {array.shape}")
+        return array.reshape(-1)
     except ValueError as exc:
         reason = "not a .npy array file" if "pickle" in str(exc) else str(exc)
         raise UserError(f"{path}: cannot read frame labels ({reason})") from None
@@ -253,11 +258,15 @@ def load_label_array(path: str | Path) -> np.ndarray:
 
 
 def read_frame_labels(path: str | Path) -> np.ndarray:
-    """(N,) 0/1 labels from a ``.npy`` file of any shape holding one value per frame."""
+    """(N,) 0/1 labels from a ``.npy`` file holding one value per frame."""
     labels = load_label_array(path)
     if labels.dtype.kind not in "biuf":
         raise UserError(f"{path}: frame labels must be numbers, got {labels.dtype}")
-    return (labels != 0).astype(np.uint8)
+    bad = np.flatnonzero((labels != 0) & (labels != 1))
+    if bad.size:  # as the JSON form: a 0.5, a -1 or a NaN is no label, not "abnormal"
+        raise UserError(f"{path}: frame labels must be 0 or 1, got {labels[bad[0]]} at frame "
+                        f"{bad[0]}")
+    return labels.astype(np.uint8)
 
 
 def check_label_count(labels_file, n_labels: int, video, n_frames: int) -> None:
