@@ -172,6 +172,23 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise UserError(f"--set {key}: value {raw!r} is not valid YAML") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last
+    one silently, so `epochs: 3` further up would be ignored without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A YAML mapping; ``what`` names the kind of file in errors (a recipe, a tune space)."""
     path = Path(path)
@@ -184,11 +201,13 @@ def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     except OSError as exc:
         raise UserError(f"cannot read {what} {path}: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}{where}: invalid YAML") from None
+        problem = getattr(exc, "problem", "") or ""
+        detail = f" ({problem})" if problem.startswith("key ") else ""
+        raise UserError(f"{path}{where}: invalid YAML{detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -67,6 +67,12 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "images", "--src", "s", "--dst", "d", "--size", "0", "28"],
          "--size must be two from 1 to 4096, got 0 28"),
         (["tune", "--space", "smoke", "--out", ""], "--out is empty"),
+        (["prepare", "images", "--src", "s", "--dst", "d", "--seed", "5"],
+         "--seed is for 'prepare synthetic'; images reads its frames"),
+        (["prepare", "synthetic", "--dst", "d", "--skip-bad"], "--skip-bad is for imports"),
+        # A check across settings names the flag that broke it, not the recipe.
+        (["train", "--config", "demo", "--data", "x", "--workers", "3"],
+         "error: --workers 3: train.batch_size (16) must be divisible by train.workers x "),
         # The override is echoed without the password it holds.
         (["train", "--config", "demo", "--set", "storage.endpoint_url=http://me:pw99@minio:9000"],
          "error: --set storage.endpoint_url=http://***@minio:9000: storage.endpoint_url must"),

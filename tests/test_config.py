@@ -93,6 +93,15 @@ def test_bad_yaml_file_names_the_file(tmp_path):
     unknown.write_text("model:\n  slots: 3\n")
     with pytest.raises(UserError, match=r"unknown.yaml: unknown config key 'model.slots'"):
         load_config(unknown)
+    # YAML itself keeps the last of two equal keys: the first would be ignored unsaid.
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 3\n  lr: 1.0e-3\n  epochs: 4\n")
+    with pytest.raises(UserError, match=r"twice.yaml line 4: invalid YAML \(key 'epochs' "
+                                        r"given twice\)"):
+        read_yaml(twice)
+    merged = tmp_path / "merged.yaml"
+    merged.write_text("a: &x {b: 1}\nc:\n  <<: *x\n  b: 3\n  d: 2\n")
+    assert read_yaml(merged) == {"a": {"b": 1}, "c": {"b": 3, "d": 2}}  # merge keys still work
 
 
 def test_errors_name_the_override_that_set_the_bad_value(tmp_path):

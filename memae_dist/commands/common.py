@@ -64,9 +64,13 @@ def local_folder(value: str, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {value}: must be a local folder (this command writes its "
                         "figures and tables on this machine)")
     path = Path(value)
-    if path.exists() and not path.is_dir():
+    try:
+        exists = path.exists()  # a name too long for the filesystem raises here
+    except OSError as exc:
+        raise UserError(f"{flag} {value}: cannot write there: {exc.strerror}") from None
+    if exists and not path.is_dir():
         raise UserError(f"{flag} {value}: exists and is not a folder")
-    if not path.exists() and path.suffix.lower() in FILE_SUFFIXES:
+    if not exists and path.suffix.lower() in FILE_SUFFIXES:
         raise UserError(f"{flag} {value}: names a file; give a folder (this command writes "
                         "several files into it)")
     _no_file_in_the_way(path, value, flag)

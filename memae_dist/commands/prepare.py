@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", choices=("train", "test", "val"),
                    help="folder: split of sources outside train/test/val folders (default train)")
-    p.add_argument("--seed", type=int, default=0, help="seed (synthetic)")
+    p.add_argument("--seed", type=int, default=None, help="seed (synthetic; default 0)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable videos (images: single images), list them")
     add_storage_config_flag(p)
@@ -36,12 +36,18 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.data import prepare
+    from memae_dist.errors import UserError
 
+    # Refused, not ignored: a user who passes one expects it to change something.
+    if args.seed is not None and args.kind != "synthetic":
+        raise UserError(f"--seed is for 'prepare synthetic'; {args.kind} reads its frames")
+    if args.skip_bad and args.kind == "synthetic":
+        raise UserError("--skip-bad is for imports; 'prepare synthetic' has no bad source")
     # The video nets halve the frame size four times; the image net is fixed at 28x28.
     size = frame_size(args.size, multiple=1 if args.kind == "images" else 16)
     manifest = prepare.run_import(
         args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
-        seed=args.seed, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
+        seed=args.seed or 0, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
         progress=not args.no_progress, storage_cfg=storage_config(args),
     )
     print(f"prepared {args.kind} -> {args.dst}")

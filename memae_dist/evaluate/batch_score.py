@@ -131,7 +131,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     # Absolute paths: Ray workers need not share the driver's working directory.
     checkpoint, data_uri = absolute(checkpoint), absolute(data_uri)
     ckpt, config, state, trained_on = read_model_state(checkpoint, storage)
-    _, exp = model_from_state(config, state)  # fails early on a bad checkpoint
+    _, exp = model_from_state(config, state, ckpt)  # fails early on a bad checkpoint
     cfg = replace(cfg, error=cfg.error or exp.eval.error)
     manifest = load_manifest(data_uri, storage)
     check_scorable(manifest, exp, data_uri, trained_on)

@@ -97,15 +97,20 @@ def _checkpoint_folder(uri: str, storage: StorageConfig | None) -> str:
     return ckpt
 
 
-def model_from_state(config: dict, state: dict) -> tuple[MemAE, ExperimentConfig]:
-    """An eval-mode model from a config dict and a state dict (what Ray actors receive)."""
+def model_from_state(config: dict, state: dict, where: str = "checkpoint"
+                     ) -> tuple[MemAE, ExperimentConfig]:
+    """An eval-mode model from a config dict and a state dict (what Ray actors receive);
+    ``where`` names the checkpoint in errors."""
     cfg = from_dict(ExperimentConfig, config)
     model = build_model(cfg.model)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"checkpoint weights do not fit its model config: {first}") from None
+        # PyTorch's first line is a header ("Error(s) in loading state_dict for MemAE:"); the
+        # first mismatch below it says which weight, and the shapes.
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__
+        raise UserError(f"{where}: weights do not fit its {CONFIG_FILE} ({detail})") from None
     model.eval()
     return model, cfg
 
@@ -113,7 +118,7 @@ def model_from_state(config: dict, state: dict) -> tuple[MemAE, ExperimentConfig
 def load_model(uri: str, storage: StorageConfig | None = None) -> LoadedModel:
     """A model from a checkpoint URI or a run URI (its latest checkpoint), in eval mode."""
     ckpt, config, state, trained_on = read_model_state(uri, storage)
-    model, cfg = model_from_state(config, state)
+    model, cfg = model_from_state(config, state, ckpt)
     return LoadedModel(model, cfg, ckpt, trained_on)
 
 
@@ -176,10 +181,10 @@ class SegmentScorer:
         if model is None:
             if checkpoint is None:
                 raise ValueError("SegmentScorer needs a checkpoint URI or model=(config, state)")
-            _, config, state, _ = read_model_state(checkpoint, storage)
+            checkpoint, config, state, _ = read_model_state(checkpoint, storage)
         else:
             config, state = model
-        model, cfg = model_from_state(config, state)
+        model, cfg = model_from_state(config, state, checkpoint or "checkpoint")
         self.arch = cfg.model.arch
         self.model = for_inference(model, self.device, self.arch)
         self.bf16 = use_bf16(precision, self.device)

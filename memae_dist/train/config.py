@@ -100,7 +100,7 @@ class TrainConfig:
         if self.batch_size % (max(self.workers, 1) * self.grad_accum):
             raise UserError(
                 f"train.batch_size ({self.batch_size}) must be divisible by "
-                f"workers x grad_accum ({max(self.workers, 1)} x {self.grad_accum})"
+                f"train.workers x train.grad_accum ({max(self.workers, 1)} x {self.grad_accum})"
             )
 
     @property

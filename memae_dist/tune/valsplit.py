@@ -36,6 +36,9 @@ def parse_selection(spec: str) -> int | list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
         raise UserError(f"--val-from-test must be a count or comma-separated names, got {spec!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # it would be recorded in the manifest as given, and fix every later selection
+        raise UserError(f"--val-from-test {spec}: names {', '.join(twice)} more than once")
     return names
 
 

@@ -137,6 +137,14 @@ def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_d
     bad[str(lone / "state.pt")] = bad[str(lone)]
     (tmp_path / "model.pt").write_bytes(b"")
     bad[str(tmp_path / "model.pt")] = f"{tmp_path / 'model.pt'} is a file, not a checkpoint"
+    edited = tmp_path / "edited"  # its config.json changed by hand after training
+    edited.mkdir()
+    (edited / "state.pt").write_bytes((Path(tiny_checkpoint) / "state.pt").read_bytes())
+    tree = json.loads(config)
+    tree["model"]["num_slots"] = 7
+    (edited / "config.json").write_text(json.dumps(tree))
+    bad[str(edited)] = (f"{edited}: weights do not fit its config.json (size mismatch for "
+                        "memory.memory: copying a param with shape")
     out = tmp_path / "out"
     for ckpt, why in bad.items():
         for argv in (["export", "--checkpoint", ckpt, "--format", "onnx",
@@ -146,7 +154,7 @@ def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_d
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and why in err, (argv, err)
-            if "is not a memae-dist checkpoint" not in why:
+            if "is not a memae-dist checkpoint" not in why and "do not fit" not in why:
                 assert what in err  # where the path was no checkpoint: say what one is
     assert not out.exists()
     # A checkpoint's own state.pt names it, also as a bare file name.

@@ -78,6 +78,8 @@ def test_bad_selections_are_refused(tmp_path):
         carve_val_from_test(data, ["01", "03"])
     with pytest.raises(UserError, match="count >= 1"):
         parse_selection("0")
+    with pytest.raises(UserError, match="--val-from-test 01,02,01: names 01 more than once"):
+        parse_selection("01,02,01")
     # Ped2's videos are "01".."12": those are names, as is any number followed by a comma.
     assert parse_selection("06") == ["06"] and parse_selection("6,") == ["6"]
     assert parse_selection("6") == 6 and parse_selection(" 12 ") == 12
