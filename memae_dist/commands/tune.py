@@ -45,16 +45,13 @@ def resolve_space(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.commands.common import resolve_config_path
+    from memae_dist.commands.common import local_folder, resolve_config_path
     from memae_dist.config import load_config
-    from memae_dist.errors import UserError
     from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
     from memae_dist.tune.sweep import SweepOptions, run_sweep
 
-    if not args.out.strip():  # Path("") is the working folder: never what was meant
-        raise UserError("--out is empty; give a folder's name")
-    out = Path(args.out)  # checked (writable, no other sweep's results) before any trial
+    out = local_folder(args.out)  # then made and checked for other sweeps before any trial
     space = load_space(resolve_space(args.space))
     overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),

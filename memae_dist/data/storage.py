@@ -90,10 +90,13 @@ def is_remote(uri: str) -> bool:
     """True for object-store URIs (s3://), False for local paths and file:// URIs."""
     scheme = _scheme(uri)
     if scheme == "s3":
-        if "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-            # A bucket name holds no '@': this is user:password@, and would be echoed (and
-            # logged) everywhere the URI is; the keys belong in the environment.
-            raise UserError(f"{redact_text(uri)}: an S3 URI must not hold credentials; set "
+        netloc = urlsplit(uri).netloc
+        if "@" in netloc or ":" in netloc:
+            # A bucket name holds neither: this is user:password@, and would be echoed (and
+            # logged) everywhere the URI is; the keys belong in the environment. A secret with
+            # a '/' in it ends the netloc early: then nothing of the URI is shown.
+            shown = redact_text(uri) if "@" in netloc else f"{_scheme(uri)}://***"
+            raise UserError(f"{shown}: an S3 URI must not hold credentials; set "
                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         return True
     if scheme in ("", "file"):

@@ -59,6 +59,10 @@ def test_an_s3_uri_with_keys_in_it_is_refused_without_them():
     with pytest.raises(UserError) as err:
         storage.is_remote("S3://AKIDEXAMPLE:hunter22@bucket/data")
     assert str(err.value).startswith("S3://***@bucket/data: an S3 URI must not hold cred")
+    with pytest.raises(UserError) as err:  # AWS secrets may hold a '/'
+        storage.is_remote("s3://AKIDEXAMPLE:wJal/rXUtn@bucket/data")
+    assert str(err.value).startswith("s3://***: an S3 URI must not hold cred")
+    assert "wJal" not in str(err.value) and "rXUtn" not in str(err.value)
     assert storage.is_remote("s3://bucket/a@b/c")  # '@' in a key is fine
 
 

@@ -245,16 +245,16 @@ def load_label_array(path: str | Path) -> np.ndarray:
     """A ``.npy`` of frame labels, flattened; never unpickles (a label file is not code)."""
     try:
         array = np.load(path, allow_pickle=False)
-        # One value per frame: (N,), or a row or column of them; a grid is no frame order.
-        if array.ndim > 2 or (array.ndim == 2 and 1 not in array.shape):
-            raise UserError(f"{path}: frame labels must be one value per frame, shape (N,), "
-                            f"got {array.shape}")
-        return array.reshape(-1)
     except ValueError as exc:
         reason = "not a .npy array file" if "pickle" in str(exc) else str(exc)
         raise UserError(f"{path}: cannot read frame labels ({reason})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read frame labels ({exc})") from None
+    # One value per frame: (N,), or a row or column of them; a grid is no frame order.
+    if array.ndim > 2 or (array.ndim == 2 and 1 not in array.shape):
+        raise UserError(f"{path}: frame labels must be one value per frame, shape (N,), "
+                        f"got {array.shape}")
+    return array.reshape(-1)
 
 
 def read_frame_labels(path: str | Path) -> np.ndarray:
