@@ -20,6 +20,10 @@ from memae_dist.errors import UserError
 COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "events", "report",
             "export", "doctor")
 
+# Verbs whose rerun picks up where an interrupted run stopped (imports skip finished videos,
+# training and sweeps restore their checkpoints); the others start over.
+RESUMABLE = frozenset({"demo", "prepare", "train", "tune"})
+
 # Ray Data's loggers that print an error raised in a read task or actor, with its stack.
 RAY_DATA_ERROR_LOGGERS = ("ray.data.exceptions",
                           "ray.data._internal.execution.streaming_executor_state")
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         # Ray may re-raise the interruption as its own (Train turns it into a plain one).
         term = isinstance(exc, Terminated) or _SIGTERM_SEEN
         what, code = ("terminated", 143) if term else ("interrupted", 130)
-        print(f"memae-dist: {what}; rerun the same command to resume", file=sys.stderr)
+        hint = "; rerun the same command to resume" if args.command in RESUMABLE else ""
+        print(f"memae-dist: {what}{hint}", file=sys.stderr)
         return code
     except BrokenPipeError:
         # Whoever read our output left (`| head`): nothing more to say, and nowhere to say it.

@@ -219,3 +219,26 @@ def test_a_user_error_is_found_in_what_ray_relays_and_only_there():
     handled = tail + ("\n\nDuring handling of the above exception, another exception "
                       "occurred:\n\nTraceback (most recent call last):\nKeyError: 'x'")
     assert find_user_error(RuntimeError(handled)) is None  # a bug stays a bug
+
+
+@pytest.mark.parametrize(("verb", "hint"), [("train", True), ("score", False)])
+def test_only_a_verb_that_resumes_says_a_rerun_resumes(monkeypatch, capsys, verb, hint):
+    import memae_dist.cli as cli
+
+    real_parse = cli.parse
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    def parse(argv):
+        args = real_parse(argv)
+        args.func = interrupted  # Ctrl-C while the verb runs
+        return args
+
+    monkeypatch.setattr(cli, "parse", parse)
+    argv = {"train": ["train", "--config", "demo"],
+            "score": ["score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet"]}[verb]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("memae-dist: interrupted; rerun the same command to resume" if hint
+                   else "memae-dist: interrupted")

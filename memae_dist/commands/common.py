@@ -78,17 +78,25 @@ def local_folder(value: str, flag: str = "--out") -> Path:
 
 
 def file_target(value: str, example: str, flag: str = "--out", storage=None,
-                inputs: tuple[str | None, ...] = ()) -> None:
+                inputs: tuple[str | None, ...] = (),
+                keep: tuple[tuple[str | None, str], ...] = ()) -> None:
     """Refuse, before any work, an output file that could only fail once written: no name, one
-    of the ``inputs`` (read, then overwritten), a folder by that name, a file where one of its
-    folders must go, an unsupported scheme, or an S3 bucket that is missing or refuses us."""
+    of the ``inputs`` (read, then overwritten), a file of one of the ``keep`` folders ((URI,
+    "the checkpoint" or "the dataset"): ``OWN_FILES``), a folder by that name, a file where
+    one of its folders must go, a device or pipe, an unsupported scheme, or an S3 bucket that is
+    missing or refuses us."""
     from memae_dist.data import storage as st
+    from memae_dist.data.atomic import writable_path
 
     if not value.strip():
         raise UserError(f"{flag} is empty; give a file's name (e.g. {example})")
     for name in inputs:
         if name and same_file(value, name):
             raise UserError(f"{flag} {value}: is the input file; give another name")
+    for folder, what in keep:
+        if folder and _overwrites_a_file_in(value, folder, what, storage):
+            raise UserError(f"{flag} {value}: would overwrite a file of {what} {folder}; "
+                            "give another name")
     if value.endswith(("/", os.sep)):  # a folder, existing or not, whatever the scheme
         raise UserError(f"{flag} {value}: names a folder; give the file's name "
                         f"(e.g. {value}{example})")
@@ -99,6 +107,7 @@ def file_target(value: str, example: str, flag: str = "--out", storage=None,
             raise UserError(f"{flag} {value}: is a folder; give the file's name "
                             f"(e.g. {shown / example})")
         _no_file_in_the_way(path, value, flag)
+        writable_path(path)
         return
     st.check_bucket(value, storage)
     if st.is_folder(value, storage):
@@ -115,6 +124,38 @@ def same_file(a: str, b: str) -> bool:
     if st.is_remote(a):
         return a.split("://", 1)[1].strip("/") == b.split("://", 1)[1].strip("/")
     return Path(st.local_path(a)).resolve() == Path(st.local_path(b)).resolve()
+
+
+# What a checkpoint or run folder, and a dataset, hold at their top level (all of what lies in
+# their subfolders is theirs too): an output file there would destroy them. Other files beside
+# them (an earlier scores file, an exported model) are the user's to replace.
+OWN_FILES = {"the checkpoint": ("state.pt", "config.json", "history.json", "history.csv",
+                                "best.json", "checkpoint_manager_snapshot.json", "run.lock"),
+             "the dataset": ("manifest.json",)}
+
+
+def _overwrites_a_file_in(value: str, folder: str, what: str, storage=None) -> bool:
+    """Whether ``value`` names an existing file of the checkpoint, run or dataset ``folder``
+    (or of the folder of ``folder``, when that names a file such as a checkpoint's state.pt)."""
+    from memae_dist.data import storage as st
+
+    if st.is_remote(value) != st.is_remote(folder):
+        return False
+    if not st.is_remote(value):
+        out = Path(st.local_path(value)).resolve()
+        root = Path(st.local_path(folder)).resolve()
+        root = root.parent if root.is_file() else root
+        if not (out.is_file() and out.is_relative_to(root)):
+            return False
+        rel = out.relative_to(root).parts
+    else:
+        key = value.split("://", 1)[1].strip("/")
+        root = folder.split("://", 1)[1].strip("/")
+        root = root.rsplit("/", 1)[0] if root.endswith(".pt") else root
+        if not (key.startswith(root + "/") and st.is_file(value, storage)):
+            return False
+        rel = tuple(key[len(root) + 1:].split("/"))
+    return len(rel) > 1 or rel[0] in OWN_FILES[what]
 
 
 def _no_file_in_the_way(path: Path, value: str, flag: str) -> None:

@@ -37,7 +37,8 @@ def check_out(out: str, fmt: str, storage=None, checkpoint: str | None = None) -
     """Refuse, before the export's minutes, an --out that is a folder or names another format."""
     from memae_dist.errors import UserError
 
-    file_target(out, f"model.{fmt}", storage=storage, inputs=(checkpoint,))
+    file_target(out, f"model.{fmt}", storage=storage, inputs=(checkpoint,),
+                keep=((checkpoint, "the checkpoint"),))
     formats = SUFFIX_FORMATS.get(PurePosixPath(out).suffix.lower())
     if formats is not None and fmt not in formats:
         raise UserError(f"--out {out}: the name says {formats[0]}, but --format is {fmt}")

@@ -66,12 +66,14 @@ def score_config(args: argparse.Namespace):
                        progress=not getattr(args, "no_progress", False))
 
 
-def check_scores_name(uri: str, storage=None) -> None:
-    """Scores are one Parquet file: a folder, or a name that promises another format, is
-    refused up front."""
+def check_scores_name(uri: str, storage=None, data: str | None = None,
+                      checkpoint: str | None = None) -> None:
+    """Scores are one Parquet file: a folder, a name that promises another format, or a file of
+    the dataset or checkpoint being read, is refused up front."""
     from memae_dist.errors import UserError
 
-    file_target(uri, "scores.parquet", storage=storage)
+    file_target(uri, "scores.parquet", storage=storage,
+                keep=((data, "the dataset"), (checkpoint, "the checkpoint")))
     suffix = PurePosixPath(uri.rstrip("/")).suffix.lower()
     if suffix and suffix not in SCORES_SUFFIXES:
         raise UserError(f"--out {uri}: scores are written as Parquet; name the file *.parquet "
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.evaluate.score import read_model_state
 
     storage = storage_config(args)
-    check_scores_name(args.out, storage)
+    check_scores_name(args.out, storage, args.data, args.checkpoint)
     cfg = score_config(args)
     data = args.data
     if args.videos:

@@ -149,7 +149,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
         raise UserError(f"{join(data_uri, 'manifest.json')}: no labelled video in split "
                         f"'{cfg.split}': there is nothing to evaluate against (use 'memae-dist "
                         "score' and 'memae-dist report' to look at its scores)")
-    _check_shard_sizes(data_uri, manifest, cfg.split, storage)
+    check_shard_sizes(data_uri, manifest, cfg.split, storage)
     kwargs = dict(window=window, segment_frames=manifest.segment_frames,
                   overlap=manifest.segment_overlap, error=cfg.error, batch_size=cfg.batch_size,
                   precision=cfg.precision, use_gpu=cfg.gpus_per_worker > 0,
@@ -183,7 +183,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     return ScoreResult(out_uri or "", table, meta, seconds)
 
 
-def _check_shard_sizes(data_uri: str, manifest: Manifest, split: str,
+def check_shard_sizes(data_uri: str, manifest: Manifest, split: str,
                        storage: StorageConfig) -> None:
     """One listing before any actor starts: a truncated or missing shard would otherwise stop
     the scoring deep inside Ray Data, after minutes of work."""

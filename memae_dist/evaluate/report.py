@@ -65,12 +65,14 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     out_dir = Path(out_dir)
     table, meta = read_scores(scores_uri, storage)
     videos = video_scores(table)
+    check_names(scores_uri, videos)
     labelled = {v.name for v in video_scores(table, labelled_only=True)}
     report = Report(out_dir / "index.html", None)
     # Whatever can refuse the input does so before the first file is written.
     chosen = parse_frames(frames) or top_frames(videos, top)
     sources = _model_sources(report, meta, checkpoint, data, storage)
-    check_frames(chosen, videos, sources and sources[1].videos(meta.get("split", "test")))
+    check_frames(chosen, videos, sources and sources[1].videos(meta.get("split", "test")),
+                 given=bool(frames), data=sources and sources[2])
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
     scored = [v for v in videos if v.name in labelled]
@@ -96,15 +98,31 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     return report
 
 
+def check_names(scores_uri: str, videos: list[VideoScores]) -> None:
+    """Video names become file names here (``videos/<video>.png``): one that holds a path
+    separator or is a relative folder name would write outside the report, so the scores file
+    is refused ('memae-dist prepare' never names a video so)."""
+    for v in videos:
+        if not v.name or v.name in (".", "..") or any(c in v.name for c in "/\\\0"):
+            raise UserError(f"{scores_uri}: video name {v.name!r} cannot be a file name in the "
+                            "report; scores files name videos as 'memae-dist prepare' did")
+
+
 def check_frames(chosen: list[tuple[str, int]], videos: list[VideoScores],
-                 entries: list | None = None) -> None:
-    """Refuse a chosen frame without a score, or whose video is not in ``entries`` (if given)."""
+                 entries: list | None = None, given: bool = True, data: str | None = None) -> None:
+    """Refuse a chosen frame without a score, or whose video is not in ``entries`` (if given).
+
+    ``given``: the frames came from --frame (else from the top scores, which the user did not
+    type: the message then names the dataset instead)."""
     known = {v.name: v for v in videos}
     in_data = None if entries is None else {e.name for e in entries}
     for name, frame in chosen:
         if name not in known:
             raise UserError(f"--frame {name}:{frame}: no video {name!r} in the scores")
         if in_data is not None and name not in in_data:
+            if not given:
+                raise UserError(f"video {name!r} of the scores is not in the dataset {data} "
+                                "(--data: the dataset it was scored on)")
             raise UserError(f"--frame {name}:{frame}: video {name!r} is not in the dataset "
                             "(--data) the frames come from")
         if frame not in set(known[name].frames.tolist()):
@@ -118,6 +136,7 @@ def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str
     A checkpoint or dataset the user named must load; the ones the scores file merely
     recorded may have moved since, which costs the figures and not the report."""
     from memae_dist.data.manifest import load_manifest
+    from memae_dist.evaluate.batch_score import check_shard_sizes
     from memae_dist.evaluate.score import check_scorable, load_model
 
     ckpt_uri, data_uri = checkpoint or meta.get("checkpoint"), data or meta.get("data")
@@ -126,6 +145,7 @@ def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str
         return None
     try:
         loaded, manifest = load_model(ckpt_uri, storage), load_manifest(data_uri, storage)
+        check_shard_sizes(data_uri, manifest, meta.get("split", "test"), storage)
         # Reconstructions of frames the model cannot take (or at another scale) would mislead.
         check_scorable(manifest, loaded.config, data_uri, loaded.trained_on)
         return loaded, manifest, data_uri

@@ -44,6 +44,7 @@ from memae_dist.train.checkpoint import (
     STATE_FILE,
     read_checkpoint_config,
     resolve_checkpoint,
+    torch_load,
     unreadable_state,
 )
 
@@ -72,7 +73,7 @@ def read_model_state(uri: str, storage: StorageConfig | None = None
     state_uri = join(ckpt, STATE_FILE)
     blob = read_bytes(state_uri, storage)
     try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        state = torch_load(io.BytesIO(blob))
     except Exception as exc:
         raise unreadable_state(state_uri, exc) from None
     weights = state.get("model") if isinstance(state, dict) else None

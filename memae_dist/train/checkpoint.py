@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import uuid
+import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,11 +129,19 @@ def set_rng_state(rng: dict[str, Any]) -> None:
 
 def load_state(folder: Path) -> dict[str, Any]:
     try:
-        return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        return torch_load(folder / STATE_FILE)
     except FileNotFoundError:
         raise UserError(f"checkpoint {folder} has no {STATE_FILE}") from None
     except Exception as exc:  # a truncated or foreign file: say which one
         raise unreadable_state(folder / STATE_FILE, exc) from None
+
+
+def torch_load(source) -> Any:
+    """``torch.load`` of a state file, weights only; torch's warning for a TorchScript archive
+    (an exported model in a checkpoint's place) is left to ``unreadable_state`` to say."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
+        return torch.load(source, map_location="cpu", weights_only=True)
 
 
 def unreadable_state(path, exc: Exception) -> UserError:
@@ -138,6 +149,9 @@ def unreadable_state(path, exc: Exception) -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if first.startswith("Weights only load failed"):  # torch's advice would be to unpickle it
         first = "damaged, or not written by memae-dist"
+    elif "TorchScript archive" in first or "locating file data.pkl" in first:
+        first = ("an exported model (TorchScript or pt2), not a checkpoint; give the "
+                 "checkpoint 'memae-dist train' wrote")
     return UserError(f"cannot read checkpoint {path}: {first}")
 
 
@@ -199,6 +213,8 @@ def _why_none(uri: str, storage: StorageConfig | None) -> str:
     held = read_lock(uri, storage)
     if held is not None and held.age() <= DEFAULT_LOCK_TTL_S:
         return f"no epoch finished yet; the run is being trained by {held.holder()}"
+    if exists(join(uri, CONFIG_FILE), storage):  # state.pt is written last: a cut-short copy
+        return f"it has {CONFIG_FILE} but no {STATE_FILE}: an incomplete checkpoint"
     return "expected a checkpoint or a run folder"
 
 
@@ -227,17 +243,29 @@ def upload_dir(local: Path, uri: str, storage: StorageConfig | None = None) -> N
 
 
 def upload_file(fs, local: Path, path: str, chunk: int = 8 * 2**20) -> None:
-    """Stream one local file to ``fs``; raises OSError unless all of it arrived."""
-    out = fs.open_output_stream(path)
+    """Stream one local file to ``fs``; raises OSError unless all of it arrived.
+
+    An S3 object appears only when its upload completes; a local file is streamed under a
+    temporary name and renamed, so a copy cut short is never taken for a whole one."""
+    final, path = path, (f"{path}.tmp-{uuid.uuid4().hex}" if fs.type_name == "local" else path)
     try:
-        with local.open("rb") as src:
-            while data := src.read(chunk):
-                out.write(data)
-    finally:
-        out.close()  # completes (or fails) the upload: the error surfaces here, not in a log
-    size = fs.get_file_info(path).size
-    if size != local.stat().st_size:
-        raise OSError(f"upload of {path} stored {size} of {local.stat().st_size} bytes")
+        out = fs.open_output_stream(path)
+        try:
+            with local.open("rb") as src:
+                while data := src.read(chunk):
+                    out.write(data)
+        finally:
+            out.close()  # completes (or fails) the upload: the error surfaces here, not in a log
+        size = fs.get_file_info(path).size
+        if size != local.stat().st_size:
+            raise OSError(f"upload of {final} stored {size} of {local.stat().st_size} bytes")
+        if path != final:
+            fs.move(path, final)
+    except BaseException:
+        if path != final:
+            with suppress(OSError):
+                fs.delete_file(path)
+        raise
 
 
 def ray_uploader(run_uri: str, storage: StorageConfig | None = None):
@@ -283,20 +311,17 @@ def checkpoint_epoch(uri: str) -> int:
     return int(match.group(1))
 
 
-def restore_point(run_uri: str, storage: StorageConfig | None = None,
-                  ray_managed: bool = True) -> str | None:
-    """The checkpoint a (re)started run continues from, or None for a fresh start.
+def restore_point(run_uri: str, storage: StorageConfig | None = None) -> str | None:
+    """The checkpoint a (re)started run continues from, or None for a fresh start: the newest
+    complete checkpoint folder, whoever wrote it.
 
-    Ray Train restores the latest checkpoint *it registered* (its snapshot file); a checkpoint
-    whose upload finished just before a crash may exist without being registered, and the data
-    order of the next epoch must follow the checkpoint Ray hands the workers, so once Ray has
-    a snapshot only its record counts. Without one (a run interrupted before Ray wrote it, or
-    one trained in-process with ``workers=0``) Ray restores nothing: the workers then fetch the
-    newest complete checkpoint folder themselves (``loop.resume``), and so does the data.
+    Not the one Ray's snapshot names: a run trained in-process (``workers=0``) writes
+    checkpoints Ray never records, and a checkpoint uploaded just before a crash may be whole
+    but unregistered; resuming from an older one would train those epochs again and write over
+    their checkpoints. Every file of a checkpoint lands under its final name only once whole
+    (``upload_file``) and ``state.pt`` comes last, so "complete" means all its files are there.
+    The workers (``loop.resume``) and the data order (``trainer``) both follow this point.
     """
-    registered = ray_registered(run_uri, storage) if ray_managed else None
-    if registered is not None:
-        return registered or None
     return latest_checkpoint(run_uri, storage)
 
 

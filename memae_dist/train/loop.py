@@ -101,26 +101,18 @@ def build_worker(cfg: ExperimentConfig) -> Worker:
 def resume(w: Worker) -> TrainState:
     """Restore from the run's last checkpoint, if it has one, then wrap the model for training.
 
-    Ray hands workers the checkpoint it registered; without one (in-process debug mode, or a
-    run whose earlier attempt was cut off before Ray recorded any) the loop fetches the
-    checkpoint ``restore_point`` names itself.
+    The checkpoint is the one ``restore_point`` names, not necessarily the one Ray hands the
+    workers (its own record misses what a debug run or a cut-off attempt wrote); the data order
+    follows the same point.
     """
     state, scaler = TrainState(), {}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        # A private copy per worker: Ray's shared ``as_directory`` download lets a second
-        # worker on the node re-download into the folder while the first is still reading it.
+    latest = restore_point(run_uri(w.cfg), w.cfg.storage)
+    if latest is not None:
+        # A private copy per worker: a shared download folder lets a second worker on the
+        # node re-download into it while the first is still reading it.
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint.to_directory(tmp)
+            download_dir(latest, Path(tmp), w.cfg.storage)
             state, scaler = restore(Path(tmp), w.model, w.optimizer)
-    else:
-        # Nothing from Ray: a debug run, or one whose earlier attempt ended before Ray recorded
-        # its checkpoints; resume from the one the data order follows too.
-        latest = restore_point(run_uri(w.cfg), w.cfg.storage, w.cfg.train.workers > 0)
-        if latest is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                download_dir(latest, Path(tmp), w.cfg.storage)
-                state, scaler = restore(Path(tmp), w.model, w.optimizer)
     w.precision.load_state_dict(scaler)
     w.net = wrap_model(w.model, w.cfg.train, w.world)
     return state

@@ -25,6 +25,7 @@ from memae_dist.train.checkpoint import (
     latest_checkpoint,
     read_checkpoint_config,
     restore_point,
+    torch_load,
 )
 
 __all__ = ["TrainResult", "ensure_ray", "fit", "run_uri"]
@@ -61,7 +62,7 @@ def for_workers(cfg: ExperimentConfig) -> dict:
 
 def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
     """Epochs finished by the checkpoint a (re)start continues from."""
-    point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
+    point = restore_point(run, cfg.storage)
     return checkpoint_epoch(point) if point else 0
 
 
@@ -70,7 +71,7 @@ def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | No
     """A run's model is fixed when it first starts: resumed with other model settings, its
     weights would not load (a changed shape), or one history would mix two experiments. So is
     what the model sees: clips of ``data.window`` frames of the first run's ``size``."""
-    point = restore_point(run, cfg.storage, ray_managed=cfg.train.workers > 0)
+    point = restore_point(run, cfg.storage)
     if point is None:
         return
     saved = read_checkpoint_config(point, cfg.storage)
@@ -91,17 +92,34 @@ def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | No
     if data.get("path") and data["path"] != absolute(cfg.data.path):
         log.warning("%s resumes on %s; it was trained on %s until now", run,
                     absolute(cfg.data.path), data["path"])
+    _warn_changed_recipe(run, saved, cfg)
+
+
+# Settings that shape what the model learns, beside the model's own (refused above): a run may
+# resume with new ones (a lower learning rate for the last epochs is common), but its history
+# then mixes two recipes, which whoever reads it should know. Where and how fast it runs
+# (workers, precision, ...) and train.epochs (how a run is extended) are not listed.
+RECIPE_KEYS = {"train": ("batch_size", "lr", "lr_schedule", "weight_decay", "grad_accum",
+                         "seed", "max_steps_per_epoch"),
+               "data": ("train_split", "stride", "augment")}
+
+
+def _warn_changed_recipe(run: str, saved: dict, cfg: ExperimentConfig) -> None:
+    now = {"train": to_plain(cfg.train), "data": to_plain(cfg.data)}
+    changed = [f"{section}.{key}={saved[section][key]!r} (now {now[section][key]!r})"
+               for section, keys in RECIPE_KEYS.items() for key in keys
+               if key in (saved.get(section) or {}) and saved[section][key] != now[section][key]]
+    if changed:
+        log.warning("%s resumes with %s: its history from here on follows the new settings",
+                    run, ", ".join(changed))
 
 
 def trained_size(ckpt_uri: str, storage=None) -> tuple[int, int] | None:
     """The frame size a checkpoint was trained on (None for checkpoints older than the record)."""
     import io
 
-    import torch
-
     try:
-        state = torch.load(io.BytesIO(read_bytes(join(ckpt_uri, STATE_FILE), storage)),
-                           map_location="cpu", weights_only=True)
+        state = torch_load(io.BytesIO(read_bytes(join(ckpt_uri, STATE_FILE), storage)))
     except Exception:  # noqa: BLE001 - restoring it names what is wrong with it, in one line
         return None
     size = (state.get("data") or {}).get("size") if isinstance(state, dict) else None

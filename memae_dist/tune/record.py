@@ -69,8 +69,22 @@ def check_same_sweep(sweep_uri: str, cfg: ExperimentConfig, fingerprint: dict) -
                             "start over")
         for key, value in fingerprint.items():
             if saved.get(key) != value:
-                raise UserError(f"sweep {sweep_uri} already exists with a different {key}; "
+                where, old, new = first_difference(saved.get(key), value, key)
+                # The config's keys are the --set names: train.epochs, not config.train.epochs.
+                where = where.removeprefix("config.")
+                what = f" ({where}={old!r}, now {new!r})"
+                raise UserError(f"sweep {sweep_uri} already exists with a different {key}{what}; "
                                 "rerun the same command (space, config, flags) to resume, or "
                                 "pick another --name")
         return
     write_bytes_atomic(uri, json.dumps(fingerprint, indent=1).encode(), cfg.storage)
+
+
+def first_difference(old, new, path: str = "") -> tuple[str, object, object]:
+    """(dotted path, old value, new value) of the first leaf where two JSON trees differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if old.get(key) != new.get(key):
+                return first_difference(old.get(key), new.get(key),
+                                        f"{path}.{key}" if path else str(key))
+    return path, old, new

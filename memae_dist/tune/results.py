@@ -59,7 +59,7 @@ REPORTED = ("loss", "recon", "val_auc", "val_recon", "slots_used", "memory_colla
 
 
 def collect(analysis, space: SearchSpace, base: dict, objective: Objective, sweep_uri: str,
-            max_epochs: int) -> list[TrialRow]:
+            max_epochs: int, storage=None) -> list[TrialRow]:
     """Rows from a Tune ``ExperimentAnalysis`` (trials with their status and result history)."""
     frames = analysis.trial_dataframes
     rows = []
@@ -78,7 +78,10 @@ def collect(analysis, space: SearchSpace, base: dict, objective: Objective, swee
             metrics={k: best[k] for k in REPORTED if best and k in best},
             run_uri=join(sweep_uri, RUNS_DIR, trial.trial_id),
         )
-        row.status, row.error = _status(trial, last, max_epochs)
+        # Tune records a trial cut off before its first report as PENDING; its run folder
+        # (written from the trial's start) tells it from one that never started.
+        started = bool(last) or exists(row.run_uri, storage)
+        row.status, row.error = _status(trial, last, max_epochs, started)
         rows.append(row)
     return rows
 
@@ -100,7 +103,7 @@ def _best(history: list[dict], objective: Objective) -> dict | None:
     return best
 
 
-def _status(trial, last: dict, max_epochs: int) -> tuple[str, str]:
+def _status(trial, last: dict, max_epochs: int, started: bool) -> tuple[str, str]:
     status = trial.status
     if status == "ERROR":
         message = _error_line(trial)
@@ -111,7 +114,7 @@ def _status(trial, last: dict, max_epochs: int) -> tuple[str, str]:
         if int(last.get("epoch", 0) or 0) < max_epochs:
             return STOPPED_EARLY, ""
         return COMPLETED, ""
-    return (PENDING if status == "PENDING" and not last else INTERRUPTED), ""
+    return (PENDING if status == "PENDING" and not started else INTERRUPTED), ""
 
 
 def _error_line(trial) -> str:

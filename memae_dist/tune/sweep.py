@@ -230,7 +230,8 @@ def finish(sweep: _Sweep) -> SweepResult:
     space, cfg, base, objective, opts = (sweep.space, sweep.cfg, sweep.base, sweep.objective,
                                          sweep.opts)
     analysis = ExperimentAnalysis(sweep.fs_path, storage_filesystem=sweep.fs)
-    rows = res.collect(analysis, space, base, objective, sweep.uri, cfg.train.epochs)
+    rows = res.collect(analysis, space, base, objective, sweep.uri, cfg.train.epochs,
+                       cfg.storage)
     interrupted = any(r.status not in res.FINISHED for r in rows)
     out = Path(opts.out)
     res.write_csv(rows, out / res.TABLE)

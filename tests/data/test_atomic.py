@@ -5,6 +5,7 @@ import pytest
 
 from memae_dist.data.atomic import atomic_local
 from memae_dist.data.storage import write_bytes_atomic
+from memae_dist.errors import UserError
 
 
 def _mode(path) -> int:
@@ -38,3 +39,20 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("writer died")
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in target.parent.iterdir()) == ["out.bin"]
+
+
+def test_a_link_is_written_through_and_a_special_file_refused(tmp_path):
+    target = tmp_path / "target.csv"
+    target.write_text("old")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    with atomic_local(link, "w") as f:
+        f.write("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # Renaming over it would have replaced the pipe (or, as root, a device) with a plain file.
+    with pytest.raises(UserError, match=r"fifo: is not a regular file"), atomic_local(fifo) as f:
+        f.write(b"x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.csv", "target.csv"]

@@ -1,6 +1,7 @@
 """``score`` with Ray Data: N actors give exactly the scores of one process, in the right place."""
 
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -184,3 +185,20 @@ def test_malformed_scores_files_are_refused_in_one_line(tmp_path, capsys):
     read, read_meta = read_scores(good)
     assert read.num_rows == 24 and read_meta == meta
     assert [v.labels.sum() for v in video_scores(read, labelled_only=True)] == [6, 6]
+
+
+def test_scores_never_overwrite_the_dataset_they_read(tmp_path, tiny_checkpoint, segmented_data,
+                                                      capsys):
+    data = shutil.copytree(segmented_data, tmp_path / "data")
+    shard = next(data.glob("test/*.parquet"))
+    before = shard.read_bytes()
+    for out in (shard, data / "manifest.json"):
+        assert main(["score", "--checkpoint", tiny_checkpoint, "--data", str(data), "--out",
+                     str(out), "--workers", "0"]) == 2
+        err = capsys.readouterr().err
+        assert f"would overwrite a file of the dataset {data}" in err, err
+    assert shard.read_bytes() == before
+    # A scores file beside the dataset's own files is no harm to it, and may be replaced.
+    for _ in range(2):
+        assert main(["score", "--checkpoint", tiny_checkpoint, "--data", str(data), "--out",
+                     str(data / "scores.parquet"), "--workers", "0", "--no-progress"]) == 0

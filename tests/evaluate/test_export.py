@@ -1,6 +1,7 @@
 """``memae-dist export``: ONNX, pt2 and TorchScript models give the PyTorch outputs (< 1e-4)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,15 @@ def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_d
         torch.save(foreign, folder / "state.pt")
         (folder / "config.json").write_text(config)
         bad[str(folder)] = f"{folder / 'state.pt'} is not a memae-dist checkpoint"
+    scripted = tmp_path / "scripted"  # an exported model copied in as the state file
+    scripted.mkdir()
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), scripted / "state.pt")
+    (scripted / "config.json").write_text(config)
+    bad[str(scripted)] = "an exported model (TorchScript or pt2), not a checkpoint"
+    half = tmp_path / "half"  # a copy cut short: state.pt is the last file written
+    half.mkdir()
+    (half / "config.json").write_text(config)
+    bad[str(half)] = "it has config.json but no state.pt: an incomplete checkpoint"
     lone = tmp_path / "lone"
     lone.mkdir()
     (lone / "state.pt").write_bytes((Path(tiny_checkpoint) / "state.pt").read_bytes())
@@ -154,7 +164,8 @@ def test_what_is_not_a_checkpoint_is_refused_in_one_line(tiny_checkpoint, tiny_d
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and why in err, (argv, err)
-            if "is not a memae-dist checkpoint" not in why and "do not fit" not in why:
+            if not any(k in why for k in ("is not a memae-dist", "do not fit", "exported",
+                                          "an incomplete")):
                 assert what in err  # where the path was no checkpoint: say what one is
     assert not out.exists()
     # A checkpoint's own state.pt names it, also as a bare file name.
@@ -185,3 +196,24 @@ def test_image_and_mlp_checkpoints_export_with_their_input_shape(arch, shape, tm
                      str(tmp_path / "bad.pt2"), "--size", "20", "20"]) == 2
         assert ("--size 20 20 is 400 values; the MLP takes model.input_dim=784"
                 in capsys.readouterr().err)
+
+
+def test_export_never_writes_over_the_checkpoint_it_reads(tiny_checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(Path(tiny_checkpoint).parent, run)
+    ckpt = run / Path(tiny_checkpoint).name
+    before = {p: p.read_bytes() for p in ckpt.iterdir()}
+    for source, out in ((ckpt, ckpt / "state.pt"), (run, ckpt / "state.pt"),
+                        (ckpt, ckpt / "config.json"), (ckpt / "state.pt", ckpt / "config.json")):
+        fmt = "pt2" if out.name == "config.json" else "torchscript"
+        assert main(["export", "--checkpoint", str(source), "--format", fmt,
+                     "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "would overwrite a file of the checkpoint" in err or "is the input file" in err
+    assert {p: p.read_bytes() for p in ckpt.iterdir()} == before
+    # A model beside the checkpoint's own files is no harm, and may be replaced.
+    for _ in range(2):
+        assert main(["export", "--checkpoint", str(ckpt), "--format", "torchscript",
+                     "--out", str(ckpt / "model.ts")]) == 0
+    assert main(["export", "--checkpoint", str(run), "--format", "torchscript",
+                 "--out", str(ckpt / "model.ts")]) == 2  # inside a checkpoint of the run

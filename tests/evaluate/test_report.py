@@ -4,6 +4,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 
@@ -146,3 +147,26 @@ def test_report_into_an_unwritable_folder_says_which_file(scores, tmp_path, caps
     assert main(["report", "--scores", str(scores), "--out", "/proc/memae-dist/report"]) == 2
     assert capsys.readouterr().err.startswith(
         "memae-dist: error: cannot write /proc/memae-dist/report: ")
+
+
+def test_video_names_that_are_paths_never_write_outside_the_report(scores, tmp_path, capsys):
+    table, meta = read_scores(str(scores))
+    names = table.column("video").to_pylist()
+    for bad in ("../../escape", "a/b", ".."):
+        renamed = table.set_column(table.schema.get_field_index("video"), "video",
+                                   pa.array([bad if n == names[0] else n for n in names]))
+        edited = tmp_path / "edited.parquet"
+        write_scores(str(edited), renamed, meta)
+        out = tmp_path / "work" / "report"
+        assert main(["report", "--scores", str(edited), "--out", str(out)]) == 2
+        assert f"video name {bad!r} cannot be a file name" in capsys.readouterr().err
+        assert not (tmp_path / "work").exists() and not (tmp_path / "escape.png").exists()
+
+
+def test_a_missing_shard_is_refused_before_any_figure(scores, segmented_data, tmp_path, capsys):
+    data = shutil.copytree(segmented_data, tmp_path / "data")
+    next(data.glob("test/*.parquet")).unlink()
+    out = tmp_path / "report"
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--data", str(data)]) == 2
+    assert "is missing: rerun the same 'memae-dist prepare'" in capsys.readouterr().err
+    assert not out.exists()

@@ -22,6 +22,7 @@ from memae_dist.train.checkpoint import (
     restore_point,
     save_best,
     save_checkpoint,
+    upload_file,
 )
 
 
@@ -72,23 +73,44 @@ def test_state_loads_with_weights_only_and_bad_files_are_user_errors(tmp_path):
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
 
 
-def test_latest_skips_incomplete_uploads_and_restore_point_follows_ray(tmp_path):
+def test_latest_skips_incomplete_uploads_and_restore_point_is_the_newest_whole(tmp_path):
     run = tmp_path / "run"
     for epoch in (1, 2, 3):
         write(run / f"checkpoint_epoch_{epoch:04d}", epoch)
     (run / "checkpoint_epoch_0003" / "history.json").unlink()  # upload cut short
     assert latest_checkpoint(str(run)).endswith("checkpoint_epoch_0002")
-    assert restore_point(str(run), ray_managed=False).endswith("checkpoint_epoch_0002")
-    # Ray wrote no snapshot (cut off before it did, or a debug run): Ray restores nothing, so
-    # the workers fetch the newest whole checkpoint themselves, and the data follows it.
     assert restore_point(str(run)).endswith("checkpoint_epoch_0002")
     assert ray_registered(str(run)) is None
-    # Ray registered only epoch 1 before the crash: it restores that one, so must the data.
+    # Ray recorded only epoch 1 (epoch 2 came from a debug run, or was whole when the attempt
+    # was cut off): the run still goes on from epoch 2, not by training it again.
     snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch_0001"}}
     (run / RAY_SNAPSHOT).write_text(json.dumps(snapshot))
-    assert checkpoint_epoch(restore_point(str(run))) == 1
+    assert checkpoint_epoch(ray_registered(str(run))) == 1
+    assert checkpoint_epoch(restore_point(str(run))) == 2
     with pytest.raises(UserError):
         checkpoint_epoch(str(run))
+
+
+def test_a_local_upload_cut_short_leaves_no_file_under_its_name(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    src = tmp_path / "state.pt"
+    src.write_bytes(b"x" * 1000)
+    dest = tmp_path / "ckpt"
+    dest.mkdir()
+    real_open = pafs.LocalFileSystem.open_output_stream
+
+    class Dying(pafs.LocalFileSystem):
+        def open_output_stream(self, path, *args, **kwargs):
+            stream = real_open(self, path, *args, **kwargs)
+            stream.write(b"half")
+            raise OSError("killed mid-copy")
+
+    with pytest.raises(OSError, match="killed"):
+        upload_file(Dying(), src, str(dest / "state.pt"))
+    assert list(dest.iterdir()) == []  # neither the name nor the half-written temporary
+    upload_file(pafs.LocalFileSystem(), src, str(dest / "state.pt"))
+    assert (dest / "state.pt").read_bytes() == src.read_bytes()
 
 
 def test_best_copy_moves_the_pointer_then_drops_the_old_copy(tmp_path):

@@ -69,11 +69,13 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path, c
     assert latest_checkpoint(str(tmp_path / "debug")).endswith("checkpoint_epoch_0001")
     # The same data moved (another folder, a bucket): resumed, and said.
     moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    # Another learning rate from here on: resumed too, and the mix of recipes said.
     longer = tiny_config(str(moved), tmp_path, "train.workers=0", "train.epochs=2",
-                         "train.max_steps_per_epoch=3", "run.name=debug")
+                         "train.max_steps_per_epoch=3", "run.name=debug", "train.lr=0.0005")
     with caplog.at_level(logging.WARNING, logger="memae_dist.train"):
         assert fit(longer).epochs_done == 2
     assert f"resumes on {moved}; it was trained on {tiny_data} until now" in caplog.text
+    assert "resumes with train.lr=0.001 (now 0.0005): its history from here on" in caplog.text
 
 
 def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
@@ -127,3 +129,10 @@ def test_a_debug_run_resumes_on_ray_workers(tiny_data, tmp_path):
     assert [(r["epoch"], r["step"], r["run_starts"]) for r in second.history] == [
         (1, 2, 1), (2, 4, 2)]
     assert second.history[0]["loss"] == first.history[0]["loss"]
+    # And back and forth: the debug run's epoch 3, which Ray's own record never saw, is where
+    # the next Ray run goes on from (it is not trained again, nor its checkpoint rewritten).
+    third = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=0", "train.epochs=3"))
+    fourth = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=1", "train.epochs=4"))
+    assert [(r["epoch"], r["run_starts"]) for r in fourth.history] == [(1, 1), (2, 2), (3, 3),
+                                                                        (4, 4)]
+    assert fourth.history[2]["loss"] == third.history[2]["loss"]

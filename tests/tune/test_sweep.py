@@ -85,9 +85,10 @@ def test_resuming_with_another_space_or_config_is_refused(tmp_path):
     sweep = str(tmp_path / "sweeps" / "s")
     check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 2})
     check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 2})  # same: resumes
-    with pytest.raises(UserError, match="already exists with a different samples"):
+    with pytest.raises(UserError, match=r"already exists with a different samples \(samples=2, "
+                                        r"now 3\)"):
         check_same_sweep(sweep, cfg, {"space": {"k": [1, 3]}, "samples": 3})
-    with pytest.raises(UserError, match="different space"):
+    with pytest.raises(UserError, match=r"different space \(space\.k=\[1, 3\], now \[1, 4\]\)"):
         check_same_sweep(sweep, cfg, {"space": {"k": [1, 4]}, "samples": 2})
 
 
