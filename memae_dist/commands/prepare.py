@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from contextlib import suppress
 
 from memae_dist.commands.common import (
     add_storage_config_flag,
@@ -35,7 +37,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.data import prepare
+    from memae_dist.data import prepare, storage
     from memae_dist.errors import UserError
 
     # Refused, not ignored: a user who passes one expects it to change something.
@@ -45,11 +47,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--skip-bad is for imports; 'prepare synthetic' has no bad source")
     # The video nets halve the frame size four times; the image net is fixed at 28x28.
     size = frame_size(args.size, multiple=1 if args.kind == "images" else 16)
-    manifest = prepare.run_import(
-        args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
-        seed=args.seed or 0, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
-        progress=not args.no_progress, storage_cfg=storage_config(args),
-    )
+    created = storage.first_missing_folder(args.dst)
+    try:
+        manifest = prepare.run_import(
+            args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
+            seed=args.seed or 0, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
+            progress=not args.no_progress, storage_cfg=storage_config(args),
+        )
+    except BaseException:
+        # A first import refused before any shard was kept leaves no empty folders behind;
+        # written shards stay, for the rerun to reuse.
+        if created is not None:
+            _remove_empty_tree(storage.local_path(args.dst), created)
+        raise
     print(f"prepared {args.kind} -> {args.dst}")
     units = ("groups", "images") if manifest.get("content") == "images" else ("videos", "frames")
     for split, info in prepare.summarize(manifest).items():
@@ -58,3 +68,13 @@ def run(args: argparse.Namespace) -> int:
     for item in manifest.get("skipped", []):
         print(f"  skipped {item['split']}/{item['video']}: {item['reason']}")
     return 0
+
+
+def _remove_empty_tree(root: str, outermost: str) -> None:
+    """Remove the empty folders under ``root``, then ``root`` and its new parents if empty."""
+    from memae_dist.data import storage
+
+    for folder, _, _ in sorted(os.walk(root), key=lambda item: -len(item[0])):
+        with suppress(OSError):
+            os.rmdir(folder)
+    storage.remove_empty_folders(root, outermost)

@@ -142,11 +142,36 @@ def verify_dataset(uri: str, cfg: storage.StorageConfig | None = None) -> tuple[
     from memae_dist.errors import UserError
 
     manifest = load_manifest(uri, cfg)
+    videos = {(split, v.name): v for split, entries in manifest.splits.items() for v in entries}
     problems = []
     for entry in manifest.shards:
         fs, path = storage.pyarrow_fs(storage.join(uri, entry.path), cfg)
         try:
             verify_shard(fs, path, entry.bytes, entry.sha256)
+            _check_shard_matches(fs, path, manifest, videos.get((entry.split, entry.video)))
         except UserError as exc:
             problems.append(str(exc))
     return len(manifest.shards), problems
+
+
+def _check_shard_matches(fs, path: str, manifest, video) -> None:
+    """The shard's own record of its video (frame count, frame size) against the manifest's:
+    the checksum proves the shard is the one written, not that the manifest still describes
+    it (an edited manifest would send scoring windows past a video's end)."""
+    import pyarrow.parquet as pq
+
+    from memae_dist.errors import UserError
+
+    shown = storage.display_uri(fs, path)
+    with storage.user_errors(shown, "verify shard"):
+        table = pq.read_table(path, filesystem=fs, columns=["video_frames", "height", "width"])
+    if not table.num_rows:
+        raise UserError(f"shard {shown} has no segments")
+    frames, height, width = (table.column(c)[0].as_py() for c in ("video_frames", "height",
+                                                                   "width"))
+    if video is not None and video.num_frames != frames:
+        raise UserError(f"shard {shown} holds {frames} frames of video {video.name}, but the "
+                        f"manifest says {video.num_frames}")
+    if (height, width) != tuple(manifest.size):
+        raise UserError(f"shard {shown} holds {height}x{width} frames, but the manifest says "
+                        f"{manifest.size[0]}x{manifest.size[1]}")

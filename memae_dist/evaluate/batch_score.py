@@ -259,7 +259,10 @@ def frames_table(manifest: Manifest, videos, starts: dict[str, list], window: in
         e = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, np.float64)
         expected = video.num_frames - window + 1
         if len(s) != expected:
-            raise RuntimeError(f"video {video.name}: {len(s)} window scores, expected {expected}")
+            # Only a manifest that no longer describes its shards gets here (edited by hand).
+            raise UserError(f"video {video.name}: {len(s)} window scores, expected {expected} "
+                            f"from the manifest's {video.num_frames} frames; the manifest and "
+                            "the shard disagree ('memae-dist data verify' names which)")
         frames, scores = frame_scores_from_windows(video.num_frames, s, e, window)
         if video.labelled:
             labels = pa.array(manifest.frame_labels(video)[frames].astype(np.int8), pa.int8())

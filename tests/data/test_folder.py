@@ -233,3 +233,14 @@ def test_npy_frame_labels_are_0_or_1_one_per_frame(tmp_path, labels, why):
     assert str(err.value).startswith(str(tmp_path / "v.npy")) and why in str(err.value)
     np.save(tmp_path / "ok.npy", np.array([[0.0, 1.0, 1.0, 0.0]]))  # a row of floats is fine
     assert video_io.read_frame_labels(tmp_path / "ok.npy").tolist() == [0, 1, 1, 0]
+
+
+def test_a_refused_first_import_leaves_no_empty_folders(tmp_path, ray_local, capsys):
+    src = tmp_path / "src"
+    (src / "b").mkdir(parents=True)
+    (src / "b" / "000.png").write_text("not an image")
+    dst = tmp_path / "new" / "store"
+    assert main(["prepare", "folder", "--src", str(src), "--dst", str(dst), "--size", "32", "32",
+                 "--no-progress"]) == 2
+    assert "000.png" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

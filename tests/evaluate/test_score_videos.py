@@ -9,6 +9,7 @@ from memae_dist.data.manifest import load_manifest
 from memae_dist.data.storage import pyarrow_fs
 from memae_dist.evaluate.batch_score import read_scores
 from tests.data.videos import write_video
+from tests.evaluate.conftest import make_checkpoint
 
 
 def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, tmp_path,
@@ -89,6 +90,13 @@ def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_lo
     assert f"cannot open video {broken}: Invalid data found" in err
     assert "memae-videos-" not in err and "Errno" not in err
     assert not (tmp_path / "out").exists()  # nor the frames' folder it would have made
+    # A frame size the model was not trained on is refused before any video is read.
+    recorded = make_checkpoint(tmp_path / "run" / "checkpoint_epoch_0001", str(tmp_path / "gone"),
+                               trained_on={"size": [32, 32]})
+    assert main(["score", "--checkpoint", recorded, "--videos", str(broken), "--out",
+                 str(out), "--size", "64", "64", "--workers", "0", "--no-progress"]) == 2
+    assert "--size 64 64: the checkpoint was trained on 32x32 frames" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_videos_shorter_than_the_window_are_named_not_dropped_silently(tiny_checkpoint,

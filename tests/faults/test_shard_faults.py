@@ -50,6 +50,25 @@ def test_verify_names_the_damaged_shard(tiny_copy, tmp_path, damage, says):
     assert "to repair: delete the BAD shards and rerun the 'memae-dist prepare'" in proc.stdout
 
 
+def test_verify_finds_a_manifest_edited_out_of_step_with_its_shards(tiny_copy):
+    from memae_dist.data.info import verify_dataset
+
+    manifest = _manifest(tiny_copy)
+    split, body = next(iter(manifest["splits"].items()))
+    video = body["videos"][0]
+    video["num_frames"] += 5  # windows past the video's end, had scoring believed it
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    n, problems = verify_dataset(str(tiny_copy))
+    assert len(problems) == 1, problems
+    assert (f"holds {video['num_frames'] - 5} frames of video {video['name']}, but the "
+            f"manifest says {video['num_frames']}") in problems[0]
+    manifest["splits"][split]["videos"][0]["num_frames"] -= 5
+    manifest["size"] = [manifest["size"][0] * 2, manifest["size"][1]]
+    (tiny_copy / "manifest.json").write_text(json.dumps(manifest))
+    n, problems = verify_dataset(str(tiny_copy))
+    assert len(problems) == n and "frames, but the manifest says" in problems[0]
+
+
 def test_deleting_a_damaged_shard_and_rerunning_prepare_repairs_the_dataset(tmp_path):
     from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
     from memae_dist.data.info import verify_dataset
