@@ -103,9 +103,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
                             "size) is not reachable from here")
         data = ingest.prepared_uri(args.out, args.prepared)
-        ingest.prepare_videos(args.videos, data, size, labels=args.labels,
-                              workers=args.workers or None, progress=cfg.progress,
-                              storage=storage)
+        manifest = ingest.prepare_videos(args.videos, data, size, labels=args.labels,
+                                         workers=args.workers or None, progress=cfg.progress,
+                                         storage=storage)
+        _note_other_splits(manifest, args.split)
     elif args.labels or args.size or args.prepared:
         raise UserError("--labels, --size and --prepared go with --videos")
     result = score_dataset(args.checkpoint, data, args.out, cfg, storage=storage,
@@ -117,3 +118,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"prepared frames: {data}")
     print(f"scores: {args.out}")
     return 0
+
+
+def _note_other_splits(manifest: dict, split: str) -> None:
+    """Videos in a train/ or val/ subfolder of --videos are imported into that split; only
+    --split is scored, so the others are named rather than left out without a word."""
+    for other, body in sorted(manifest.get("splits", {}).items()):
+        count = len((body or {}).get("videos", []))
+        if other != split and count:
+            print(f"note: {count} video(s) under {other}/ are not scored (--split {other} "
+                  "scores them)")

@@ -111,3 +111,16 @@ def test_videos_shorter_than_the_window_are_named_not_dropped_silently(tiny_chec
     assert "scored 5 frames of 1 videos" in capsys.readouterr().out
     assert ("1 video(s) of split 'test' are shorter than the model's 16-frame window and get "
             "no scores: blip") in caplog.text
+
+
+def test_videos_of_another_split_are_named_not_left_out_silently(tiny_checkpoint, ray_local,
+                                                                 tmp_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / "cams" / split).mkdir(parents=True)
+    write_video(tmp_path / "cams" / "train" / "a.mp4", 20, codec="libx264")
+    write_video(tmp_path / "cams" / "test" / "b.mp4", 20, codec="libx264")
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(tmp_path / "cams"),
+                 "--out", str(tmp_path / "s.parquet"), "--workers", "0", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "note: 1 video(s) under train/ are not scored (--split train scores them)" in printed
+    assert "scored 5 frames of 1 videos" in printed
