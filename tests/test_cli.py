@@ -65,7 +65,7 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "synthetic", "--dst", "d", "--size", "100000", "100000"],
          "--size must be two multiples of 16 from 16 to 4096, got 100000 100000"),
         (["prepare", "images", "--src", "s", "--dst", "d", "--size", "0", "28"],
-         "--size must be two from 1 to 4096, got 0 28"),
+         "--size must be two numbers from 1 to 4096, got 0 28"),
         (["tune", "--space", "smoke", "--out", ""], "--out is empty"),
         (["prepare", "images", "--src", "s", "--dst", "d", "--seed", "5"],
          "--seed is for 'prepare synthetic'; images reads its frames"),

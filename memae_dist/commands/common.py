@@ -21,7 +21,7 @@ def frame_size(values: list[int] | None, multiple: int = 16) -> tuple[int, int] 
         return None
     h, w = values
     if min(h, w) < multiple or max(h, w) > MAX_SIDE or h % multiple or w % multiple:
-        what = f"multiples of {multiple} " if multiple > 1 else ""
+        what = f"multiples of {multiple} " if multiple > 1 else "numbers "
         raise UserError(f"--size must be two {what}from {multiple} to {MAX_SIDE}, got {h} {w}")
     return h, w
 

@@ -22,8 +22,9 @@ def register(sub) -> None:
     p.add_argument("--src", help="source folder (not for synthetic)")
     p.add_argument("--dst", required=True, help="dataset URI: path, file:// or s3://")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="stored frame size (default 256 256; synthetic: 32 32; images: 28 28, "
-                        "the image net's input)")
+                   help="stored frame size, multiples of 16 up to 4096 (default 256 256; "
+                        "synthetic: 32 32; images: any size, default 28 28, the image net's "
+                        "input)")
     p.add_argument("--workers", type=int_at_least(1), default=None, help="parallel import tasks")
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", choices=("train", "test", "val"),

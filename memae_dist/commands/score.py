@@ -29,7 +29,8 @@ def register(sub) -> None:
     add_scoring_flags(p)
     p.add_argument("--labels", help="--videos: labels JSON or folder of <video>.npy (optional)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="--videos: frame size (default: the checkpoint's training size)")
+                   help="--videos: frame size, multiples of 16 (default: the checkpoint's "
+                        "training size)")
     p.add_argument("--prepared", metavar="URI",
                    help="--videos: where the prepared frames go (default: <out>_frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -113,16 +113,21 @@ def to_gray8(img: Image.Image, where: str) -> Image.Image:
     return img.convert("L")
 
 
+def _hw(shape: tuple) -> str:
+    return "x".join(map(str, shape))
+
+
 def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
     """(N, H, W) uint8: grayscale, Pillow bilinear (antialiased) resize to ``size`` = (H, W)."""
     seq = list(frames) if not isinstance(frames, np.ndarray) else frames
     if len(seq) == 0:
         raise UserError(f"video {where} has no frames")
-    shapes = {np.shape(f) for f in seq}
-    if len(shapes) > 1:
-        shown = ", ".join("x".join(map(str, s)) for s in sorted(shapes)[:3])
-        raise UserError(f"video {where} has frames of mixed sizes ({shown})")
-    shape = next(iter(shapes))
+    shape = np.shape(seq[0])
+    for i, frame in enumerate(seq):
+        if np.shape(frame) != shape:  # (height, width[, channels]), as numpy keeps them
+            raise UserError(f"video {where} has frames of mixed sizes: frame {i} is "
+                            f"{_hw(np.shape(frame))}, frame 0 is {_hw(shape)} (height x width, x "
+                            "colours if any)")
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
         raise UserError(f"video {where}: frames must be HxW or HxWx3, got shape {shape}")
     height, width = size

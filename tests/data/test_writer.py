@@ -56,7 +56,8 @@ def _expected(n, seed, rgb=False):
 
 
 def test_to_gray_resized_rejects_mixed_sizes():
-    with pytest.raises(UserError, match="train/x.*mixed sizes"):
+    with pytest.raises(UserError, match=r"train/x has frames of mixed sizes: frame 1 is 10x30, "
+                                        r"frame 0 is 20x30 \(height x width"):
         to_gray_resized(mixed_sizes()[0], SIZE, "train/x")
 
 
