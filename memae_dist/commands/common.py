@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+from memae_dist import layout
 from memae_dist.errors import UserError
 
 # Larger than any camera's frame: a typo (an extra digit) is refused before it asks for
@@ -129,9 +130,7 @@ def same_file(a: str, b: str) -> bool:
 # What a checkpoint or run folder, and a dataset, hold at their top level (all of what lies in
 # their subfolders is theirs too): an output file there would destroy them. Other files beside
 # them (an earlier scores file, an exported model) are the user's to replace.
-OWN_FILES = {"the checkpoint": ("state.pt", "config.json", "history.json", "history.csv",
-                                "best.json", "checkpoint_manager_snapshot.json", "run.lock"),
-             "the dataset": ("manifest.json",)}
+OWN_FILES = {"the checkpoint": layout.RUN_FILES, "the dataset": layout.DATASET_FILES}
 
 
 def _overwrites_a_file_in(value: str, folder: str, what: str, storage=None) -> bool:

@@ -15,10 +15,10 @@ import numpy as np
 
 from memae_dist.data import storage
 from memae_dist.errors import UserError
+from memae_dist.layout import MANIFEST_FILE
 
 FORMAT_NAME = "memae-dist-frames"
 FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 SPLITS = ("train", "test", "val")
 # What a dataset's frames are: the frames of videos (windows of consecutive frames make a clip),
 # or still images (one image per frame, scored one by one, the image and MLP networks' input).

@@ -23,6 +23,7 @@ from PIL import Image
 
 from memae_dist.data import storage
 from memae_dist.data.manifest import (
+    MANIFEST_FILE,
     SPLITS,
     Manifest,
     ShardEntry,
@@ -241,7 +242,7 @@ def write_dataset(
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
-    manifest_uri = storage.join(dst, "manifest.json")
+    manifest_uri = storage.join(dst, MANIFEST_FILE)
     _refuse_another_dataset(dst, manifest_uri, name, source, job)
     # A shard written under skip_bad without some frames is redone without it, so that the bad
     # frame is an error again, as a skipped video is.

@@ -39,16 +39,17 @@ from memae_dist.data.storage import (
     read_bytes,
 )
 from memae_dist.errors import UserError
+from memae_dist.layout import (
+    BEST_DIR,
+    BEST_POINTER,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    RAY_SNAPSHOT,
+    STATE_FILE,
+)
 from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
 
-STATE_FILE = "state.pt"
-CONFIG_FILE = "config.json"
-HISTORY_FILE = "history.json"
 CHECKPOINT_FILES = (CONFIG_FILE, HISTORY_FILE, STATE_FILE)
-BEST_DIR = "best"
-BEST_POINTER = "best.json"
-# Written by Ray Train beside the checkpoints: which of them Ray restores on a restart.
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
 
 

@@ -135,8 +135,9 @@ def write_history(run_uri: str, history: list[dict], storage=None) -> None:
     import json
 
     from memae_dist.data.storage import join, write_bytes_atomic
+    from memae_dist.layout import HISTORY_CSV, HISTORY_FILE
 
-    write_bytes_atomic(join(run_uri, "history.json"),
+    write_bytes_atomic(join(run_uri, HISTORY_FILE),
                        json.dumps(history, indent=2).encode(), storage)
     columns: list[str] = []
     for row in history:
@@ -145,4 +146,4 @@ def write_history(run_uri: str, history: list[dict], storage=None) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(history)
-    write_bytes_atomic(join(run_uri, "history.csv"), buf.getvalue().encode(), storage)
+    write_bytes_atomic(join(run_uri, HISTORY_CSV), buf.getvalue().encode(), storage)

@@ -46,10 +46,10 @@ from memae_dist.data.storage import (
     write_bytes_atomic,
 )
 from memae_dist.errors import UserError
+from memae_dist.layout import LOCK_FILE
 
 __all__ = ["DEFAULT_LOCK_TTL_S", "LOCK_FILE", "LockInfo", "RunLock", "read_lock"]
 
-LOCK_FILE = "run.lock"
 DEFAULT_LOCK_TTL_S = 120.0
 
 log = logging.getLogger("memae_dist.train")

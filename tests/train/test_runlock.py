@@ -30,6 +30,16 @@ def plant(run: str, *, host: str, pid: int, age: float) -> None:
     write_bytes_atomic(join(run, LOCK_FILE), json.dumps(body).encode())
 
 
+def until(condition, timeout: float = 20.0) -> bool:
+    """Polls: a heartbeat is due every ttl/4, but a loaded machine may run it late."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -78,15 +88,14 @@ def test_heartbeat_refreshes_and_never_overwrites_a_new_holder(tmp_path, caplog)
     run = str(tmp_path / "R")
     with caplog.at_level(logging.ERROR, "memae_dist.train"), RunLock(run, None, 1) as lock:
         first = read_lock(run).heartbeat
-        time.sleep(0.7)
-        assert read_lock(run).heartbeat > first
+        assert until(lambda: read_lock(run).heartbeat > first)
         # Someone took it over (its holder thought ours stale): the heartbeat must leave it.
         # Planted twice: plant() bypasses the folder lock, so a beat between its read and its
         # write could overwrite one plant, not both 0.1 s apart with beats 0.25 s apart.
         plant(run, host="elsewhere", pid=1, age=0)
         time.sleep(0.1)
         plant(run, host="elsewhere", pid=1, age=0)
-        time.sleep(0.7)
+        assert until(lambda: "was taken over" in caplog.text)
         assert read_lock(run).owner == "someone-else"
         assert lock.info.owner != "someone-else"
     assert "was taken over by host elsewhere" in caplog.text
@@ -116,10 +125,10 @@ def test_s3_heartbeat_is_a_compare_and_swap(s3_bucket, caplog):
         # A write whose reply was lost leaves a version this holder never saw: still its own.
         lock._etag = '"00000000000000000000000000000000"'
         first = read_lock(run).heartbeat
-        time.sleep(0.8)
-        assert read_lock(run).heartbeat > first and "taken over" not in caplog.text
+        assert until(lambda: read_lock(run).heartbeat > first)
+        assert "taken over" not in caplog.text
         plant(run, host="elsewhere", pid=1, age=0)  # once: If-Match makes any beat miss it
-        time.sleep(0.8)
+        assert until(lambda: "was taken over" in caplog.text)
         assert read_lock(run).owner == "someone-else"
     assert "was taken over by host elsewhere" in caplog.text
     assert read_lock(run).owner == "someone-else"

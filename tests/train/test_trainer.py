@@ -10,6 +10,7 @@ import torch
 
 from memae_dist.config import load_config
 from memae_dist.errors import UserError
+from memae_dist.layout import RUN_FILES
 from memae_dist.train.checkpoint import RAY_SNAPSHOT, STATE_FILE, latest_checkpoint
 from memae_dist.train.trainer import check_same_model, fit
 
@@ -50,6 +51,9 @@ def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path, c
     assert history == result.history
     assert (tmp_path / "debug" / "history.csv").read_text().startswith("epoch,step,loss")
     assert list((tmp_path / "debug" / "tensorboard").glob("events.out.tfevents.*"))
+    # The files a run keeps at its top level are those the CLI refuses to write over.
+    top = {p.name for p in (tmp_path / "debug").iterdir() if p.is_file()}
+    assert {"history.json", "history.csv", "best.json"} <= top <= set(RUN_FILES)
     # The same command once more: the run is finished, nothing trains, the result is the same.
     again = fit(cfg)
     assert again.history == result.history and again.checkpoint_uri == result.checkpoint_uri
