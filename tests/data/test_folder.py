@@ -1,6 +1,7 @@
 """The ``folder`` importer: any videos (several codecs) or frame folders, optional labels."""
 
 import json
+import logging
 import os
 import warnings
 
@@ -98,6 +99,26 @@ def test_folder_errors_name_the_problem(cameras, tmp_path):
         video_io.decode_video(cameras / "bad.mp4", SIZE)
     with pytest.raises(UserError, match="no videos"):
         discover(_empty(tmp_path))
+
+
+def test_what_the_layout_leaves_out_is_said(tmp_path, caplog):
+    """A folder of frames is one video; frames beside videos are no video: both are named."""
+    src = tmp_path / "cams"
+    src.mkdir()
+    write_video(video_path(src, "door", "mpeg4"), 3, "mpeg4")
+    write_frames(src, 2, pattern="loose{}")
+    seq = write_frames(src / "seq", 3)
+    write_video(video_path(seq, "inner", "mpeg4"), 3, "mpeg4")
+    with caplog.at_level(logging.WARNING, "memae_dist.data"):
+        assert [s.name for s in discover(src)] == ["door", "seq"]
+    assert (f"{src}: a video's frames go in a folder of their own; the images beside videos "
+            "are not imported (loose0.png, loose1.png)") in caplog.text
+    assert (f"{seq}: a folder of frames is one video; the videos and folders inside it are not "
+            "imported (inner.avi)") in caplog.text
+    # Given a frame folder itself, the import names the folder to give instead.
+    with pytest.raises(UserError, match=rf"{tmp_path / 'one'} holds frames itself, so it is one "
+                                        rf"video: give the folder that holds it \({tmp_path}\)"):
+        discover(write_frames(tmp_path / "one", 3))
 
 
 def _empty(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from memae_dist.errors import UserError
 SPLIT_DIRS = {"train": "train", "training": "train", "test": "test", "testing": "test",
               "val": "val", "valid": "val", "validation": "val"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ def discover(src: Path, default_split: str = "train") -> list[Source]:
                                 f"to the name {s.name!r}; rename one")
             names[s.name] = s
         sources += sorted(found, key=lambda s: video_io.natural_key(Path(s.name)))
+    if not sources and video_io.is_frame_folder(src):
+        raise UserError(f"{src} holds frames itself, so it is one video: give the folder that "
+                        f"holds it ({src.resolve().parent}) as the source")
     if not sources:
         raise UserError(f"no videos ({', '.join(sorted(video_io.VIDEO_EXTS)[:6])}, ...) or frame "
                         f"folders under {src}")
@@ -161,6 +166,9 @@ def _walk(folder: Path, root: Path, split: str, seen: set[Path] | None = None) -
             parts = [*p.relative_to(root).parent.parts, p.stem]
         elif video_io.is_frame_folder(p):
             parts = list(p.relative_to(root).parts)
+            _left_out(p, [q for q in p.iterdir() if not video_io.is_hidden(q)
+                          and (video_io.is_video_file(q) or q.is_dir())],
+                      "a folder of frames is one video; the videos and folders inside it")
         elif p.is_dir():
             out += _walk(p, root, split, seen)
             continue
@@ -168,7 +176,18 @@ def _walk(folder: Path, root: Path, split: str, seen: set[Path] | None = None) -
             continue
         name = safe_name("__".join(parts)) or "video"
         out.append(Source(split, name, p, rel))
+    if out:
+        _left_out(folder, video_io.frame_files(folder),
+                  "a video's frames go in a folder of their own; the images beside videos")
     return out
+
+
+def _left_out(folder: Path, paths: list[Path], what: str) -> None:
+    """Says what the layout leaves out: an import that quietly drops files misleads."""
+    if paths:
+        names = sorted(p.name for p in paths)
+        log.warning("%s: %s are not imported (%s%s)", folder, what, ", ".join(names[:3]),
+                    ", ..." if len(names) > 3 else "")
 
 
 # ------------------------------------------------------------------------------ labels
