@@ -264,3 +264,12 @@ def test_16_bit_frames_and_unreadable_images(tmp_path, monkeypatch):
     (folder / "002.tif").symlink_to(tmp_path / "moved.tif")
     with pytest.raises(UserError, match=r"cannot read image .*002\.tif: broken symbolic link"):
         load_frames(str(folder), None)
+
+
+def test_a_frame_of_another_size_is_named(tmp_path):
+    folder = tmp_path / "Train001"
+    _tif_video(folder, 3)
+    Image.fromarray(np.zeros((160, 240), np.uint8)).save(folder / "002.tif")
+    with pytest.raises(UserError, match=rf"image {folder / '002.tif'} is 240x160, but the other "
+                                        rf"frames of {folder} are 238x158 \(width x height\)"):
+        load_frames(str(folder), None)

@@ -22,7 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from memae_dist.data.importers.video_io import is_broken_link, load_label_array, open_image
+from memae_dist.data.importers.video_io import (
+    is_broken_link,
+    load_label_array,
+    mixed_sizes,
+    open_image,
+)
 from memae_dist.data.storage import StorageConfig
 from memae_dist.data.writer import VideoSpec, ranges_from_labels, to_gray8, write_dataset
 from memae_dist.errors import UserError
@@ -231,7 +236,7 @@ def _m_file_ranges(path: Path) -> list[list[list[int]]]:
 
 def load_frames(folder: str, ranges: list[list[int]] | None):
     """Frames of one video folder as a list of (H0, W0) uint8 grayscale arrays, plus ranges."""
-    return [_read_gray(p) for p in _frame_files(Path(folder))], ranges
+    return _read_frames(_frame_files(Path(folder))), ranges
 
 
 def load_frames_with_m_ranges(folder: str, ranges: list[list[int]], m_file: str, index: int):
@@ -252,7 +257,7 @@ def load_frames_with_masks(folder: str, mask_folder: str):
             f"{folder} (label length mismatch)"
         )
     labels = np.array([_mask_is_set(p) for p in masks], dtype=np.uint8)
-    return [_read_gray(p) for p in files], ranges_from_labels(labels)
+    return _read_frames(files), ranges_from_labels(labels)
 
 
 def _mask_is_set(path: Path) -> bool:
@@ -261,6 +266,18 @@ def _mask_is_set(path: Path) -> bool:
     with open_image(path) as img:
         one_band = len(img.getbands()) == 1 and img.mode != "P"  # P: indices, not levels
         return bool(np.asarray(img if one_band else img.convert("L")).any())
+
+
+def _read_frames(files: list[Path]) -> list[np.ndarray]:
+    """(H0, W0) uint8 frames, resized later by the writer; a frame of another size is named
+    here, where its file is still known."""
+    frames: list[np.ndarray] = []
+    for path in files:
+        frames.append(_read_gray(path))
+        if frames[-1].shape != frames[0].shape:
+            (h, w), (h0, w0) = frames[-1].shape, frames[0].shape
+            raise mixed_sizes(path, (w, h), (w0, h0))
+    return frames
 
 
 def _read_gray(path: Path) -> np.ndarray:

@@ -196,11 +196,16 @@ def load_frame_folder(folder: str | Path, size: tuple[int, int]) -> np.ndarray:
         with open_image(path) as img:
             first = first or img.size
             if img.size != first:
-                raise UserError(f"image {path} is {img.size[0]}x{img.size[1]}, but the "
-                                f"other frames of {folder} are {first[0]}x{first[1]} "
-                                "(mixed frame sizes)")
+                raise mixed_sizes(path, img.size, first)
             out[i] = gray_resized(img, size, str(path))
     return out
+
+
+def mixed_sizes(path: Path, size: tuple[int, int], first: tuple[int, int]) -> UserError:
+    """A frame whose (width, height) differs from the first frame's of its folder."""
+    return UserError(f"image {path} is {size[0]}x{size[1]}, but the other frames of "
+                     f"{path.parent} are {first[0]}x{first[1]} (width x height): mixed frame "
+                     "sizes")
 
 
 # ------------------------------------------------------------------------------ either kind
