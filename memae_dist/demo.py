@@ -18,8 +18,7 @@ log = logging.getLogger("memae_dist.demo")
 
 
 def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
-    from importlib.resources import files
-
+    from memae_dist.commands.common import resolve_config_path
     from memae_dist.data.importers.synthetic import SyntheticConfig, generate_synthetic
     from memae_dist.evaluate.run import evaluate_checkpoint
     from memae_dist.runtime import ensure_ray
@@ -33,7 +32,7 @@ def run_demo(out: Path, workers: int = 2, epochs: int | None = None) -> dict:
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     # Checked before minutes of data generation.
-    cfg = load_config(Path(str(files("memae_dist.configs") / "demo.yaml")), overrides)
+    cfg = load_config(resolve_config_path("demo"), overrides)
     ensure_ray(cpus_needed=workers)  # before the generator, which would start a smaller Ray
     if not Path(join(data, MANIFEST_FILE)).exists():
         log.info("generating the synthetic set (README, 'The synthetic demo set') into %s", data)

@@ -29,7 +29,7 @@ def probe_node(marker: str | None, token: bytes, key: str, data: str, cfg: Stora
     out = {"key": key, "host": socket.gethostname(), "ray": ray.__version__,
            "python": platform.python_version(), "memae_dist": memae_dist.__version__,
            "gpus": gpu_info(ray_gpus) if ray_gpus >= 0 else None, "storage": None,
-           "manifest": None}
+           "manifest": None, "endpoint": storage.endpoint_name(cfg)}
     if any(u and storage.is_remote(u) for u in (marker, data)):
         reason = storage.unreachable_reason(cfg)
         if reason:  # unreachable from this node: both checks fail with this reason

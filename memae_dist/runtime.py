@@ -15,6 +15,7 @@ from memae_dist.errors import UserError
 # The object store is kept small by default: frames travel as compact uint8 blocks, and on a
 # laptop Ray's default (30% of RAM per node) would take memory training needs.
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
+TCP_TIMEOUT_S = 3.0
 
 
 def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
@@ -28,13 +29,39 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        # Ray would print a traceback for an HTTP address and retry a dead one for minutes.
+        problem = address_problem(target)
+        if problem:
+            given = "--address" if address else "RAY_ADDRESS"
+            raise UserError(f"{problem[0]} ({given}); {problem[1]}")
         with keeping_sigterm_handler():
             ray.init(address=address or None, log_to_driver=True)
         return
     cores = os.cpu_count() or 1
     start_local_ray(max(cores, math.ceil(cpus_needed)) + 2,
                     int(os.environ.get("MEMAE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES)))
+
+
+def address_problem(target: str | None) -> tuple[str, str] | None:
+    """A quick reason why ``target`` cannot be a Ray address (before a slow ray.init)."""
+    if not target or target == "auto" or target.startswith("ray://"):
+        return None
+    if target.startswith(("http://", "https://")):
+        return (f"{target} is a job server (dashboard) address",
+                "use it for `ray job submit --address`; memae-dist connects to the GCS "
+                "address HOST:6379, or runs as a Ray job itself; without either it starts a "
+                "local Ray (unset RAY_ADDRESS)")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return f"bad Ray address {target!r}", "use HOST:PORT, e.g. 10.0.0.5:6379"
+    try:
+        socket.create_connection((host, int(port)), timeout=TCP_TIMEOUT_S).close()
+    except OSError as exc:
+        return (f"cannot reach {target}: {exc.strerror or exc}",
+                "check the head node's address and that port is open to this machine")
+    return None
 
 
 def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:

@@ -1,5 +1,7 @@
 """The wheel ships every subpackage and every shipped recipe (setuptools lists them by hand)."""
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,3 +22,22 @@ def test_every_subpackage_and_recipe_folder_is_declared():
     for package, folder in setup["package-dir"].items():
         assert package in declared and list((REPO / folder).glob("*.yaml")), package
         assert setup["package-data"][package] == ["*.yaml"]
+
+
+def test_shipped_names_resolve_inside_an_uploaded_checkout(tmp_path):
+    """`ray job submit --working-dir .` runs the CLI inside a copy of the repository: its
+    memae_dist/ comes first on the path and hides the installed package, whose
+    memae_dist.configs the copy does not have. The recipes are the copy's configs/."""
+    for folder in ("memae_dist", "configs", "tune_spaces"):
+        shutil.copytree(REPO / folder, tmp_path / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import sys; sys.meta_path = [f for f in sys.meta_path "  # as a regular install
+            "if 'editable' not in repr(f).lower()]\n"
+            "from memae_dist.commands.common import resolve_config_path, resolve_yaml\n"
+            "print(resolve_config_path('ped2'))\n"
+            "print(resolve_yaml('smoke', 'memae_dist.tune_spaces', 'search space'))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == [str(tmp_path / "configs" / "ped2.yaml"),
+                                  str(tmp_path / "tune_spaces" / "smoke.yaml")]

@@ -165,17 +165,32 @@ def _no_file_in_the_way(path: Path, value: str, flag: str) -> None:
             return
 
 
-def resolve_yaml(name: str, package: str, what: str) -> Path:
-    """A YAML path, or the name of one shipped in ``package`` (installed with memae-dist)."""
+def shipped_folder(package: str):
+    """Where the YAMLs shipped as ``package`` (``memae_dist.configs``) are.
+
+    Installed, they are that package. A job's uploaded working directory is a checkout whose
+    ``memae_dist/`` comes first on the path and hides the installed package; its YAMLs are
+    the checkout's top-level folder of the same name (``configs/``)."""
     from importlib.resources import files
 
+    try:
+        return files(package)
+    except ModuleNotFoundError:
+        import memae_dist
+
+        return Path(memae_dist.__file__).resolve().parents[1] / package.rsplit(".", 1)[1]
+
+
+def resolve_yaml(name: str, package: str, what: str) -> Path:
+    """A YAML path, or the name of one shipped in ``package`` (installed with memae-dist)."""
     path = Path(name)
     if path.exists() or path.suffix in (".yaml", ".yml"):
         return path
-    shipped = files(package) / f"{name}.yaml"
+    folder = shipped_folder(package)
+    shipped = folder / f"{name}.yaml"
     if shipped.is_file():
         return Path(str(shipped))
-    names = sorted(e.name[:-5] for e in files(package).iterdir() if e.name.endswith(".yaml"))
+    names = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
     raise UserError(f"{what} not found: {name} (a YAML file, or a shipped name: "
                     f"{', '.join(names)})")
 

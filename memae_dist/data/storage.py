@@ -98,6 +98,8 @@ def is_remote(uri: str) -> bool:
             shown = redact_text(uri) if "@" in netloc else f"{_scheme(uri)}://***"
             raise UserError(f"{shown}: an S3 URI must not hold credentials; set "
                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+        if not netloc:
+            raise UserError(f"S3 URI must name a bucket: {uri!r} (s3://BUCKET/PATH)")
         return True
     if scheme in ("", "file"):
         return False
@@ -111,6 +113,7 @@ def join(uri: str, *parts: str) -> str:
         return uri
     if _scheme(uri) == "":
         return os.path.join(uri, *clean)
+    is_remote(uri)  # "s3://" + "x" would make "s3:/x", a local path
     return posixpath.join(uri.rstrip("/"), *clean)
 
 
@@ -185,11 +188,13 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
 
 def describe(uri: str, cfg: StorageConfig | None = None) -> str:
     """The URI plus, for S3, the endpoint it resolves to (for messages; never secrets)."""
-    if not is_remote(uri):
-        return uri
+    return f"{uri} (S3 endpoint {endpoint_name(cfg)})" if is_remote(uri) else uri
+
+
+def endpoint_name(cfg: StorageConfig | None = None) -> str:
+    """The S3 endpoint this process resolves (settings, then environment), for messages."""
     cfg = (cfg or StorageConfig()).resolved()
-    endpoint = redact_url(cfg.endpoint_url) if cfg.endpoint_url else f"AWS ({cfg.region})"
-    return f"{uri} (S3 endpoint {endpoint})"
+    return redact_url(cfg.endpoint_url) if cfg.endpoint_url else f"AWS ({cfg.region})"
 
 
 @contextmanager

@@ -51,9 +51,9 @@ def run_doctor(cfg: ExperimentConfig, address: str | None = None) -> list[Check]
 def preflight(cfg: ExperimentConfig, address: str | None = None) -> None:
     """Raise a ``UserError`` within seconds when the run storage or the dataset is unusable.
 
-    The driver checks come first and need no cluster. On an existing multi-node cluster (an
-    ``address``, ``RAY_ADDRESS`` as inside ``ray job submit``, or an initialised Ray) every
-    node then repeats them; a local cluster this process will start has only this machine.
+    The driver checks come first and need no cluster. On a cluster reached by ``address`` or
+    ``RAY_ADDRESS`` (as inside ``ray job submit``), and on any initialised Ray of several
+    nodes, every node then repeats them; a local Ray started here has only this machine.
     """
     import ray
 
@@ -72,7 +72,10 @@ def preflight(cfg: ExperimentConfig, address: str | None = None) -> None:
         # Same connection ensure_ray would make; it then finds Ray initialised.
         cluster, nodes = connect(address, log_to_driver=True, required=True)
         checks.append(cluster)
-        nodes = nodes if len(nodes) > 1 else []
+        # A cluster reached by address runs in its own environment (its machines, endpoint,
+        # credentials) even with one node; a Ray started here shares this process's.
+        attached = address or os.environ.get("RAY_ADDRESS")
+        nodes = nodes if attached or len(nodes) > 1 else []
         if nodes:
             checks += storage_and_node_checks(cfg, nodes, system=False)
     failed = [c for c in checks if c.failed]

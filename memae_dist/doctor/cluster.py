@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 from memae_dist.config import ExperimentConfig
 from memae_dist.doctor.checks import FAIL, PASS, SKIP, WARN, Check
+from memae_dist.runtime import address_problem
 
+TOKEN_AUTH = ("export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here (`ray get-auth-token` on the "
+              "head prints the token)")
 MIN_RAY = (2, 50)  # the oldest Ray this package declares in pyproject.toml
-TCP_TIMEOUT_S = 3.0
 
 
 def ray_version_check() -> Check:
@@ -34,7 +35,7 @@ def connect(address: str | None, *, log_to_driver: bool, required: bool):
         if problem:
             return Check("cluster", FAIL, problem[0], problem[1]), []
         try:
-            ray.init(address=target or "auto", log_to_driver=log_to_driver,
+            ray.init(address=target or started_cluster(), log_to_driver=log_to_driver,
                      logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -50,32 +51,26 @@ def connect(address: str | None, *, log_to_driver: bool, required: bool):
     return Check("cluster", PASS, f"{len(nodes)} nodes alive, {cpus:g} CPUs, {gpus:g} GPUs"), nodes
 
 
+def started_cluster() -> str:
+    """The cluster `ray start` last started on this machine. Ray's "auto" would also join any
+    other process's private local Ray (another memae-dist command, a test run), and check the
+    storage with that process's credentials."""
+    try:
+        from ray._private.services import find_bootstrap_address
+    except ImportError:  # a Ray that moved it: its "auto" is the next best
+        return "auto"
+    found = find_bootstrap_address(None)
+    if not found:
+        raise ConnectionError("Could not find any running Ray cluster")
+    return found
+
+
 def _connect_fix(reason: str) -> str:
     if "auth" in reason.lower() or "token" in reason.lower():
-        return ("the cluster uses token authentication: export RAY_AUTH_TOKEN (`ray "
-                "get-auth-token` on the head prints it), or match its RAY_AUTH_MODE")
+        return (f"the cluster uses token authentication: {TOKEN_AUTH}, or match its "
+                "RAY_AUTH_MODE")
     return ("check that the cluster is up (`ray status` on the head) and pass its GCS address "
-            "HOST:6379 with --address; a cluster with token authentication also needs "
-            "RAY_AUTH_TOKEN exported here")
-
-
-def address_problem(target: str | None) -> tuple[str, str] | None:
-    """A quick reason why ``target`` cannot be a Ray address (before a slow ray.init)."""
-    if not target or target == "auto" or target.startswith("ray://"):
-        return None
-    if target.startswith(("http://", "https://")):
-        return (f"{target} is a job server (dashboard) address",
-                "use it for `ray job submit --address`; doctor needs the GCS address "
-                "HOST:6379, or run doctor itself as a Ray job")
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        return f"bad Ray address {target!r}", "use HOST:PORT, e.g. 10.0.0.5:6379"
-    try:
-        socket.create_connection((host, int(port)), timeout=TCP_TIMEOUT_S).close()
-    except OSError as exc:
-        return (f"cannot reach {target}: {exc.strerror or exc}",
-                "check the head node's address and that port is open to this machine")
-    return None
+            f"HOST:6379 with --address; for a cluster with token authentication, {TOKEN_AUTH}")
 
 
 def alive_nodes() -> list[dict]:

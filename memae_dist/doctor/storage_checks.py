@@ -164,18 +164,27 @@ def _driver_reads_node_marker(marker, key, cfg, label) -> Check | None:
 
 def _interpret(result, label, marker, data, cfg, system, ray_gpus) -> list[Check]:
     out: list[Check | None] = []
+    here = storage.endpoint_name(cfg)
+    remote = any(u and storage.is_remote(u) for u in (marker, data))
+    # A node that resolves another endpoint fails as if the bucket were missing there: the fix
+    # is the endpoint, not a new bucket on the wrong server.
+    other = remote and result.get("endpoint", here) != here
+    elsewhere = (f"this node resolves S3 endpoint {result.get('endpoint')}, the driver {here}: "
+                 "set the same AWS_ENDPOINT_URL on every node, or storage.endpoint_url")
     if system:
         out.append(Check("node", PASS, f"{result['host']}: Ray {result['ray']}, Python "
                          f"{result['python']}, memae-dist {result['memae_dist']}", node=label))
         out.append(gpu_check(result["gpus"], ray_gpus, label))
     if marker:
         err = result.get("storage")
-        out.append(Check("storage", FAIL, err, storage_fix(err, marker), label) if err else
+        fix = elsewhere if other else storage_fix(err or "", marker)
+        out.append(Check("storage", FAIL, err, fix, label) if err else
                    Check("storage", PASS, "reads the driver's marker, writes its own",
                          node=label))
     if data:
         err = result.get("manifest")
-        out.append(Check("manifest", FAIL, err, _manifest_fix(err), label) if err else
+        fix = elsewhere if other else _manifest_fix(err or "")
+        out.append(Check("manifest", FAIL, err, fix, label) if err else
                    Check("manifest", PASS, "readable", node=label))
     return [c for c in out if c is not None]
 

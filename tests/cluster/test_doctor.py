@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import boto3
@@ -19,6 +23,7 @@ from memae_dist.doctor import (
     address_problem,
     format_table,
     gpu_check,
+    preflight,
     run_doctor,
 )
 from memae_dist.errors import UserError
@@ -103,6 +108,36 @@ def test_preflight_fails_in_seconds_before_any_worker(ray_local, tiny_data, s3_s
     assert list(tmp_path.iterdir()) == []  # no marker, no empty storage folder, no run
 
 
+def test_preflight_checks_the_one_node_of_a_cluster_given_by_address(ray_local, tiny_data,
+                                                                    tmp_path, monkeypatch,
+                                                                    caplog):
+    """That node may be another machine, with its own endpoint and keys."""
+    cfg = config(tmp_path / "runs", tiny_data, "run.name=one")
+    with caplog.at_level(logging.INFO, "memae_dist"):
+        preflight(cfg)
+        assert caplog.text.rstrip().endswith("storage and dataset usable from the driver")
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # unused: Ray is initialised here
+        preflight(cfg)
+    assert caplog.text.rstrip().endswith("usable from the driver and all 1 nodes")
+
+
+def test_a_node_on_another_s3_endpoint_is_told_so_not_to_create_a_bucket(monkeypatch):
+    from memae_dist.data.storage import StorageConfig
+    from memae_dist.doctor.storage_checks import _interpret
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5055")
+    missing = "S3 bucket 'b' does not exist (s3://b/m (S3 endpoint http://127.0.0.1:5056))"
+    result = {"storage": missing, "manifest": missing, "endpoint": "http://127.0.0.1:5056"}
+    checks = _interpret(result, "n", "s3://b/m", "s3://b/data", StorageConfig(), False, 0)
+    assert [c.status for c in checks] == [FAIL, FAIL]
+    for check in checks:
+        assert check.fix.startswith("this node resolves S3 endpoint http://127.0.0.1:5056, the "
+                                    "driver http://127.0.0.1:5055: set the same AWS_ENDPOINT_URL")
+    result["endpoint"] = "http://127.0.0.1:5055"  # the same endpoint: the bucket is missing
+    checks = _interpret(result, "n", "s3://b/m", "", StorageConfig(), False, 0)
+    assert checks[0].fix.startswith("create the bucket first")
+
+
 def test_gpu_check_turns_probe_results_into_fixes():
     none = {"nvidia_smi": None, "torch": None, "cuda": None, "error": None}
     assert gpu_check(none, 0, "n").status == PASS
@@ -131,6 +166,35 @@ def test_address_problems_are_caught_before_connecting():
     assert "job server" in detail and "HOST:6379" in fix
     assert "bad Ray address" in address_problem("headnode")[0]
     assert address_problem(None) is None and address_problem("auto") is None
+
+
+def test_doctor_never_joins_another_process_private_ray(ray_local, tmp_path):
+    """This test process runs a private local Ray; a doctor with no cluster to check must not
+    take it for one (Ray's "auto" would), nor check storage from its nodes."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_TMPDIR"] = str(tmp_path / "ray")  # where `ray start` would have left its address
+    proc = subprocess.run([sys.executable, "-m", "memae_dist.cli", "doctor", "--storage",
+                           str(tmp_path / "runs")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no running Ray cluster found" in proc.stdout, proc.stdout
+    assert "nodes alive" not in proc.stdout
+
+
+def test_a_job_server_address_in_ray_address_is_one_line(tmp_path):
+    """README and CLUSTER.md export RAY_ADDRESS=http://...:8265 for `ray job submit`; the
+    commands a user then runs in that shell say what is wrong instead of Ray's traceback."""
+    env = {**os.environ, "RAY_ADDRESS": "http://127.0.0.1:8265"}
+    proc = subprocess.run([sys.executable, "-m", "memae_dist.cli", "prepare", "synthetic",
+                           "--dst", str(tmp_path / "data")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "memae-dist: error: http://127.0.0.1:8265 is a job server (dashboard) address "
+        "(RAY_ADDRESS); use it for `ray job submit --address`; memae-dist connects to the GCS "
+        "address HOST:6379, or runs as a Ray job itself; without either it starts a local Ray "
+        "(unset RAY_ADDRESS)")
+    assert not (tmp_path / "data").exists()
 
 
 def test_table_lists_each_failure_with_its_fix():

@@ -176,7 +176,7 @@ def test_documented_commands_parse_and_name_existing_files():
     blocks = re.findall(r"```bash\n(.*?)```", text, re.S)
     commands = [c.strip() for b in blocks for c in re.split(r"(?<!\\)\n", b) if c.strip()]
     verbs = [check_entrypoint(c) for c in commands if "memae_dist.cli" in c
-             or c.startswith("memae-dist")]
+             or re.match(r"(\w+=\S* )*memae-dist ", c)]  # after any VAR=value prefixes
     assert {"train", "tune", "doctor", "prepare"} <= set(verbs)
     for command in commands:
         argv = shlex.split(command.replace("\\\n", " "), comments=True)

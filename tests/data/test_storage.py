@@ -23,6 +23,10 @@ def test_uri_kinds_and_join(tmp_path):
     assert storage.local_path(f"file://{tmp_path}/a") == f"{tmp_path}/a"
     with pytest.raises(UserError):
         storage.local_path("s3://b/x")
+    # No bucket: refused, not joined into "s3:/runs", a local folder named "s3:".
+    for bare in ("s3://", "s3:///runs"):
+        with pytest.raises(UserError, match="S3 URI must name a bucket"):
+            storage.join(bare, "runs")
 
 
 def test_storage_config_validation():
