@@ -41,6 +41,11 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "no/such/run (expected a checkpoint or a run folder)"),
         (["prepare", "synthetic", "--src", "x", "--dst", "out"], "--src is not for"),
         (["train", "--data", "x", "--set", "train.epochs=[1,"], "'[1,' is not valid YAML"),
+        # A flag and a --set of the same setting: one would be silently ignored.
+        (["train", "--data", "x", "--name", "a", "--set", "run.name=b"],
+         "error: --name a and --set run.name=b both set run.name; give it once"),
+        (["tune", "--space", "smoke", "--data", "x", "--set", "data.path=y"],
+         "error: --data x and --set data.path=y both set data.path; give it once"),
         (["evaluate", "--scores", "s.parquet", "--out", "s3://b/e"], "must be a local folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "s.csv"],
          "--out s.csv: scores are written as Parquet"),

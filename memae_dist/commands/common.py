@@ -218,7 +218,7 @@ def experiment_config(args: argparse.Namespace):
     """The validated config from ``--config`` plus the flags above and ``--set`` overrides."""
     from memae_dist.config import load_config
 
-    overrides, labels = [], []
+    overrides, labels, given = [], [], {}
     for flag, key in (("data", "data.path"), ("epochs", "train.epochs"),
                       ("workers", "train.workers"), ("storage", "run.storage"),
                       ("name", "run.name"), ("cpus_per_worker", "train.cpus_per_worker"),
@@ -228,8 +228,18 @@ def experiment_config(args: argparse.Namespace):
             # Strings are quoted so YAML keeps them strings (--name 2024, --name yes).
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
             labels.append(f"--{flag.replace('_', '-')} {value}")
+            given[key] = labels[-1]
+    refuse_twice(given, args.set)
     overrides += args.set or []
     return load_config(resolve_config_path(args.config), overrides, labels=labels)
+
+
+def refuse_twice(given: dict[str, str], sets: list[str] | None) -> None:
+    """A setting given by its flag and by ``--set`` too: one of the two would be ignored."""
+    for item in sets or []:
+        key = item.split("=", 1)[0].strip()
+        if key in given:
+            raise UserError(f"{given[key]} and --set {item} both set {key}; give it once")
 
 
 def print_metrics(metrics: dict) -> None:

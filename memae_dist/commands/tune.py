@@ -45,7 +45,7 @@ def resolve_space(name: str) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from memae_dist.commands.common import local_folder, resolve_config_path
+    from memae_dist.commands.common import local_folder, refuse_twice, resolve_config_path
     from memae_dist.config import load_config
     from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = local_folder(args.out)  # then made and checked for other sweeps before any trial
     space = load_space(resolve_space(args.space))
     overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
+    refuse_twice({"data.path": f"--data {args.data}"} if args.data else {}, args.set)
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
                       labels=[f"--data {args.data}"] if args.data else [])
     opts = SweepOptions(

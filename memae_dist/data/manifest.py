@@ -206,6 +206,9 @@ def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) ->
 def check_model_input(manifest, model, data_uri: str) -> None:
     """Refuse a dataset whose samples the ``model`` config's network cannot take."""
     height, width = manifest.size
+    if model.in_channels != 1:
+        raise UserError(f"model.in_channels={model.in_channels} does not fit dataset {data_uri}: "
+                        "prepared frames are grey (1 channel)")
     if model.arch == "video":
         if manifest.content == "images":
             raise UserError(f"dataset {data_uri} holds still images ('prepare images'); train "

@@ -139,6 +139,18 @@ def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
         )
 
 
+def check_enough_windows(manifest, cfg: DataConfig, batch_size: int, data_uri: str) -> None:
+    """Every epoch drops its last partial batch (DDP workers step together): a training split
+    smaller than one batch would train nothing, and end in a 0/0 loss."""
+    n = manifest.n_windows(cfg.train_split, cfg.window, cfg.stride)
+    if n < batch_size:
+        what = ("images" if manifest.content == "images" else
+                f"clips ({cfg.window}-frame windows at stride {cfg.stride})")
+        raise UserError(f"split {cfg.train_split} of {data_uri} has {n} {what}, fewer than one "
+                        f"batch (train.batch_size={batch_size}): lower train.batch_size or add "
+                        "training data")
+
+
 def window_dataset(
     data_uri: str,
     cfg: DataConfig,

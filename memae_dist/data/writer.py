@@ -95,12 +95,19 @@ _GRAY16_AS_I_FORMATS = frozenset({"PNG", "PPM"})
 def to_gray8(img: Image.Image, where: str) -> Image.Image:
     """A mode "L" (8-bit grey) version of a Pillow image of any mode; ``where`` names it.
 
-    16-bit grey is mapped by the 16-bit range (value / 257), one scale for every frame, so a
-    video keeps its relative brightness: Pillow's own ``convert("L")`` clips it to white, and a
-    per-image min-max stretch would make the frames of one video flicker.
+    Transparent pixels are composited on white. 16-bit grey is mapped by the 16-bit range
+    (value / 257), one scale for every frame, so a video keeps its relative brightness:
+    Pillow's own ``convert("L")`` clips it to white, and a per-image min-max stretch would make
+    the frames of one video flicker.
     """
     if img.mode == "L":
         return img
+    if {"A", "a"} & set(img.getbands()) or "transparency" in img.info:
+        # Shown on white, as a viewer on a white page shows it. Pillow's convert drops the
+        # alpha and keeps the colour under it: ink drawn in the alpha channel alone (black,
+        # fully transparent around it) would become a black frame.
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img.convert("RGBA")).convert("L")
     if img.mode in _GRAY16_MODES or (img.mode == "I" and img.format in _GRAY16_AS_I_FORMATS):
         wide = np.asarray(img).astype(np.uint32)  # (H, W); 16-bit PNG samples are unsigned
         return Image.fromarray(((np.minimum(wide, 65535) + 128) // 257).astype(np.uint8))

@@ -73,7 +73,7 @@ class EpochStats:
 
 
 def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
-                  min_used_slots: int) -> dict:
+                  min_used_slots: int, cosine: bool = False) -> dict:
     """Reduced statistics -> the metrics row reported to Ray and kept in the history."""
     stats.settle()
     clips = max(stats.clips, 1.0)
@@ -94,13 +94,13 @@ def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
         "skipped_batches": int(stats.skipped),
         "workers": world,
     }
-    metrics.update(memory_health(stats, min_used_slots))
+    metrics.update(memory_health(stats, min_used_slots, cosine))
     return metrics
 
 
-def memory_health(stats: EpochStats, min_used_slots: int) -> dict:
+def memory_health(stats: EpochStats, min_used_slots: int, cosine: bool = False) -> dict:
     mass = stats.slot_mass.cpu()
-    if mass.numel() == 0:
+    if mass.numel() == 0 or not stats.clips:  # no step, no addressing to judge
         return {}
     total = float(mass.sum())
     used = int((mass > 0).sum())
@@ -121,9 +121,12 @@ def memory_health(stats: EpochStats, min_used_slots: int) -> dict:
     }
     if health["memory_collapse"]:
         log.warning(
-            "memory collapse: %d of %d slots received weight this epoch (threshold %d); "
-            "try a shrink threshold between 1/N and 3/N (model.shrink_threshold)",
+            "memory collapse: %d of %d slots received weight this epoch (threshold %d); %s",
             used, mass.numel(), min_used_slots,
+            # Cosine similarities lie in [-1, 1]: their softmax keeps every weight near 1/N.
+            "with cosine addressing use a shrink threshold below 1/N (model.shrink_threshold)"
+            if cosine else
+            "try a shrink threshold between 1/N and 3/N (model.shrink_threshold)",
         )
     return health
 

@@ -65,7 +65,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stats = reduce_stats(train_epoch(w, shard, epoch, state), w)
         state.epoch = epoch + 1
         metrics = epoch_metrics(stats, epoch=state.epoch, step=state.step, world=w.world,
-                                min_used_slots=cfg.train.min_used_slots)
+                                min_used_slots=cfg.train.min_used_slots,
+                                cosine=cfg.model.addressing == "cosine")
         metrics["lr"] = lr
         if validator is not None:
             metrics.update(validator.run())

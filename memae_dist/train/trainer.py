@@ -160,6 +160,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     ``exclusive``: hold the run's lock (``RunLock``) while training; a sweep passes False,
     since Tune already runs each trial once and restarts trials on any node at any time.
     """
+    from memae_dist.data.stream import check_enough_windows
     from memae_dist.doctor import preflight
     from memae_dist.train.runlock import RunLock
     from memae_dist.train.validate import check_val_split
@@ -169,6 +170,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
     manifest = load_manifest(cfg.data.path, cfg.storage)
     check_model_input(manifest, cfg.model, cfg.data.path)
+    check_enough_windows(manifest, cfg.data, cfg.train.batch_size, cfg.data.path)
     check_val_split(cfg, manifest)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):

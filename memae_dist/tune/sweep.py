@@ -96,6 +96,7 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     # A space that reaches a bad config, or an --out the results cannot go to, fails before
     # --val-from-test writes into the dataset.
     space.check_against(cfg.to_dict())
+    check_search(opts, space)
     res.check_out(opts.out, sweep_uri(space, cfg, opts))
     cfg = with_val_split(cfg, opts)
     objective = resolve_objective(space.objective, cfg)
@@ -339,6 +340,22 @@ def make_scheduler(opts: SweepOptions, space: SearchSpace, cfg: ExperimentConfig
                                    reduction_factor=space.scheduler.reduction_factor)
 
 
+def check_search(opts: SweepOptions, space: SearchSpace) -> None:
+    """Whether ``--search`` can sample ``space``: asked before the sweep records itself."""
+    if opts.search == "random":
+        return
+    grid = [p.name for p in space.params if p.kind == "grid"]
+    if grid:
+        raise UserError(f"{space.source}: params.{grid[0]} uses grid, which --search optuna "
+                        "cannot sample; use choice")
+    try:
+        import optuna  # noqa: F401
+        from ray.tune.search.optuna import OptunaSearch  # noqa: F401
+    except ImportError:
+        raise UserError("--search optuna needs the optuna package "
+                        "(pip install 'memae-dist[tune]')") from None
+
+
 def make_search(opts: SweepOptions, space: SearchSpace, concurrent: int):
     """The search algorithm, limited to ``concurrent`` trials at once (Tune ignores
     ``max_concurrent_trials`` for a search algorithm passed in)."""
@@ -346,16 +363,9 @@ def make_search(opts: SweepOptions, space: SearchSpace, concurrent: int):
 
     if opts.search == "random":
         return BasicVariantGenerator(random_state=opts.seed, max_concurrent=concurrent)
-    grid = [p.name for p in space.params if p.kind == "grid"]
-    if grid:
-        raise UserError(f"{space.source}: params.{grid[0]} uses grid, which --search optuna "
-                        "cannot sample; use choice")
-    try:
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
-    except ImportError:
-        raise UserError("--search optuna needs the optuna package "
-                        "(pip install 'memae-dist[tune]')") from None
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
     return ConcurrencyLimiter(OptunaSearch(sampler=optuna.samplers.TPESampler(seed=opts.seed)),
                               max_concurrent=concurrent)
 

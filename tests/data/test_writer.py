@@ -92,6 +92,26 @@ def test_to_gray8_keeps_8_bit_and_refuses_float_pixels(tmp_path):
             to_gray8(img, str(tmp_path / name))
 
 
+def test_to_gray8_shows_transparent_pixels_on_white(tmp_path):
+    """Black ink drawn in the alpha channel alone (as many icon and digit PNGs are) keeps its
+    shape; dropping the alpha would store a black frame."""
+    ink = np.zeros((4, 6), np.uint8)
+    ink[1:3, 2:4] = 255  # opaque where the stroke is, transparent around it
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., 3] = ink
+    expected = 255 - ink  # black stroke on white
+    for img in (Image.fromarray(rgba, "RGBA"), Image.fromarray(rgba[..., 2:], "LA")):
+        img.save(tmp_path / "a.png")
+        with Image.open(tmp_path / "a.png") as back:
+            np.testing.assert_array_equal(np.asarray(to_gray8(back, "x")), expected)
+    palette = Image.fromarray(ink, "L").convert("P")
+    palette.save(tmp_path / "p.png", transparency=0)  # palette index 0 (black) transparent
+    with Image.open(tmp_path / "p.png") as back:
+        np.testing.assert_array_equal(np.asarray(to_gray8(back, "x")), np.maximum(ink, 255 - ink))
+    opaque = np.dstack([np.full((4, 6, 3), 90, np.uint8), np.full((4, 6), 255, np.uint8)])
+    assert np.asarray(to_gray8(Image.fromarray(opaque, "RGBA"), "x")).tolist() == [[90] * 6] * 4
+
+
 def test_write_read_and_restart(tmp_path, ray_local):
     dst = str(tmp_path / "ds")
     manifest = write_dataset(_specs(), dst, SIZE, name="toy", source="unit", segment_frames=16,

@@ -29,6 +29,21 @@ def weights(ckpt_uri: str) -> dict:
     return state["model"]
 
 
+def test_data_the_model_cannot_train_on_is_refused_before_training(tiny_data, tmp_path):
+    small = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.batch_size=4096",
+                        "run.name=small")
+    with pytest.raises(UserError, match=r"split train of .* has \d+ clips \(16-frame windows "
+                                        r"at stride 1\), fewer than one batch "
+                                        r"\(train.batch_size=4096\): lower train.batch_size"):
+        fit(small)  # before: no step at all, a 0/0 loss and a false memory-collapse warning
+    colour = tiny_config(tiny_data, tmp_path, "train.workers=0", "model.in_channels=3",
+                         "run.name=colour")
+    with pytest.raises(UserError, match=r"model.in_channels=3 does not fit dataset .*: "
+                                        r"prepared frames are grey \(1 channel\)"):
+        fit(colour)
+    assert not (tmp_path / "small").exists() and not (tmp_path / "colour").exists()
+
+
 def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path, caplog):
     cfg = tiny_config(tiny_data, tmp_path, "train.workers=0", "train.epochs=1",
                       "train.max_steps_per_epoch=3", "run.name=debug", "data.val_split=test",

@@ -19,7 +19,13 @@ from memae_dist.errors import UserError
 from memae_dist.train.runlock import LOCK_FILE, RunLock
 from memae_dist.tune.record import check_same_sweep
 from memae_dist.tune.space import load_space, parse_space
-from memae_dist.tune.sweep import SweepOptions, make_search, plan_concurrency, run_sweep
+from memae_dist.tune.sweep import (
+    SweepOptions,
+    check_search,
+    make_search,
+    plan_concurrency,
+    run_sweep,
+)
 
 # Tiny trials: 16x16 clips, 9 steps of 8 clips per epoch, 2 epochs, one worker of half a CPU.
 BASE = {
@@ -76,8 +82,9 @@ def test_search_algorithms_respect_the_concurrency_limit():
     assert isinstance(random, BasicVariantGenerator) and random.max_concurrent == 3
     optuna = make_search(SweepOptions(search="optuna"), video, 3)
     assert isinstance(optuna, ConcurrencyLimiter) and optuna.max_concurrent == 3
+    check_search(SweepOptions(search="optuna"), video)
     with pytest.raises(UserError, match="params.train.lr uses grid"):
-        make_search(SweepOptions(search="optuna"), smoke, 3)
+        check_search(SweepOptions(search="optuna"), smoke)
 
 
 def test_resuming_with_another_space_or_config_is_refused(tmp_path):
@@ -278,14 +285,18 @@ def test_out_is_checked_before_any_trial(tmp_path, capsys):
     base.write_text(yaml.safe_dump(BASE))
     sweeps = tmp_path / "sweeps"
 
-    def tune(out: Path) -> str:
+    def tune(out: Path, *extra: str) -> str:
         assert main(["tune", "--space", "smoke", "--config", str(base), "--data",
                      str(tmp_path / "data"), "--val-from-test", "1", "--storage", str(sweeps),
-                     "--name", "s", "--out", str(out)]) == 2
+                     "--name", "s", "--out", str(out), *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and not sweeps.exists(), err
         return err[0]
 
+    # A search that cannot sample the space: refused before the sweep records its settings,
+    # which would then refuse the corrected command as another sweep.
+    assert tune(tmp_path / "out", "--search", "optuna").endswith(
+        "params.train.lr uses grid, which --search optuna cannot sample; use choice")
     afile = tmp_path / "afile"
     afile.write_text("")
     assert tune(afile) == f"memae-dist: error: --out {afile}: exists and is not a folder"
