@@ -177,14 +177,14 @@ def _interpret(result, label, marker, data, cfg, system, ray_gpus) -> list[Check
         out.append(gpu_check(result["gpus"], ray_gpus, label))
     if marker:
         err = result.get("storage")
-        fix = elsewhere if other else storage_fix(err or "", marker)
-        out.append(Check("storage", FAIL, err, fix, label) if err else
+        out.append(Check("storage", FAIL, err, elsewhere if other else storage_fix(err, marker),
+                         label) if err else
                    Check("storage", PASS, "reads the driver's marker, writes its own",
                          node=label))
     if data:
         err = result.get("manifest")
-        fix = elsewhere if other else _manifest_fix(err or "")
-        out.append(Check("manifest", FAIL, err, fix, label) if err else
+        out.append(Check("manifest", FAIL, err, elsewhere if other else _manifest_fix(err),
+                         label) if err else
                    Check("manifest", PASS, "readable", node=label))
     return [c for c in out if c is not None]
 

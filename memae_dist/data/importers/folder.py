@@ -166,7 +166,9 @@ def _walk(folder: Path, root: Path, split: str, seen: set[Path] | None = None) -
             parts = [*p.relative_to(root).parent.parts, p.stem]
         elif video_io.is_frame_folder(p):
             parts = list(p.relative_to(root).parts)
+            # Frames themselves are skipped by name: no stat per frame of a long video.
             _left_out(p, [q for q in p.iterdir() if not video_io.is_hidden(q)
+                          and q.suffix.lower() not in video_io.IMAGE_EXTS
                           and (video_io.is_video_file(q) or q.is_dir())],
                       "a folder of frames is one video; the videos and folders inside it")
         elif p.is_dir():
