@@ -109,6 +109,12 @@ def keeping_sigterm_handler() -> Iterator[None]:
     before = signal.getsignal(signal.SIGTERM) if main else None
     try:
         yield
+    except SystemExit as exc:
+        # Ray's handler, installed part-way through ray.init, exits with the signal's number:
+        # a SIGTERM that lands then ends the command as one landing a moment later would.
+        if exc.code == signal.SIGTERM and callable(before):
+            before(signal.SIGTERM, None)
+        raise
     finally:
         if callable(before):
             signal.signal(signal.SIGTERM, before)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+
+import pytest
+
+from memae_dist.runtime import keeping_sigterm_handler
 
 
 def test_local_ray_processes_find_their_own_state_api(ray_local):
@@ -19,3 +24,23 @@ def test_local_ray_processes_find_their_own_state_api(ray_local):
     assert pinned.endswith(ray._private.worker.get_dashboard_url().rsplit(":", 1)[1])
     # This process keeps its own environment (its `ray job submit` goes where it says).
     assert "RAY_API_SERVER_ADDRESS" not in os.environ
+
+
+def test_a_sigterm_inside_ray_init_ends_as_any_sigterm():
+    """Ray's own handler, installed part-way through ray.init, exits with SystemExit(15); the
+    caller's handler (the CLI's: "terminated", exit 143) gets the signal instead."""
+    class Ended(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Ended(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Ended), keeping_sigterm_handler():
+            raise SystemExit(signal.SIGTERM)  # what Ray's handler does
+        with pytest.raises(SystemExit), keeping_sigterm_handler():
+            raise SystemExit(3)  # any other exit is left alone
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,12 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
         tuner = make_tuner(sweep, trainable, concurrent, registry_name)
         try:
             tuner.fit()
+        except KeyboardInterrupt:
+            # Tune turns Ctrl-C into an orderly stop; SIGTERM (`ray job stop`, a pod deletion)
+            # arrives as this. Either way the partial table is written, then the exit code.
+            with suppress(Exception):
+                write_table(sweep)
+            raise
         finally:
             cleanup.release_all(registry)
         return finish(sweep)
@@ -224,20 +231,27 @@ def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
                             opts.max_concurrent or (wanted if local else None))
 
 
-def finish(sweep: _Sweep) -> SweepResult:
-    """Read every trial back, write the table, the plot, best.yaml, and score the test once."""
+def write_table(sweep: _Sweep) -> list:
+    """Read every trial back; write the table and the plot, and print the table."""
     from ray.tune import ExperimentAnalysis
 
+    analysis = ExperimentAnalysis(sweep.fs_path, storage_filesystem=sweep.fs)
+    rows = res.collect(analysis, sweep.space, sweep.base, sweep.objective, sweep.uri,
+                       sweep.cfg.train.epochs, sweep.cfg.storage)
+    out = Path(sweep.opts.out)
+    res.write_csv(rows, out / res.TABLE)
+    res.plot(rows, sweep.space, sweep.objective, out / "objective_vs_params.png")
+    print(res.format_table(rows, sweep.space, sweep.objective))
+    return rows
+
+
+def finish(sweep: _Sweep) -> SweepResult:
+    """The table and the plot, then best.yaml and the test scored once."""
     space, cfg, base, objective, opts = (sweep.space, sweep.cfg, sweep.base, sweep.objective,
                                          sweep.opts)
-    analysis = ExperimentAnalysis(sweep.fs_path, storage_filesystem=sweep.fs)
-    rows = res.collect(analysis, space, base, objective, sweep.uri, cfg.train.epochs,
-                       cfg.storage)
+    rows = write_table(sweep)
     interrupted = any(r.status not in res.FINISHED for r in rows)
     out = Path(opts.out)
-    res.write_csv(rows, out / res.TABLE)
-    res.plot(rows, space, objective, out / "objective_vs_params.png")
-    print(res.format_table(rows, space, objective))
     best = None if interrupted else res.best_row(rows, objective)
     checkpoint = test_metrics = None
     if best is not None:

@@ -102,6 +102,12 @@ def test_export_takes_the_size_the_checkpoint_recorded(tmp_path, capsys):
     out = tmp_path / "model.pt2"
     assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out)]) == 0
     assert "16x32x48 clips" in capsys.readouterr().out
+    # Another size is refused, as scoring refuses it: the model was never trained on it.
+    assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out),
+                 "--size", "32", "32"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "memae-dist: error: --size 32 32: the checkpoint was trained on 32x48 frames; drop "
+        "--size or give 32 48")
     old = make_checkpoint(tmp_path / "old" / "checkpoint_epoch_0001", gone)
     assert main(["export", "--checkpoint", old, "--format", "pt2", "--out",
                  str(tmp_path / "old.pt2")]) == 2

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray import tune
 
-from memae_dist.cli import main
+from memae_dist.cli import Terminated, _terminated, main
 from memae_dist.config import load_config
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
@@ -169,15 +169,16 @@ def test_second_sweep_with_the_same_name_is_refused_while_one_runs(tiny_data, tm
 
 
 class InterruptOnce(tune.Callback):
-    """Ctrl-C (a real SIGINT to this process) after the first epoch any trial reports."""
+    """Ctrl-C (a real SIGINT to this process, or ``sig``) after the first epoch any trial
+    reports."""
 
-    def __init__(self, marker: str):
-        self.marker = marker
+    def __init__(self, marker: str, sig: int = signal.SIGINT):
+        self.marker, self.sig = marker, sig
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("epoch") == 1 and not os.path.exists(self.marker):
             Path(self.marker).write_text(trial.trial_id)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.sig)
 
 
 def test_diverging_trial_is_marked_and_an_interrupted_sweep_resumes(tiny_data, tmp_path):
@@ -229,6 +230,26 @@ ONE = {"name": "one", "samples": 1, "params": {"model.num_slots": {"choice": [20
 # up-front corner check and every trial then fails on its config.
 FAILING = {"name": "fails", "samples": 1, "params": {"k": {"uniform": [1, 3]}},
            "derived": {"model.shrink_threshold": "5 if 1 < k < 3 else 0.01"}}
+
+
+def test_a_terminated_sweep_writes_its_partial_table(tiny_data, tmp_path):
+    """SIGTERM (`ray job stop`, a pod deletion) stops a sweep as the CLI's handler does, by
+    raising out of Tune: the table of what ran is written all the same."""
+    cfg = load_config(None, [f"data.path={copy_data(tiny_data, tmp_path)}",
+                             f"run.storage={tmp_path / 'runs'}"], base=copy.deepcopy(BASE))
+    marker = str(tmp_path / "terminated")
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with pytest.raises(Terminated):
+            run_sweep(parse_space(ONE, "one.yaml"), cfg, SweepOptions(
+                storage=str(tmp_path / "sweeps"), name="term", out=tmp_path / "out",
+                scheduler="fifo", val_from_test="1",
+                callbacks=[InterruptOnce(marker, signal.SIGTERM)]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    rows = read_rows(tmp_path / "out" / "trials.csv")
+    assert [r["trial_id"] for r in rows] == [Path(marker).read_text()]
+    assert not (tmp_path / "out" / "best.yaml").exists()
 
 
 def last_err_line(capsys) -> str:
