@@ -149,6 +149,9 @@ class TrainData:
         # The epoch line already reports clips/s and the time blocked on data; Ray Data's own
         # bars, redrawn every epoch, fill a job's log with hundreds of lines.
         ds.context.enable_progress_bars = False
+        # Ray Train applies data_config's options to the workers' shards; its debug mode
+        # (--workers 0) iterates this dataset as it is.
+        ds.context.execution_options.preserve_order = cfg.train.deterministic
         return ds
 
 

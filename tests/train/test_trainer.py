@@ -141,6 +141,23 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
         torch.testing.assert_close(a[key], c[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_debug_mode_is_deterministic_and_resumes_exactly_too(tiny_data, tmp_path):
+    """--workers 0 reads the dataset without Ray Train's data config: the same order all the
+    same, run to run and across a resume."""
+    common = ["train.workers=0", "train.deterministic=true", "train.max_steps_per_epoch=3",
+              "data.augment=true"]
+    runs = [fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2", f"run.name={n}"))
+            for n in ("straight", "again")]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=1", "run.name=resumed"))
+    runs.append(fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2",
+                                "run.name=resumed")))
+    a = weights(runs[0].checkpoint_uri)
+    for run in runs[1:]:
+        assert [row["loss"] for row in run.history] == [row["loss"] for row in runs[0].history]
+        b = weights(run.checkpoint_uri)
+        assert all(torch.equal(a[key], b[key]) for key in a), run.checkpoint_uri
+
+
 def test_a_debug_run_resumes_on_ray_workers(tiny_data, tmp_path):
     common = ["train.max_steps_per_epoch=2", "run.name=moved"]
     first = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=0", "train.epochs=1"))
