@@ -12,7 +12,7 @@ BASE = ("--workers", "0", "--epochs", "1", "--storage", "runs", "--name", "r")
 @pytest.mark.parametrize(("setting", "names"), [
     ("model.slots=3", ["unknown config key 'model.slots'"]),
     ("trian.lr=0.1", ["unknown config key 'trian'"]),
-    ("train.epochs=two", ["train.epochs must be an integer", "'two'"]),
+    ("train.batch_size=two", ["train.batch_size must be an integer", "'two'"]),
     ("model.num_slots=[1, 2]", ["model.num_slots must be an integer"]),
     ("train.lr=fast", ["train.lr must be a number"]),
     ("model.shrink_threshold=-0.1", ["model.shrink_threshold", "-0.1"]),
