@@ -95,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
         _, config, _, trained_on = read_model_state(args.checkpoint, storage)
         size = frame_size(args.size) or ingest.checkpoint_frame_size(config, storage,
                                                                       trained_on)
-        trained = tuple(trained_on.get("size") or ())  # its record: what scoring holds it to
-        if trained and tuple(size) != trained:  # refused after the import otherwise
-            raise UserError(f"--size {size[0]} {size[1]}: the checkpoint was trained on "
-                            f"{trained[0]}x{trained[1]} frames; drop --size or give "
-                            f"{trained[0]} {trained[1]}")
+        ingest.check_trained_size(size, trained_on)  # refused after the import otherwise
         if size is None:
             raise UserError("--size H W is needed: the checkpoint's training data (for its frame "
                             "size) is not reachable from here")

@@ -24,7 +24,7 @@ from torch import nn
 
 from memae_dist.data.storage import StorageConfig, write_bytes_atomic
 from memae_dist.errors import UserError
-from memae_dist.evaluate.ingest import checkpoint_frame_size
+from memae_dist.evaluate.ingest import check_trained_size, checkpoint_frame_size
 from memae_dist.evaluate.score import load_model
 from memae_dist.models.build import arrange
 
@@ -93,11 +93,7 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
     t0 = time.perf_counter()
     loaded = load_model(checkpoint, storage)
     arch = loaded.config.model.arch
-    trained = tuple((loaded.trained_on or {}).get("size") or ())
-    if size and trained and tuple(size) != trained:  # scoring holds the model to it too
-        raise UserError(f"--size {size[0]} {size[1]}: the checkpoint was trained on "
-                        f"{trained[0]}x{trained[1]} frames; drop --size or give "
-                        f"{trained[0]} {trained[1]}")
+    check_trained_size(size, loaded.trained_on)  # scoring holds the model to it too
     size = size or checkpoint_frame_size(loaded.config.to_dict(), storage,
                                          loaded.trained_on) or (
         (28, 28) if arch == "image" else None)  # the image net takes nothing else

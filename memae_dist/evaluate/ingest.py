@@ -141,6 +141,15 @@ def _download(fs, path: str, dest: Path, single: bool = False) -> None:
         os.utime(folder, (stamp, stamp))
 
 
+def check_trained_size(size, trained_on: dict | None) -> None:
+    """Refuse a --size other than the one the checkpoint records: the model never saw it."""
+    trained = tuple((trained_on or {}).get("size") or ())
+    if size and trained and tuple(size) != trained:
+        raise UserError(f"--size {size[0]} {size[1]}: the checkpoint was trained on "
+                        f"{trained[0]}x{trained[1]} frames; drop --size or give "
+                        f"{trained[0]} {trained[1]}")
+
+
 def prepared_uri(out_uri: str, prepared: str | None) -> str:
     uri = prepared or default_prepared_uri(out_uri)
     return uri if is_remote(uri) else local_path(uri)
