@@ -40,7 +40,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"BAD: {problem}")
     print(f"{checked - len(problems)} of {checked} shards OK")
-    if problems:  # a shard is rewritten when its size no longer matches its import's record
-        print("to repair: delete the BAD shards and rerun the 'memae-dist prepare' that wrote "
-              "the dataset; it writes exactly those again")
+    if problems:  # a rerun re-hashes every shard against its import's record
+        print("to repair: rerun the 'memae-dist prepare' that wrote the dataset; it checks "
+              "every shard and writes exactly the BAD ones again")
     return 1 if problems else 0

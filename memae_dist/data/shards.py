@@ -60,8 +60,8 @@ def damage_reported(uri: str) -> Iterator[None]:
         raise UserError(f"shard {uri} is damaged ({reason}): {REPAIR}") from None
 
 
-REPAIR = ("'memae-dist data verify' lists every damaged shard; delete them and rerun the same "
-          "'memae-dist prepare' to write them again")
+REPAIR = ("'memae-dist data verify' lists every damaged shard; rerun the same 'memae-dist "
+          "prepare' to write them again")
 
 
 def segment_bounds(num_frames: int, segment_frames: int, overlap: int) -> list[tuple[int, int]]:

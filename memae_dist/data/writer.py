@@ -30,7 +30,7 @@ from memae_dist.data.manifest import (
     VideoEntry,
     save_manifest,
 )
-from memae_dist.data.shards import write_video_shard
+from memae_dist.data.shards import verify_shard, write_video_shard
 from memae_dist.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -319,7 +319,11 @@ def _marker_uri(dst: str, spec: VideoSpec) -> str:
 
 
 def _valid_marker(spec: VideoSpec, job: _Job) -> dict | None:
-    """The marker's record when it matches the settings and its shard has the recorded size."""
+    """The marker's record when it matches the settings and its shard the recorded checksum.
+
+    The shard is re-hashed, not only sized: a shard damaged in place keeps its size, and a
+    rerun is how a user mends a damaged dataset. Hashing reads each shard once, far less
+    than decoding its video again."""
     uri = _marker_uri(job.dst, spec)
     if not storage.exists(uri, job.storage):
         return None
@@ -327,11 +331,15 @@ def _valid_marker(spec: VideoSpec, job: _Job) -> dict | None:
         record = json.loads(storage.read_bytes(uri, job.storage))
         if record["settings"] != job.marker(spec):
             return None
-        fs, path = storage.pyarrow_fs(storage.join(job.dst, record["shard"]["path"]), job.storage)
-        info = fs.get_file_info(path)
+        shard = record["shard"]
+        fs, path = storage.pyarrow_fs(storage.join(job.dst, shard["path"]), job.storage)
+        verify_shard(fs, path, int(shard["bytes"]), str(shard["sha256"]))
+    except UserError as exc:
+        logger.warning("%s; importing %s/%s again", exc, spec.split, spec.name)
+        return None
     except (ValueError, KeyError, TypeError, OSError):
         return None  # unreadable marker: redo the video
-    return record if info.size == record["shard"]["bytes"] else None
+    return record
 
 
 def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: bool,

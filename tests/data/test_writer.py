@@ -141,6 +141,22 @@ def test_write_read_and_restart(tmp_path, ray_local):
     assert again == manifest
     assert [p.stat().st_mtime_ns for p in shards] == before
 
+    # A shard damaged in place keeps its size; the rerun re-hashes it and imports that video
+    # again, leaving the others alone.
+    damaged = tmp_path / "ds" / "train" / "a.parquet"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    mtime = before[shards.index(damaged)]
+    os.utime(damaged, ns=(mtime, mtime))  # as if untouched, to the eye of a size-and-date check
+    assert write_dataset(_specs(), dst, SIZE, name="toy", source="unit", segment_frames=16,
+                         progress=False) == manifest
+    entry = m.shard_entry(m.videos("train")[0])
+    verify_shard(*storage.pyarrow_fs(str(damaged)), entry.bytes, entry.sha256)
+    np.testing.assert_array_equal(read_video_frames(str(damaged))[0], _expected(40, 1, False))
+    after = [p.stat().st_mtime_ns for p in shards]
+    assert [a == b for a, b in zip(after, before)] == [p != damaged for p in shards]
+
     # Different settings invalidate the markers: the failing loader now runs, and the stale
     # manifest is gone because shards were about to change.
     with pytest.raises(UserError, match="test/c") as err:
