@@ -79,6 +79,9 @@ def print_evaluation(metrics: dict) -> None:
     head = metrics["headline"]
     print(f"protocol {head['protocol']}: {metrics['protocol_meaning']}")
     print(f"  AUC {_fmt(head['auc'])}   AP {_fmt(head['ap'])}   EER {_fmt(head['eer'])}")
+    one_class = _one_class(metrics)
+    if one_class:
+        print(f"  ({one_class})")
     print("all numbers:")
     width = max(len(k) for k in metrics["definitions"])
     for key, meaning in metrics["definitions"].items():
@@ -89,6 +92,18 @@ def print_evaluation(metrics: dict) -> None:
         print(f"  {v['name']:<12} {v['n_frames']:>7} {v['n_abnormal']:>8} {_fmt(v['auc']):>8} "
               f"{_fmt(v['ap']):>8} {_fmt(v['eer']):>8}")
     print_thresholds(metrics.get("thresholds"), metrics.get("split"))
+
+
+def _one_class(metrics: dict) -> str | None:
+    """Why AUC, AP and EER are undefined, when the scored frames hold one class only."""
+    split, abnormal = metrics.get("split"), metrics.get("n_abnormal")
+    if abnormal == 0:
+        return (f"no scored frame of split '{split}' is abnormal: AUC, AP and EER need "
+                "anomalies; the false-positive thresholds below need normal frames only")
+    if abnormal == metrics.get("n_frames_scored"):
+        return (f"every scored frame of split '{split}' is abnormal: AUC, AP, EER and "
+                "thresholds need normal frames too")
+    return None
 
 
 def print_thresholds(thresholds: dict | None, split: str | None) -> None:
@@ -105,8 +120,11 @@ def print_thresholds(thresholds: dict | None, split: str | None) -> None:
         if p["threshold"] is None:  # the highest errors of this split are normal frames'
             print(f"{budget} none (no threshold flags a frame within this budget)")
             continue
-        print(f"{budget} threshold {p['threshold']!r}  (FPR {p['fpr']:.4f}, recall "
-              f"{p['tpr']:.4f})")
+        recall = "-" if p["tpr"] is None else f"{p['tpr']:.4f}"
+        print(f"{budget} threshold {p['threshold']!r}  (FPR {p['fpr']:.4f}, recall {recall})")
     f1 = thresholds["best_f1"]
+    if f1 is None:  # normal frames only
+        print("  best F1: - (no abnormal frame in this split: recall and F1 need anomalies)")
+        return
     print(f"  best F1 {f1['f1']:.4f}: threshold {f1['threshold']!r}  (precision "
           f"{f1['precision']:.4f}, recall {f1['recall']:.4f})")

@@ -274,6 +274,8 @@ def _thresholds_section(thresholds: dict | None, split: str | None) -> list[str]
                      f'<td>{_sig(p["threshold"])}</td><td>{_fmt(p["fpr"])}</td>'
                      f'<td>{_fmt(p["tpr"])}</td><td>{_fmt(None)}</td></tr>')
     f1 = thresholds["best_f1"]
+    if f1 is None:  # normal frames only: no recall, no F1
+        return [*parts, "</table>"]
     parts.append(f'<tr><td class="l">best F1 ({f1["f1"]:.4f})</td><td>{_sig(f1["threshold"])}'
                  f'</td><td>{_fmt(None)}</td><td>{_fmt(f1["recall"])}</td>'
                  f'<td>{_fmt(f1["precision"])}</td></tr>')

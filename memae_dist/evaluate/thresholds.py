@@ -5,7 +5,9 @@ cannot use it: it compares each window's raw error (the ``score`` column of ``me
 score``) with a fixed threshold, flagging ``error >= threshold``. These are the thresholds a
 deployment is usually tuned to: a false-positive budget (how many normal frames may raise an
 alarm) and the best F1. They hold for data like the split they were read from; read them off
-a labelled validation split, not the test split whose numbers are reported.
+a labelled validation split, not the test split whose numbers are reported. A split of normal
+footage only (held-out normal video, the data most deployments have) gives the false-positive
+budgets: they need normal frames alone, recall and F1 need anomalies.
 
 Pure numpy + scikit-learn.
 """
@@ -22,15 +24,32 @@ TARGET_FPRS = (0.001, 0.01, 0.05)
 
 
 def deployment_thresholds(labels, scores) -> dict[str, Any] | None:
-    """``{"at_fpr": [...], "best_f1": {...}}`` for raw ``scores`` (higher = more abnormal),
-    or None when ``labels`` hold one class only (no false positive or no hit can be counted)."""
+    """``{"at_fpr": [...], "best_f1": {...}}`` for raw ``scores`` (higher = more abnormal).
+
+    Normal frames only: the budgets with ``tpr`` None, and ``best_f1`` None. None when every
+    frame is abnormal (no false positive can be counted) or there is no frame."""
     labels = np.asarray(labels).reshape(-1).astype(bool)
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if labels.all() or not labels.any():
+    if labels.all():
         return None
+    if not labels.any():
+        return {"at_fpr": [normal_only_at_fpr(scores, t) for t in TARGET_FPRS], "best_f1": None}
     curve = roc_curve(labels, scores, drop_intermediate=False)
     return {"at_fpr": [at_fpr(curve, t) for t in TARGET_FPRS],
             "best_f1": best_f1(labels, scores)}
+
+
+def normal_only_at_fpr(scores: np.ndarray, target: float) -> dict[str, Any]:
+    """``at_fpr`` for scores of normal frames alone: the lowest score that flags at most
+    ``target`` of them (``score >= threshold``); recall is unknown (``tpr`` None)."""
+    values, counts = np.unique(scores, return_counts=True)  # ascending
+    flagged = np.cumsum(counts[::-1])[::-1]  # frames at or above each value
+    within = np.flatnonzero(flagged / scores.size <= target)
+    if within.size == 0:  # even the highest score is shared by more frames than the budget
+        return {"target_fpr": target, "threshold": None, "fpr": 0.0, "tpr": None}
+    i = int(within[0])
+    return {"target_fpr": target, "threshold": float(values[i]),
+            "fpr": float(flagged[i] / scores.size), "tpr": None}
 
 
 def at_fpr(curve, target: float) -> dict[str, Any]:

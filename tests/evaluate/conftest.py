@@ -36,9 +36,10 @@ def make_checkpoint(folder, data: str, *overrides: str, trained_on: dict | None 
     return str(folder)
 
 
-def write_scores_file(path, **meta) -> str:
+def write_scores_file(path, abnormal_from: int = 6, **meta) -> str:
     """A small scores file as 'memae-dist score' writes it: two labelled videos of 12 scored
-    frames, each with abnormal frames. ``meta`` overrides entries of its metadata."""
+    frames, abnormal from their scored frame ``abnormal_from`` on (12: none). ``meta``
+    overrides entries of its metadata."""
     from memae_dist.evaluate.batch_score import SCHEMA, SCORES_FORMAT, SCORES_VERSION, write_scores
     from memae_dist.evaluate.protocol import regularity
 
@@ -46,7 +47,7 @@ def write_scores_file(path, **meta) -> str:
     parts = []
     for name in ("01", "02"):
         scores = rng.random(12)
-        labels = (np.arange(12) >= 6).astype(np.int8)
+        labels = (np.arange(12) >= abnormal_from).astype(np.int8)
         parts.append(pa.table({"video": [name] * 12, "frame": np.arange(8, 20, dtype=np.int32),
                                "score": scores, "regularity": regularity(scores),
                                "label": labels}, schema=SCHEMA))

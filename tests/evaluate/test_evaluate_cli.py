@@ -132,3 +132,21 @@ def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
     # The same file into a writable folder: the failures above were the folder's alone.
     assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ok")]) == 0
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["scores"] == scores
+
+
+def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path, capsys):
+    # Held-out normal footage: no AUC, but the budgets a deployment calibrates on.
+    scores = write_scores_file(tmp_path / "scores.parquet", abnormal_from=12, split="val")
+    assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "AUC -   AP -   EER -" in out
+    assert ("(no scored frame of split 'val' is abnormal: AUC, AP and EER need anomalies; the "
+            "false-positive thresholds below need normal frames only)") in out
+    assert "false positives <= 5.0%: threshold" in out and "recall -)" in out
+    assert "best F1: - (no abnormal frame in this split" in out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["auc_paper"] is None and metrics["thresholds"]["best_f1"] is None
+    raw = pq.read_table(scores).column("score").to_numpy()
+    for point in metrics["thresholds"]["at_fpr"]:
+        if point["threshold"] is not None:
+            assert (raw >= point["threshold"]).mean() <= point["target_fpr"]

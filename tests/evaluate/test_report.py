@@ -4,6 +4,7 @@ import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -170,3 +171,13 @@ def test_a_missing_shard_is_refused_before_any_figure(scores, segmented_data, tm
     assert main(["report", "--scores", str(scores), "--out", str(out), "--data", str(data)]) == 2
     assert "is missing: rerun the same 'memae-dist prepare'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_thresholds_of_a_normal_only_split_show_budgets_without_recall():
+    from memae_dist.evaluate.report import _thresholds_section
+    from memae_dist.evaluate.thresholds import deployment_thresholds
+
+    scores = np.arange(2000) / 1000
+    html_rows = "".join(_thresholds_section(deployment_thresholds(np.zeros(2000), scores), "val"))
+    assert html_rows.count("false positives &le;") == 3 and "best F1" not in html_rows
+    assert "<td>1.9</td>" in html_rows  # 5%: the lowest of the top 100 of 2,000

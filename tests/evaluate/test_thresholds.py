@@ -43,8 +43,23 @@ def test_thresholds_match_counting_flagged_frames(seed):
     assert f1["recall"] == pytest.approx(rates[f1["threshold"]][1])
 
 
-def test_no_thresholds_without_both_classes_and_none_below_a_tied_top():
-    assert deployment_thresholds([0, 0, 0], [1.0, 2.0, 3.0]) is None
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_normal_only_split_gives_the_budgets_by_counting_flagged_frames(seed):
+    # Held-out normal footage: what most deployments have to calibrate on.
+    scores = np.round(np.random.default_rng(seed).gamma(4.0, 1.0, 2500), 1)  # ties, as real
+    found = deployment_thresholds(np.zeros(scores.size, np.uint8), scores)
+    assert found["best_f1"] is None
+    for point in found["at_fpr"]:
+        within = [t for t in np.unique(scores) if (scores >= t).mean() <= point["target_fpr"]]
+        assert point["threshold"] == min(within)
+        assert point["fpr"] == pytest.approx((scores >= min(within)).mean())
+        assert point["tpr"] is None
+    # A top score shared by more frames than a budget allows: no threshold meets it.
+    tied = deployment_thresholds([0] * 4, [1.0, 5.0, 5.0, 5.0])
+    assert [p["threshold"] for p in tied["at_fpr"]] == [None, None, None]
+
+
+def test_no_thresholds_without_normal_frames_and_none_below_a_tied_top():
     assert deployment_thresholds([1, 1], [1.0, 2.0]) is None
     # Every normal frame ties with the highest abnormal one: no threshold flags anything
     # without flagging every normal frame, so no budget under 100% can be met.
