@@ -17,8 +17,8 @@ import sys
 from memae_dist.errors import UserError
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
-COMMANDS = ("demo", "prepare", "data", "train", "tune", "evaluate", "score", "events", "report",
-            "export", "doctor")
+COMMANDS = ("demo", "prepare", "data", "config", "train", "tune", "evaluate", "score", "events",
+            "report", "export", "doctor")
 
 # Verbs whose rerun picks up where an interrupted run stopped (imports skip finished videos,
 # training and sweeps restore their checkpoints); the others start over.

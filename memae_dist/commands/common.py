@@ -200,8 +200,8 @@ def resolve_config_path(name: str | None) -> Path | None:
     return None if name is None else resolve_yaml(name, "memae_dist.configs", "config")
 
 
-def add_experiment_flags(p: argparse.ArgumentParser) -> None:
-    """``train``'s flags: recipe, data, scale, storage, overrides."""
+def add_experiment_flags(p: argparse.ArgumentParser, address: bool = True) -> None:
+    """``train``'s flags: recipe, data, scale, storage, (Ray address,) overrides."""
     p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite, mnist)")
     p.add_argument("--data", help="prepared dataset URI (data.path)")
     p.add_argument("--epochs", type=int)
@@ -210,7 +210,8 @@ def add_experiment_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus-per-worker", type=float_at_least(0))
     p.add_argument("--storage", help="run storage URI (default: run.storage)")
     p.add_argument("--name", help="run name; rerun with the same name to resume")
-    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    if address:
+        p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
 
 

@@ -35,7 +35,7 @@ class ModelConfig:
     # prototype image code (image arch only; how image reimplementations reach the paper's
     # MNIST numbers). Same for the mlp arch, whose code is a vector anyway.
     memory_query: str = "position"
-    # Channels of a frame / image (1 = grayscale). Ignored by the mlp arch.
+    # Channels of a frame / image: 1, as prepared datasets store grey frames.
     in_channels: int = 1
     # mlp only: length of the input vector.
     input_dim: int = 784

@@ -32,11 +32,13 @@ class TrainConfig:
     # so the first epoch runs at lr and the last near zero. A function of the epoch alone: a
     # resumed run continues on the same curve (on a new one if train.epochs changes).
     lr_schedule: str = "constant"
+    # Adam's L2 penalty on the weights (the paper: none).
     weight_decay: float = 0.0
     # Training workers: 0 runs in-process (debugging), N >= 1 runs DDP (NCCL on GPU, gloo on CPU).
     workers: int = 2
     # Logical CPUs reserved per worker; fractions leave room for Ray Data's read tasks.
     cpus_per_worker: float = 1.0
+    # GPUs per worker (0: train on CPUs); a fraction lets workers share one GPU.
     gpus_per_worker: float = 0.0
     # How Ray places the workers: "PACK" (fewest nodes) or "SPREAD" (across nodes).
     placement: str = "PACK"

@@ -1,0 +1,46 @@
+"""``memae-dist config``: the experiment config a ``train`` with the same flags would run, as a
+commented YAML recipe: every setting, what it means, and a file to edit and train from."""
+
+from __future__ import annotations
+
+import argparse
+
+from memae_dist.commands.common import add_experiment_flags, experiment_config, file_target
+
+
+def register(sub) -> None:
+    p = sub.add_parser("config", help="print every setting of a recipe (with what it means) as "
+                                      "a YAML recipe to edit")
+    add_experiment_flags(p, address=False)
+    p.add_argument("--out", help="write the recipe to this file instead of printing it")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from memae_dist.configdoc import render
+    from memae_dist.data.atomic import atomic_local
+    from memae_dist.data.storage import is_remote, local_path
+    from memae_dist.errors import UserError
+
+    if args.out is not None:
+        if is_remote(args.out):
+            raise UserError(f"--out {args.out}: a recipe is a local file ('train --config' "
+                            "reads one on this machine)")
+        file_target(args.out, "recipe.yaml", inputs=(args.config,))
+    cfg = experiment_config(args)
+    given = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+             if k in ("data", "epochs", "workers", "cpus_per_worker", "gpus_per_worker",
+                      "storage", "name") and v is not None]
+    given += [f"--set {item}" for item in args.set or []]
+    header = [f"memae-dist experiment config: {args.config or 'the built-in defaults'}"
+              + (f", with {' '.join(given)}" if given else ""),
+              "Every setting with what it means; train from it with "
+              "'memae-dist train --config FILE'."]
+    text = render(cfg, header)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    with atomic_local(local_path(args.out), "w", encoding="utf-8") as fh:
+        fh.write(text)
+    print(f"config: {args.out}")
+    return 0
