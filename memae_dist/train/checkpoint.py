@@ -18,6 +18,7 @@ would drop the recent checkpoints a restart may need.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import uuid
@@ -71,6 +72,8 @@ class TrainState:
     # Best value of train.checkpoint_metric so far and its epoch (None: no best yet).
     best_value: float | None = None
     best_epoch: int = 0
+    # "metric/mode" that best_value was judged by (None in checkpoints older than this field).
+    best_of: str | None = None
 
 
 def save_checkpoint(
@@ -90,7 +93,7 @@ def save_checkpoint(
         "epoch": state.epoch,
         "step": state.step,
         "starts": state.starts,
-        "best": {"value": state.best_value, "epoch": state.best_epoch},
+        "best": {"value": state.best_value, "epoch": state.best_epoch, "of": state.best_of},
         "rng": rng_state(),
         # Batches of the next epoch already consumed: checkpoints are taken at epoch ends.
         "data_position": {"epoch": state.epoch, "batch": 0},
@@ -172,7 +175,7 @@ def restore(
     best = payload.get("best") or {}
     state = TrainState(epoch=int(payload["epoch"]), step=int(payload["step"]), history=history,
                        starts=int(payload.get("starts", 0)), best_value=best.get("value"),
-                       best_epoch=int(best.get("epoch") or 0))
+                       best_epoch=int(best.get("epoch") or 0), best_of=best.get("of"))
     return state, payload.get("scaler") or {}
 
 
@@ -186,12 +189,16 @@ def latest_checkpoint(run_uri: str, storage: StorageConfig | None = None) -> str
         if not match:
             continue
         uri = join(run_uri, name)
-        if not all(exists(join(uri, f), storage) for f in CHECKPOINT_FILES):
+        if not is_complete(uri, storage):
             continue  # an upload that never finished (files may land in any order)
         epoch = int(match.group(1))
         if best is None or epoch > best[0]:
             best = (epoch, uri)
     return best[1] if best else None
+
+
+def is_complete(uri: str, storage: StorageConfig | None = None) -> bool:
+    return all(exists(join(uri, f), storage) for f in CHECKPOINT_FILES)
 
 
 def resolve_checkpoint(uri: str, storage: StorageConfig | None = None) -> str:
@@ -297,12 +304,55 @@ def download_dir(uri: str, local: Path, storage: StorageConfig | None = None) ->
 
 
 def prune(run_uri: str, keep: int, storage: StorageConfig | None = None) -> None:
-    """Keep the newest ``keep`` checkpoints of a run (debug mode; Ray prunes its own)."""
+    """Keep the newest ``keep`` complete checkpoints of a run; delete every older folder.
+
+    Ray prunes only the checkpoints it recorded in this attempt; those a debug run or a cut-off
+    attempt wrote are left to this. An incomplete folder newer than the kept ones (a cut-off
+    upload) stays: the run writes that epoch again."""
     from memae_dist.data.storage import delete
 
-    names = sorted(n for n in listdir(run_uri, storage) if CHECKPOINT_RE.match(n))
-    for name in names[:-keep]:
+    names = sorted((n for n in listdir(run_uri, storage) if CHECKPOINT_RE.match(n)),
+                   key=lambda n: int(CHECKPOINT_RE.match(n).group(1)))
+    complete = [n for n in names if is_complete(join(run_uri, n), storage)]
+    if len(complete) <= keep:
+        return
+    for name in names[: names.index(complete[-keep])]:
         delete(join(run_uri, name), storage)
+
+
+def forget_missing(run_uri: str, storage: StorageConfig | None = None) -> None:
+    """Drop Ray's record of a run's checkpoints when it names one that is gone.
+
+    Ray refuses to resume a run whose record names a missing checkpoint ("corrupted run
+    directory"): one pruned by a debug run, deleted by hand, or cut off in its upload. Runs
+    resume from ``restore_point`` whatever Ray recorded, so the record can go; Ray then prunes
+    only what it writes from here on, and ``prune`` the rest."""
+    from memae_dist.data.storage import delete
+
+    snapshot = join(run_uri, RAY_SNAPSHOT)
+    if not exists(snapshot, storage):
+        return
+    try:
+        names = _dir_names(json.loads(read_bytes(snapshot, storage)))
+        gone = sorted(n for n in names if not is_complete(join(run_uri, n), storage))
+        why = f"names {', '.join(gone)}, which is gone" if gone else ""
+    except ValueError:
+        why = "cannot be read"
+    if why:
+        logging.getLogger("memae_dist.train").info(
+            "Ray's record of %s %s: dropping the record (the run resumes from its newest "
+            "checkpoint as always)", run_uri, why)
+        delete(snapshot, storage)
+
+
+def _dir_names(node: Any) -> set[str]:
+    """Every ``checkpoint_dir_name`` in Ray's snapshot, wherever its schema keeps them."""
+    if isinstance(node, dict):
+        found = {str(v) for k, v in node.items() if k == "checkpoint_dir_name" and v}
+        return found.union(*(_dir_names(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_dir_names(v) for v in node))
+    return set()
 
 
 def checkpoint_epoch(uri: str) -> int:

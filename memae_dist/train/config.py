@@ -16,6 +16,8 @@ from memae_dist.errors import UserError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 PLACEMENTS = ("PACK", "SPREAD")
+# Epoch metrics a best checkpoint can be chosen by (val_*: with data.val_split).
+CHECKPOINT_METRICS = ("loss", "recon", "entropy", "val_recon", "val_auc")
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -97,6 +99,10 @@ class TrainConfig:
         _choice("train.memory_format", self.memory_format, MEMORY_FORMATS)
         _choice("train.placement", self.placement, PLACEMENTS)
         _choice("train.checkpoint_mode", self.checkpoint_mode, ("auto", "max", "min"))
+        if self.checkpoint_metric and self.checkpoint_metric not in CHECKPOINT_METRICS:
+            raise UserError(f"train.checkpoint_metric must be one of "
+                            f"{', '.join(CHECKPOINT_METRICS)} or '' (none), got "
+                            f"{self.checkpoint_metric!r}")
         _choice("train.on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.batch_size % (max(self.workers, 1) * self.grad_accum):

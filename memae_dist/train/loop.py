@@ -114,9 +114,17 @@ def resume(w: Worker) -> TrainState:
         with tempfile.TemporaryDirectory() as tmp:
             download_dir(latest, Path(tmp), w.cfg.storage)
             state, scaler = restore(Path(tmp), w.model, w.optimizer)
+    if state.best_of not in (None, judged_by(w.cfg)):
+        # The best so far was judged by another metric (the driver warns): a val_recon held
+        # against the best loss would keep the wrong epoch. The choice starts over.
+        state.best_value, state.best_epoch, state.best_of = None, 0, None
     w.precision.load_state_dict(scaler)
     w.net = wrap_model(w.model, w.cfg.train, w.world)
     return state
+
+
+def judged_by(cfg: ExperimentConfig) -> str:
+    return f"{cfg.train.checkpoint_metric}/{cfg.train.best_mode}"
 
 
 def improved(cfg: ExperimentConfig, state: TrainState, metrics: dict) -> bool:
@@ -138,6 +146,7 @@ def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
     if best:
         state.best_value = float(metrics[cfg.train.checkpoint_metric])
         state.best_epoch = state.epoch
+        state.best_of = judged_by(cfg)
     metrics["best_epoch"] = state.best_epoch
     t0 = time.perf_counter()
     run = run_uri(cfg)

@@ -22,7 +22,9 @@ from memae_dist.train.checkpoint import (
     STATE_FILE,
     best_checkpoint,
     checkpoint_epoch,
+    forget_missing,
     latest_checkpoint,
+    prune,
     read_checkpoint_config,
     restore_point,
     torch_load,
@@ -105,6 +107,12 @@ RECIPE_KEYS = {"train": ("batch_size", "lr", "lr_schedule", "weight_decay", "gra
 
 
 def _warn_changed_recipe(run: str, saved: dict, cfg: ExperimentConfig) -> None:
+    train = saved.get("train") or {}
+    before = (train.get("checkpoint_metric", ""), train.get("checkpoint_mode", "auto"))
+    if before != (cfg.train.checkpoint_metric, cfg.train.checkpoint_mode) and before[0]:
+        log.warning("%s resumes with train.checkpoint_metric=%r, checkpoint_mode=%r (was %r, "
+                    "%r): its best checkpoint (RUN/best) is chosen afresh from the next epoch",
+                    run, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode, *before)
     now = {"train": to_plain(cfg.train), "data": to_plain(cfg.data)}
     changed = [f"{section}.{key}={saved[section][key]!r} (now {now[section][key]!r})"
                for section, keys in RECIPE_KEYS.items() for key in keys
@@ -188,7 +196,10 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         # Checkpoints record the frame size: scoring refuses data at a size the model never
         # saw, and export takes its input size from there.
         trained_on = {"size": list(manifest.size)}
-        return finished(run, cfg, run_trainer(cfg, address, callbacks, trained_on))
+        forget_missing(run, cfg.storage)
+        metrics = run_trainer(cfg, address, callbacks, trained_on)
+        prune(run, cfg.train.keep_checkpoints, cfg.storage)
+        return finished(run, cfg, metrics)
 
 
 def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,

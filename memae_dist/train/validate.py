@@ -42,9 +42,6 @@ def check_val_split(cfg, manifest=None) -> None:
     split = cfg.data.val_split
     if metric.startswith("val_") and not split:
         raise UserError(f"train.checkpoint_metric={metric} needs data.val_split to be set")
-    if metric not in ("", "val_auc", "val_recon") and metric.startswith("val_"):
-        raise UserError(f"train.checkpoint_metric={metric}: validation reports val_auc and "
-                        "val_recon")
     if not split:
         return
     if split == cfg.data.train_split:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -15,8 +17,10 @@ from memae_dist.train.checkpoint import (
     TrainState,
     best_checkpoint,
     checkpoint_epoch,
+    forget_missing,
     latest_checkpoint,
     load_state,
+    prune,
     ray_registered,
     restore,
     restore_point,
@@ -89,6 +93,30 @@ def test_latest_skips_incomplete_uploads_and_restore_point_is_the_newest_whole(t
     assert checkpoint_epoch(restore_point(str(run))) == 2
     with pytest.raises(UserError):
         checkpoint_epoch(str(run))
+
+
+def test_prune_keeps_the_newest_whole_checkpoints_and_forget_missing_drops_rays_record(
+        tmp_path, caplog):
+    run = tmp_path / "run"
+    for epoch in (1, 2, 3, 9, 10):
+        write(run / f"checkpoint_epoch_{epoch:04d}", epoch)
+    (run / "checkpoint_epoch_0010" / "history.json").unlink()  # cut off: epoch 10 comes again
+    prune(str(run), 2)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint_epoch_0003", "checkpoint_epoch_0009", "checkpoint_epoch_0010"]
+    snapshot = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_epoch_0003"}],
+                "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch_0009"}}
+    (run / RAY_SNAPSHOT).write_text(json.dumps(snapshot))
+    forget_missing(str(run))
+    assert (run / RAY_SNAPSHOT).exists()  # everything it names is there
+    shutil.rmtree(run / "checkpoint_epoch_0003")  # deleted by hand, or by a debug run's prune
+    with caplog.at_level(logging.INFO, logger="memae_dist.train"):
+        forget_missing(str(run))
+    assert not (run / RAY_SNAPSHOT).exists()
+    assert "names checkpoint_epoch_0003, which is gone: dropping the record" in caplog.text
+    (run / RAY_SNAPSHOT).write_text("{not json")
+    forget_missing(str(run))
+    assert not (run / RAY_SNAPSHOT).exists()
 
 
 def test_a_local_upload_cut_short_leaves_no_file_under_its_name(tmp_path, monkeypatch):

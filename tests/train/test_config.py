@@ -31,6 +31,9 @@ def test_global_batch_is_kept_and_best_mode_follows_the_metric():
     assert TrainConfig(checkpoint_metric="val_auc").best_mode == "max"
     assert TrainConfig(checkpoint_metric="val_recon").best_mode == "min"
     assert TrainConfig(checkpoint_metric="val_recon", checkpoint_mode="max").best_mode == "max"
+    with pytest.raises(UserError, match=r"train.checkpoint_metric must be one of loss, recon, "
+                                        r"entropy, val_recon, val_auc or '' \(none\), got 'foo'"):
+        TrainConfig(checkpoint_metric="foo")  # before: accepted, and no best ever kept
 
 
 def test_cosine_schedule_starts_at_lr_and_decays_per_epoch():

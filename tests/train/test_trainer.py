@@ -172,3 +172,46 @@ def test_a_debug_run_resumes_on_ray_workers(tiny_data, tmp_path):
     assert [(r["epoch"], r["run_starts"]) for r in fourth.history] == [(1, 1), (2, 2), (3, 3),
                                                                         (4, 4)]
     assert fourth.history[2]["loss"] == third.history[2]["loss"]
+
+
+def test_keep_checkpoints_holds_across_debug_and_ray_attempts(tiny_data, tmp_path):
+    # Ray prunes only the checkpoints it recorded; those a debug run (or a cut-off attempt)
+    # wrote are the run's to prune.
+    common = ["train.max_steps_per_epoch=2", "run.name=keep"]
+    run = tmp_path / "keep"
+
+    def kept():
+        return sorted(p.name for p in run.glob("checkpoint_epoch_*"))
+
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=1", "train.epochs=2"))
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=0", "train.epochs=4"))
+    assert kept() == ["checkpoint_epoch_0003", "checkpoint_epoch_0004"]
+    # Ray's record names the pruned epochs 1 and 2: it is dropped (Ray used to refuse the
+    # run as a "corrupted run directory" here), and the run goes on from epoch 4.
+    last = fit(tiny_config(tiny_data, tmp_path, *common, "train.workers=1", "train.epochs=6"))
+    assert [r["epoch"] for r in last.history] == [1, 2, 3, 4, 5, 6]
+    assert kept() == ["checkpoint_epoch_0005", "checkpoint_epoch_0006"]
+    # A debug run's checkpoints, then Ray's: Ray prunes its own, the run the debug run's.
+    fit(tiny_config(tiny_data, tmp_path, "train.max_steps_per_epoch=2", "run.name=mixed",
+                    "train.workers=0", "train.epochs=2"))
+    fit(tiny_config(tiny_data, tmp_path, "train.max_steps_per_epoch=2", "run.name=mixed",
+                    "train.workers=1", "train.epochs=4"))
+    assert sorted(p.name for p in (tmp_path / "mixed").glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0003", "checkpoint_epoch_0004"]
+
+
+def test_a_new_checkpoint_metric_on_resume_chooses_the_best_afresh(tiny_data, tmp_path, caplog):
+    common = ["train.workers=0", "train.max_steps_per_epoch=2", "run.name=metric",
+              "data.val_split=test"]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2",
+                    "train.checkpoint_metric=loss"))
+    with caplog.at_level(logging.WARNING, logger="memae_dist.train"):
+        result = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=4",
+                                 "train.checkpoint_metric=val_recon"))
+    assert "resumes with train.checkpoint_metric='val_recon', checkpoint_mode='auto' (was " \
+           "'loss', 'auto'): its best checkpoint (RUN/best) is chosen afresh" in caplog.text
+    pointer = json.loads((tmp_path / "metric" / "best.json").read_text())
+    # Not held against the best loss of epochs 1-2: the best val_recon since the change.
+    best = min(result.history[2:], key=lambda row: row["val_recon"])["epoch"]
+    assert (pointer["metric"], pointer["epoch"]) == ("val_recon", best)
+    assert result.best_checkpoint_uri.endswith(f"best/checkpoint_epoch_{best:04d}")
