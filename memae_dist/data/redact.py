@@ -49,10 +49,19 @@ def scrub_secrets(text: str) -> str:
 _URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
 
 
+# The value of an assignment whose key names a secret (``--set storage.secret_key=...``, a
+# misplaced credential): up to the ": " of the message around it, a space or the end.
+_SECRET_ASSIGNMENT = re.compile(
+    r"(?i)\b([\w.-]*(?:secret|password|passwd|token|access_key|credential)[\w.-]*\s*=)"
+    r"(\S+?)(?=:\s|\s|$)")
+
+
 def redact_text(text: str) -> str:
-    """``text`` with the AWS secrets and every URL's user:password replaced by ``***``: for a
-    message that may echo what the user typed (``--set storage.endpoint_url=...``)."""
-    return _URL_USERINFO.sub(r"\1***@", scrub_secrets(text))
+    """``text`` with the AWS secrets, every URL's user:password and the value of every
+    assignment to a key that names a secret replaced by ``***``: for a message that may echo
+    what the user typed (``--set storage.endpoint_url=...``)."""
+    text = _SECRET_ASSIGNMENT.sub(r"\1***", scrub_secrets(text))
+    return _URL_USERINFO.sub(r"\1***@", text)
 
 
 def redact_url(url: str) -> str:

@@ -33,3 +33,14 @@ def test_a_message_echoing_what_was_typed_loses_every_credential(monkeypatch):
             "ftp://u:p@h/x and s3://b/k stay, key wJalrXUtnFEMI/K7MDENG")
     assert redact_text(text) == ("--set storage.endpoint_url=http://***@minio:9000: bad, "
                                  "ftp://***@h/x and s3://b/k stay, key ***")
+
+
+def test_a_secret_typed_into_a_setting_is_not_echoed():
+    # Not a setting at all (credentials come from the environment): the error names the key.
+    text = ("--set storage.aws_secret_access_key=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY: "
+            "unknown config key 'storage.aws_secret_access_key' (valid keys: ...)")
+    assert redact_text(text) == ("--set storage.aws_secret_access_key=***: unknown config key "
+                                 "'storage.aws_secret_access_key' (valid keys: ...)")
+    assert redact_text("--set run.password=hunter2") == "--set run.password=***"
+    assert redact_text("--set train.lr=fast: must be a number") == (
+        "--set train.lr=fast: must be a number")
