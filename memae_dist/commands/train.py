@@ -28,7 +28,9 @@ def run(args: argparse.Namespace) -> int:
     result = fit(cfg, address=args.address)
     last = result.history[-1] if result.history else {}
     if last:
-        line = (f"epoch {last['epoch']}/{cfg.train.epochs}: loss {last['loss']:.5f}  "
+        # A finished run rerun with fewer epochs trains nothing: no "epoch 2/1".
+        total = max(cfg.train.epochs, last["epoch"])
+        line = (f"epoch {last['epoch']}/{total}: loss {last['loss']:.5f}  "
                 f"recon {last['recon']:.5f}  {last['clips_per_s']:.1f} clips/s")
         if "val_auc" in last:
             line += f"  val_auc {last['val_auc']:.4f}"

@@ -47,6 +47,8 @@ def resolve_space(name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.commands.common import local_folder, refuse_twice, resolve_config_path
     from memae_dist.config import load_config
+    from memae_dist.data.storage import first_missing_folder, remove_empty_folders
+    from memae_dist.errors import UserError
     from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
     from memae_dist.tune.sweep import SweepOptions, run_sweep
@@ -64,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
         storage=args.storage, name=args.name, out=out, seed=args.seed,
         test=not args.no_test, val_from_test=args.val_from_test, address=args.address,
     )
-    result = run_sweep(space, cfg, opts)
+    created = first_missing_folder(str(out))
+    try:
+        result = run_sweep(space, cfg, opts)
+    except UserError:
+        # Refused before any result: no empty --out folder is left for the user to clear.
+        if created is not None:
+            remove_empty_folders(str(out), created)
+        raise
     print(f"sweep: {result.path}")
     print(f"table: {out / 'trials.csv'}")
     if result.interrupted:

@@ -107,6 +107,8 @@ def _status(trial, last: dict, max_epochs: int, started: bool) -> tuple[str, str
     status = trial.status
     if status == "ERROR":
         message = _error_line(trial)
+        # A sweep stops diverging trials (train.on_nonfinite=stop): skipping is no advice here.
+        message = message.replace(" or set train.on_nonfinite=skip", "")
         return (DIVERGED_STATUS if "diverged" in message else ERROR), message
     if status == "TERMINATED":
         if last.get(DIVERGED):

@@ -125,11 +125,17 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
         except KeyboardInterrupt:
             # Tune turns Ctrl-C into an orderly stop; SIGTERM (`ray job stop`, a pod deletion)
             # arrives as this. Either way the partial table is written, then the exit code.
+            # No call to Ray from here: a SIGTERM sent to the whole process group (`timeout`,
+            # systemd, a CI cancel) has stopped the local Ray too, and a call would wait a
+            # minute for it, then abort the process with the run's lock still held. The groups
+            # go with the driver's job.
             with suppress(Exception):
                 write_table(sweep)
             raise
-        finally:
+        except BaseException:
             cleanup.release_all(registry)
+            raise
+        cleanup.release_all(registry)
         return finish(sweep)
 
 

@@ -316,8 +316,9 @@ def test_out_is_checked_before_any_trial(tmp_path, capsys):
 
     # A search that cannot sample the space: refused before the sweep records its settings,
     # which would then refuse the corrected command as another sweep.
-    assert tune(tmp_path / "out", "--search", "optuna").endswith(
+    assert tune(tmp_path / "out" / "sub", "--search", "optuna").endswith(
         "params.train.lr uses grid, which --search optuna cannot sample; use choice")
+    assert not (tmp_path / "out").exists()  # nor an empty --out folder left behind
     afile = tmp_path / "afile"
     afile.write_text("")
     assert tune(afile) == f"memae-dist: error: --out {afile}: exists and is not a folder"
