@@ -51,6 +51,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--out s.csv: scores are written as Parquet"),
         (["export", "--checkpoint", "c", "--format", "pt2", "--out", "m.onnx"],
          "--out m.onnx: the name says onnx, but --format is pt2"),
+        (["export", "--checkpoint", "c", "--format", "pt2", "--out", "m.pt"],
+         "--out m.pt: the name says torchscript, but --format is pt2"),
         (["export", "--checkpoint", "c", "--format", "onnx", "--out", "."],
          "--out .: is a folder"),
         (["score", "--checkpoint", "c", "--data", "d", "--out", "."],

@@ -29,8 +29,9 @@ def register(sub) -> None:
 
 
 # File suffixes that promise a format: a model written under another one's name is refused.
+# A pt2 package is .pt2 only: torch.export.load warns about (and falls back on) any other name.
 SUFFIX_FORMATS = {".onnx": ("onnx",), ".pt2": ("pt2",), ".ts": ("torchscript",),
-                  ".pt": ("torchscript", "pt2")}
+                  ".pt": ("torchscript",)}
 
 
 def check_out(out: str, fmt: str, storage=None, checkpoint: str | None = None) -> None:
