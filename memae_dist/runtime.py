@@ -18,12 +18,14 @@ DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 TCP_TIMEOUT_S = 3.0
 
 
-def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
+def ensure_ray(cpus_needed: float = 0.0, address: str | None = None,
+               gpus_needed: float = 0.0) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), or start a local Ray.
 
     A local Ray advertises more logical CPUs than the machine has: logical CPUs are only a
     scheduling budget, and training workers that hold every core would leave Ray Data's read
-    tasks nothing, which stalls the stream.
+    tasks nothing, which stalls the stream. ``gpus_needed``: GPUs that must be free at once;
+    a local Ray with fewer is refused, since nothing will ever add them (a cluster may).
     """
     import ray
 
@@ -42,6 +44,11 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None) -> None:
     cores = os.cpu_count() or 1
     start_local_ray(max(cores, math.ceil(cpus_needed)) + 2,
                     int(os.environ.get("MEMAE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES)))
+    have = float(ray.cluster_resources().get("GPU", 0))
+    if gpus_needed > have:
+        raise UserError(f"--gpus-per-worker asks for {gpus_needed:g} GPUs at once, and this "
+                        f"machine has {have:g} that Ray can use: drop --gpus-per-worker to run "
+                        "on its CPUs, or pass --address of a cluster with GPUs")
 
 
 def address_problem(target: str | None) -> tuple[str, str] | None:

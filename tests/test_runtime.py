@@ -6,8 +6,11 @@ import os
 import signal
 
 import pytest
+import torch
 
 from memae_dist.runtime import keeping_sigterm_handler
+from tests.evaluate.conftest import make_checkpoint
+from tests.faults.helpers import memae
 
 
 def test_local_ray_processes_find_their_own_state_api(ray_local):
@@ -44,3 +47,19 @@ def test_a_sigterm_inside_ray_init_ends_as_any_sigterm():
         assert signal.getsignal(signal.SIGTERM) is handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: Ray can use it")
+def test_gpus_a_local_ray_cannot_have_are_refused_not_waited_for(tiny_data, tmp_path):
+    # Before: Ray waited forever for a GPU that no autoscaler would ever bring.
+    ckpt = make_checkpoint(tmp_path / "checkpoint_epoch_0001", tiny_data)
+    for verb in (["train", "--config", "demo", "--data", tiny_data, "--storage", "runs",
+                  "--name", "g", "--workers", "1", "--epochs", "1"],
+                 ["score", "--checkpoint", ckpt, "--data", tiny_data, "--out", "s.parquet",
+                  "--workers", "1"]):
+        proc = memae(*verb, "--gpus-per-worker", "1", cwd=tmp_path, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1] == (
+            "memae-dist: error: --gpus-per-worker asks for 1 GPUs at once, and this machine "
+            "has 0 that Ray can use: drop --gpus-per-worker to run on its CPUs, or pass "
+            "--address of a cluster with GPUs")

@@ -158,7 +158,8 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     if cfg.workers:
         from memae_dist.runtime import ensure_ray
 
-        ensure_ray(cfg.workers * (cfg.cpus_per_worker or cfg.threads()), address)
+        ensure_ray(cfg.workers * (cfg.cpus_per_worker or cfg.threads()), address,
+                   gpus_needed=cfg.gpus_per_worker)
     t0 = time.perf_counter()  # from here: actors start, load the model, score
     if cfg.workers == 0:
         batches = _local_batches((config, state), kwargs, manifest, data_uri, videos)

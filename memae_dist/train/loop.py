@@ -113,7 +113,10 @@ def resume(w: Worker) -> TrainState:
         # node re-download into it while the first is still reading it.
         with tempfile.TemporaryDirectory() as tmp:
             download_dir(latest, Path(tmp), w.cfg.storage)
-            state, scaler = restore(Path(tmp), w.model, w.optimizer)
+            try:
+                state, scaler = restore(Path(tmp), w.model, w.optimizer)
+            except UserError as exc:  # name the checkpoint, not the private copy
+                raise UserError(str(exc).replace(tmp, latest)) from None
     if state.best_of not in (None, judged_by(w.cfg)):
         # The best so far was judged by another metric (the driver warns): a val_recon held
         # against the best loss would keep the wrong epoch. The choice starts over.

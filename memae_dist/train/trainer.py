@@ -28,6 +28,7 @@ from memae_dist.train.checkpoint import (
     read_checkpoint_config,
     restore_point,
     torch_load,
+    unreadable_state,
 )
 
 __all__ = ["TrainResult", "ensure_ray", "fit", "run_uri"]
@@ -84,8 +85,8 @@ def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | No
     data = saved.get("data") or {}
     if data.get("window", cfg.data.window) != cfg.data.window:
         changed.append(f"data.window={data['window']!r} (now {cfg.data.window!r})")
-    trained = trained_size(point, cfg.storage) if size else None
-    if trained and trained != tuple(size):
+    trained = trained_size(point, cfg.storage)
+    if trained and size and trained != tuple(size):
         changed.append(f"{trained[0]}x{trained[1]} frames (now {size[0]}x{size[1]} in "
                        f"{cfg.data.path})")
     if changed:
@@ -123,13 +124,20 @@ def _warn_changed_recipe(run: str, saved: dict, cfg: ExperimentConfig) -> None:
 
 
 def trained_size(ckpt_uri: str, storage=None) -> tuple[int, int] | None:
-    """The frame size a checkpoint was trained on (None for checkpoints older than the record)."""
+    """The frame size the checkpoint a run resumes from was trained on (None for checkpoints
+    older than the record). Read on the driver, so a damaged one is one line here, naming it,
+    before any worker tries to restore it."""
     import io
 
+    state_uri = join(ckpt_uri, STATE_FILE)
     try:
-        state = torch_load(io.BytesIO(read_bytes(join(ckpt_uri, STATE_FILE), storage)))
-    except Exception:  # noqa: BLE001 - restoring it names what is wrong with it, in one line
-        return None
+        state = torch_load(io.BytesIO(read_bytes(state_uri, storage)))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign: unreadable_state says which
+        raise UserError(f"{unreadable_state(state_uri, exc)}; the run resumes from its newest "
+                        f"checkpoint: delete {ckpt_uri} to resume from the one before it, or "
+                        "start a new run with another --name") from None
     size = (state.get("data") or {}).get("size") if isinstance(state, dict) else None
     return (int(size[0]), int(size[1])) if size and len(size) == 2 else None
 
@@ -211,7 +219,7 @@ def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,
     from memae_dist.train.loop import train_loop_per_worker
 
     train_cpus = cfg.train.workers * cfg.train.cpus_per_worker
-    ensure_ray(train_cpus, address)
+    ensure_ray(train_cpus, address, gpus_needed=cfg.train.workers * cfg.train.gpus_per_worker)
     check_room_for_data(train_cpus)
     fs, storage_path = portable_fs(absolute(cfg.run.storage), cfg.storage)
     experiment = for_workers(cfg)
@@ -236,9 +244,45 @@ def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,
     except SystemExit:
         # Ray's SIGINT handler aborts the run, then exits; callers see an interruption.
         raise KeyboardInterrupt("training aborted by SIGINT") from None
+    except Exception as exc:
+        raise_if_workers_lost(exc, cfg)
+        raise
     if result.error is not None:
+        raise_if_workers_lost(result.error, cfg)
         raise result.error
     return dict(result.metrics or {})
+
+
+def raise_if_workers_lost(error: BaseException, cfg: ExperimentConfig) -> None:
+    """Losing workers is no bug to show a traceback for: one line, and how to go on."""
+    lost = workers_lost(error)
+    if lost:
+        done = completed_epochs(run_uri(cfg), cfg)
+        raise UserError(
+            f"training stopped: {lost} after epoch {done} (train.max_failures="
+            f"{cfg.train.max_failures} restarts allowed); its checkpoint is kept: rerun the "
+            "same command to resume, or raise train.max_failures to let the run restart its "
+            "workers itself") from error
+
+
+def workers_lost(error: BaseException) -> str | None:
+    """What happened, when training failed because workers or their nodes went away (killed,
+    out of memory, node lost or preempted) rather than by an error in the training code."""
+    from ray.train.v2._internal.exceptions import (
+        WorkerHealthCheckFailedError,
+        WorkerHealthCheckTimeoutError,
+    )
+    from ray.train.v2.api.exceptions import PreemptionError
+
+    if isinstance(error, PreemptionError):
+        return "a node was preempted"
+    failures = list((getattr(error, "worker_failures", None) or {}).values())
+    gone = (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
+    if failures and all(isinstance(f, gone) for f in failures):
+        ranks = sorted(getattr(error, "worker_failures", {}))
+        return (f"training worker{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
+                "lost (killed, out of memory, or its node went away)")
+    return None
 
 
 def finished(run: str, cfg: ExperimentConfig, metrics: dict) -> TrainResult:

@@ -231,7 +231,8 @@ def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
     local = not (ray.is_initialized() or opts.address or os.environ.get("RAY_ADDRESS"))
     wanted = opts.max_concurrent or max(1, (os.cpu_count() or 1) // max(1, math.ceil(
         t.workers * t.cpus_per_worker)))
-    ensure_ray(min(wanted, total) * (t.workers * t.cpus_per_worker + TRIAL_CPU), opts.address)
+    ensure_ray(min(wanted, total) * (t.workers * t.cpus_per_worker + TRIAL_CPU), opts.address,
+               gpus_needed=t.workers * t.gpus_per_worker)
     return plan_concurrency(ray.cluster_resources(), t.workers, t.cpus_per_worker,
                             t.gpus_per_worker, total,
                             opts.max_concurrent or (wanted if local else None))

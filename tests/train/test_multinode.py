@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -20,6 +21,7 @@ import torch
 
 from memae_dist.config import ExperimentConfig, from_dict, load_config
 from memae_dist.data.storage import join, read_bytes
+from memae_dist.errors import UserError
 from memae_dist.runtime import start_local_ray
 from memae_dist.train.checkpoint import STATE_FILE
 from memae_dist.train.trainer import fit
@@ -252,3 +254,25 @@ def test_killed_worker_recovers_and_resume_is_exact(cluster, s3_data):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     assert [r["loss"] for r in resumed.history] == [r["loss"] for r in result.history]
+
+    # 3. With no restart allowed (train.max_failures=0, the default), a lost worker ends the
+    # run with one line saying so, not Ray's traceback; the kept checkpoint resumes it.
+    errors = []
+
+    def strict_run():
+        try:
+            fit(config(s3_data, *common, "train.epochs=3", "run.name=strict"))
+        except UserError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=strict_run, daemon=True)
+    thread.start()
+    wait_for_registered(f"{s3_data}/runs/strict", "checkpoint_epoch_0001", 900)
+    os.kill(train_worker_pids(next(iter(cluster.worker_nodes)))[0], signal.SIGKILL)
+    thread.join(timeout=900)
+    assert not thread.is_alive() and len(errors) == 1
+    assert re.fullmatch(r"training stopped: training worker \d lost \(killed, out of memory, or "
+                        r"its node went away\) after epoch \d \(train.max_failures=0 restarts "
+                        r"allowed\); its checkpoint is kept: rerun the same command to resume, "
+                        r"or raise train.max_failures to let the run restart its workers "
+                        r"itself", str(errors[0])), str(errors[0])

@@ -215,3 +215,20 @@ def test_a_new_checkpoint_metric_on_resume_chooses_the_best_afresh(tiny_data, tm
     best = min(result.history[2:], key=lambda row: row["val_recon"])["epoch"]
     assert (pointer["metric"], pointer["epoch"]) == ("val_recon", best)
     assert result.best_checkpoint_uri.endswith(f"best/checkpoint_epoch_{best:04d}")
+
+
+def test_a_damaged_checkpoint_is_named_before_any_worker_restores_it(tiny_data, tmp_path):
+    common = ["train.workers=0", "train.max_steps_per_epoch=2", "run.name=dmg"]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2"))
+    ckpt = tmp_path / "dmg" / "checkpoint_epoch_0002"
+    state = ckpt / STATE_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(UserError) as err:
+        fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
+    assert str(err.value).startswith(f"cannot read checkpoint {state}: ")  # not a temp copy
+    assert str(err.value).endswith(f"; the run resumes from its newest checkpoint: delete {ckpt} "
+                                   "to resume from the one before it, or start a new run with "
+                                   "another --name")
+    shutil.rmtree(ckpt)  # as the message says
+    resumed = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
