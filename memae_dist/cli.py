@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         what, code = ("terminated", 143) if term else ("interrupted", 130)
         hint = "; rerun the same command to resume" if args.command in RESUMABLE else ""
         print(f"memae-dist: {what}{hint}", file=sys.stderr)
+        from memae_dist.runtime import local_ray_gone
+
+        if local_ray_gone():  # our cleanup has run; Ray's at exit would hang, then abort
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
         return code
     except BrokenPipeError:
         # Whoever read our output left (`| head`): nothing more to say, and nowhere to say it.

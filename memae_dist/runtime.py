@@ -51,6 +51,24 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None,
                         "on its CPUs, or pass --address of a cluster with GPUs")
 
 
+def local_ray_gone() -> bool:
+    """Whether the local Ray this process started was signalled with it, as a SIGTERM sent to
+    the whole process group (``timeout``, systemd, a CI cancel) leaves it: its dashboard and
+    log monitor exit at once and its GCS stops answering, so any call into Ray waits a minute
+    for the GCS, then aborts the process, Ray's own shutdown at exit included. Its processes
+    run until Ray shuts down otherwise, so one that has exited tells."""
+    try:
+        from ray._private import worker
+
+        node = worker._global_node
+        if node is None or not node.head:
+            return False
+        return any(info.process.poll() is not None
+                   for infos in node.all_processes.values() for info in infos)
+    except Exception:  # noqa: BLE001 - Ray's internals moved: take it as there
+        return False
+
+
 def address_problem(target: str | None) -> tuple[str, str] | None:
     """A quick reason why ``target`` cannot be a Ray address (before a slow ray.init)."""
     if not target or target == "auto" or target.startswith("ray://"):

@@ -6,6 +6,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,6 +253,33 @@ def test_a_terminated_sweep_writes_its_partial_table(tiny_data, tmp_path):
     rows = read_rows(tmp_path / "out" / "trials.csv")
     assert [r["trial_id"] for r in rows] == [Path(marker).read_text()]
     assert not (tmp_path / "out" / "best.yaml").exists()
+
+
+def test_a_sigterm_to_the_whole_process_group_ends_the_sweep_at_once(tiny_data, tmp_path):
+    """`timeout`, systemd and CI cancels signal the process group: the local Ray stops with the
+    driver, so the way out must not call it (it used to wait 60 s, then abort with exit 1 and
+    the sweep's lock still held)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(BASE))
+    log = (tmp_path / "tune.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memae_dist.cli", "tune", "--space", "smoke", "--config",
+         str(base), "--data", copy_data(tiny_data, tmp_path), "--val-from-test", "1",
+         "--storage", str(tmp_path / "sweeps"), "--name", "pg", "--out", str(tmp_path / "out"),
+         "--no-test"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    deadline = time.monotonic() + 300
+    while "Trial status" not in (tmp_path / "tune.log").read_text(errors="replace"):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not start"
+        time.sleep(1)
+    t0 = time.monotonic()
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    assert time.monotonic() - t0 < 30
+    text = (tmp_path / "tune.log").read_text(errors="replace")
+    assert "memae-dist: terminated; rerun the same command to resume" in text
+    assert "Failed to connect to GCS" not in text
+    assert not (tmp_path / "sweeps" / "pg" / LOCK_FILE).exists()
 
 
 def last_err_line(capsys) -> str:
