@@ -91,6 +91,19 @@ def web_server():
     server.shutdown()
 
 
+@pytest.fixture(scope="module")
+def silent_server():
+    """Takes connections and never answers: a hung service, or a port forward to nothing."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    held = []
+    threading.Thread(target=lambda: [held.append(sock.accept()) for _ in iter(int, 1)],
+                     daemon=True).start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    sock.close()
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -109,14 +122,14 @@ VERBS = {
 
 
 @pytest.mark.parametrize("fault", ["endpoint-down", "wrong-credentials", "missing-bucket",
-                                   "not-s3"])
+                                   "not-s3", "silent"])
 @pytest.mark.parametrize("verb", sorted(VERBS))
 def test_unusable_store_fails_fast_naming_it(fault, verb, s3_server, auth_server, web_server,
-                                             tmp_path):
+                                             silent_server, tmp_path):
     bucket = "no-such-bucket-memae"
     endpoint = {"endpoint-down": f"http://127.0.0.1:{_free_port()}",
                 "wrong-credentials": auth_server, "missing-bucket": s3_server,
-                "not-s3": web_server}[fault]
+                "not-s3": web_server, "silent": silent_server}[fault]
     args = [a.format(s3=f"s3://{bucket}", tmp=tmp_path) for a in VERBS[verb]]
     t0 = time.monotonic()
     proc = memae(*args, cwd=tmp_path, env={"AWS_ENDPOINT_URL": endpoint})
@@ -124,7 +137,9 @@ def test_unusable_store_fails_fast_naming_it(fault, verb, s3_server, auth_server
     names = {"endpoint-down": (endpoint, "unreachable"),
              "wrong-credentials": ("access denied", "AWS credentials"),
              "missing-bucket": (bucket, "does not exist"),
-             "not-s3": (web_server, "does not answer like an S3 service")}[fault]
+             "not-s3": (web_server, "does not answer like an S3 service"),
+             "silent": (silent_server, "takes connections but does not answer (no reply in "
+                                       "10 s)")}[fault]
     line = assert_user_error(proc, *names)
     assert "dummy-secret" not in proc.stderr + proc.stdout, line
     assert elapsed < FAST_S, (elapsed, line)
