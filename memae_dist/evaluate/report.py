@@ -75,6 +75,7 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
                  given=bool(frames), data=sources and sources[2])
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
+        clear_previous(out_dir)
     scored = [v for v in videos if v.name in labelled]
     if scored:
         report.metrics = evaluate_videos(scored)
@@ -211,6 +212,18 @@ def _sig(value) -> str:
 
 def _rel(path: Path, root: Path) -> str:
     return html.escape(path.relative_to(root).as_posix(), quote=True)
+
+
+def clear_previous(out_dir: Path) -> None:
+    """A reused report folder loses the previous report's figures, its index first: the folder
+    never mixes two reports, and one stopped half-way has no index to open. Only the report's
+    own names go; anything else there (the scores file itself) stays."""
+    (out_dir / "index.html").unlink(missing_ok=True)
+    for name in ("roc.png", "memory_slots.png"):
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in ("videos", "triptychs"):
+        for png in (out_dir / folder).glob("*.png"):
+            png.unlink()
 
 
 def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoScores],

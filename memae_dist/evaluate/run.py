@@ -59,7 +59,13 @@ def evaluate_checkpoint(
 def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str | None = None,
                     storage: StorageConfig | None = None) -> dict:
     """The same metrics from an existing ``memae-dist score`` file (no model needed)."""
+    from memae_dist.commands.common import same_file
+
     table, meta = read_scores(scores_uri, storage)
+    stale = Path(out_dir) / SCORES_FILE
+    if stale.is_file() and not same_file(str(stale), scores_uri):
+        with writing(Path(out_dir)):  # an earlier evaluation's scores: not these metrics'
+            stale.unlink()
     return evaluate_table(table, meta, Path(out_dir), protocol, scores_uri=scores_uri)
 
 

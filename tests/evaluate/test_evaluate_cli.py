@@ -150,3 +150,17 @@ def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path,
     for point in metrics["thresholds"]["at_fpr"]:
         if point["threshold"] is not None:
             assert (raw >= point["threshold"]).mean() <= point["target_fpr"]
+
+
+def test_a_reused_folder_keeps_no_scores_of_another_evaluation(tmp_path):
+    out = tmp_path / "ev"
+    first = write_scores_file(tmp_path / "a.parquet")
+    assert main(["evaluate", "--scores", first, "--out", str(out)]) == 0
+    (out / "scores.parquet").write_bytes(Path(first).read_bytes())  # as --checkpoint leaves it
+    other = write_scores_file(tmp_path / "b.parquet", abnormal_from=3)
+    assert main(["evaluate", "--scores", other, "--out", str(out)]) == 0
+    assert not (out / "scores.parquet").exists()  # not these metrics' scores
+    # Its own scores file, evaluated again in place, stays.
+    (out / "scores.parquet").write_bytes(Path(other).read_bytes())
+    assert main(["evaluate", "--scores", str(out / "scores.parquet"), "--out", str(out)]) == 0
+    assert (out / "scores.parquet").exists()

@@ -130,6 +130,15 @@ def test_report_top_frames_and_missing_model(scores, tmp_path):
     assert "No reconstructions or memory picture" in " ".join(page.text)
     # A frame without a score is refused with a clear message.
     assert main(["report", "--scores", str(scores), "--out", str(out), "--frame", "01:3"]) == 2
+    # A reused folder holds one report: the earlier one's figures go (two videos fewer now).
+    (out / "videos" / "zz.png").write_bytes(b"")
+    (out / "notes.txt").write_text("mine")
+    two = tmp_path / "two.parquet"
+    keep = pa.array([v in ("01", "02") for v in table.column("video").to_pylist()])
+    write_scores(str(two), table.filter(keep), meta)
+    assert main(["report", "--scores", str(two), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["01.png", "02.png"]
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_report_into_an_unwritable_folder_says_which_file(scores, tmp_path, capsys):
