@@ -92,7 +92,7 @@ def file_target(value: str, example: str, flag: str = "--out", storage=None,
     if not value.strip():
         raise UserError(f"{flag} is empty; give a file's name (e.g. {example})")
     for name in inputs:
-        if name and same_file(value, name):
+        if name and st.same_file(value, name):
             raise UserError(f"{flag} {value}: is the input file; give another name")
     for folder, what in keep:
         if folder and _overwrites_a_file_in(value, folder, what, storage):
@@ -114,17 +114,6 @@ def file_target(value: str, example: str, flag: str = "--out", storage=None,
     if st.is_folder(value, storage):
         raise UserError(f"{flag} {value}: is a folder; give the file's name "
                         f"(e.g. {value}/{example})")
-
-
-def same_file(a: str, b: str) -> bool:
-    """Whether two URIs name one file: local paths resolved (links, ``..``), S3 keys as written."""
-    from memae_dist.data import storage as st
-
-    if st.is_remote(a) != st.is_remote(b):
-        return False
-    if st.is_remote(a):
-        return a.split("://", 1)[1].strip("/") == b.split("://", 1)[1].strip("/")
-    return Path(st.local_path(a)).resolve() == Path(st.local_path(b)).resolve()
 
 
 # What a checkpoint or run folder, and a dataset, hold at their top level (all of what lies in
@@ -215,21 +204,30 @@ def add_experiment_flags(p: argparse.ArgumentParser, address: bool = True) -> No
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
 
 
+# The flags of add_experiment_flags that set a config key.
+EXPERIMENT_FLAGS = (("data", "data.path"), ("epochs", "train.epochs"),
+                    ("workers", "train.workers"), ("storage", "run.storage"),
+                    ("name", "run.name"), ("cpus_per_worker", "train.cpus_per_worker"),
+                    ("gpus_per_worker", "train.gpus_per_worker"))
+
+
+def given_flags(args: argparse.Namespace) -> dict[str, str]:
+    """``{config key: the flag as typed}`` for each experiment flag given."""
+    return {key: f"--{flag.replace('_', '-')} {getattr(args, flag)}"
+            for flag, key in EXPERIMENT_FLAGS if getattr(args, flag, None) is not None}
+
+
 def experiment_config(args: argparse.Namespace):
     """The validated config from ``--config`` plus the flags above and ``--set`` overrides."""
     from memae_dist.config import load_config
 
-    overrides, labels, given = [], [], {}
-    for flag, key in (("data", "data.path"), ("epochs", "train.epochs"),
-                      ("workers", "train.workers"), ("storage", "run.storage"),
-                      ("name", "run.name"), ("cpus_per_worker", "train.cpus_per_worker"),
-                      ("gpus_per_worker", "train.gpus_per_worker")):
+    overrides, given = [], given_flags(args)
+    for flag, key in EXPERIMENT_FLAGS:
         value = getattr(args, flag, None)
         if value is not None:
             # Strings are quoted so YAML keeps them strings (--name 2024, --name yes).
             overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
-            labels.append(f"--{flag.replace('_', '-')} {value}")
-            given[key] = labels[-1]
+    labels = list(given.values())
     refuse_twice(given, args.set)
     overrides += args.set or []
     return load_config(resolve_config_path(args.config), overrides, labels=labels)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import add_experiment_flags, experiment_config, file_target
+from memae_dist.commands.common import (
+    add_experiment_flags,
+    experiment_config,
+    file_target,
+    given_flags,
+)
 
 
 def register(sub) -> None:
@@ -28,10 +33,7 @@ def run(args: argparse.Namespace) -> int:
                             "reads one on this machine)")
         file_target(args.out, "recipe.yaml", inputs=(args.config,))
     cfg = experiment_config(args)
-    given = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-             if k in ("data", "epochs", "workers", "cpus_per_worker", "gpus_per_worker",
-                      "storage", "name") and v is not None]
-    given += [f"--set {item}" for item in args.set or []]
+    given = [*given_flags(args).values(), *(f"--set {item}" for item in args.set or [])]
     header = [f"memae-dist experiment config: {args.config or 'the built-in defaults'}"
               + (f", with {' '.join(given)}" if given else ""),
               "Every setting with what it means; train from it with "

@@ -308,6 +308,15 @@ def delete(uri: str, cfg: StorageConfig | None = None) -> None:
                 fs.delete_dir(path)
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two URIs name one file: local paths resolved (links, ``..``), S3 keys as written."""
+    if is_remote(a) != is_remote(b):
+        return False
+    if is_remote(a):
+        return a.split("://", 1)[1].strip("/") == b.split("://", 1)[1].strip("/")
+    return os.path.realpath(local_path(a)) == os.path.realpath(local_path(b))
+
+
 def first_missing_folder(root: str) -> str | None:
     """The outermost folder of a local ``root`` that does not exist yet (None if it does)."""
     if is_remote(root):

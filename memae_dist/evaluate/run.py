@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from memae_dist.data.storage import StorageConfig
+from memae_dist.data.storage import StorageConfig, same_file
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import ScoreConfig, read_scores, score_dataset, video_scores
 from memae_dist.evaluate.plots import plot_roc, plot_score_curves, writing
@@ -59,8 +59,6 @@ def evaluate_checkpoint(
 def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str | None = None,
                     storage: StorageConfig | None = None) -> dict:
     """The same metrics from an existing ``memae-dist score`` file (no model needed)."""
-    from memae_dist.commands.common import same_file
-
     table, meta = read_scores(scores_uri, storage)
     stale = Path(out_dir) / SCORES_FILE
     if stale.is_file() and not same_file(str(stale), scores_uri):
