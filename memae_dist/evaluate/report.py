@@ -217,13 +217,14 @@ def _rel(path: Path, root: Path) -> str:
 def clear_previous(out_dir: Path) -> None:
     """A reused report folder loses the previous report's figures, its index first: the folder
     never mixes two reports, and one stopped half-way has no index to open. Only the report's
-    own names go; anything else there (the scores file itself) stays."""
-    (out_dir / "index.html").unlink(missing_ok=True)
-    for name in ("roc.png", "memory_slots.png"):
-        (out_dir / name).unlink(missing_ok=True)
+    own names go, and only files: anything else there (the scores file itself, a folder in a
+    figure's way, which its write then names) stays."""
+    figures = [out_dir / "index.html", out_dir / "roc.png", out_dir / "memory_slots.png"]
     for folder in ("videos", "triptychs"):
-        for png in (out_dir / folder).glob("*.png"):
-            png.unlink()
+        figures += (out_dir / folder).glob("*.png")
+    for path in figures:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoScores],
