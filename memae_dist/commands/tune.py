@@ -47,7 +47,7 @@ def resolve_space(name: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     from memae_dist.commands.common import local_folder, refuse_twice, resolve_config_path
     from memae_dist.config import load_config
-    from memae_dist.data.storage import first_missing_folder, remove_empty_folders
+    from memae_dist.data.storage import first_missing_folder, local_path, remove_empty_folders
     from memae_dist.errors import UserError
     from memae_dist.evaluate.definitions import PROTOCOLS
     from memae_dist.tune.space import load_space
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     except UserError:
         # Refused before any result: no empty --out folder is left for the user to clear.
         if created is not None:
-            remove_empty_folders(str(out), created)
+            remove_empty_folders(local_path(str(out)), created)
         raise
     print(f"sweep: {result.path}")
     print(f"table: {out / 'trials.csv'}")

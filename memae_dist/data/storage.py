@@ -337,9 +337,10 @@ def remove_empty_folders(path: str, outermost: str) -> None:
             pass
         except OSError:
             return
-        if path == outermost:
+        parent = os.path.dirname(path)
+        if path == outermost or parent == path:  # "" and "/" are their own parents
             return
-        path = os.path.dirname(path)
+        path = parent
 
 
 # --------------------------------------------------------------------------------- internals

@@ -276,10 +276,13 @@ def workers_lost(error: BaseException) -> str | None:
 
     if isinstance(error, PreemptionError):
         return "a node was preempted"
-    failures = list((getattr(error, "worker_failures", None) or {}).values())
     gone = (WorkerHealthCheckFailedError, WorkerHealthCheckTimeoutError)
-    if failures and all(isinstance(f, gone) for f in failures):
-        ranks = sorted(getattr(error, "worker_failures", {}))
+    # The other ranks then fail too, in the collective that waited for the lost one (a gloo
+    # "connection closed by peer"): the lost worker is the cause worth naming.
+    ranks = sorted(rank for rank, failure in
+                   (getattr(error, "worker_failures", None) or {}).items()
+                   if isinstance(failure, gone))
+    if ranks:
         return (f"training worker{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))} "
                 "lost (killed, out of memory, or its node went away)")
     return None

@@ -79,6 +79,7 @@ def test_removing_empty_folders_passes_over_missing_ones(tmp_path):
     (made / "kept" / "f").unlink()
     storage.remove_empty_folders(str(made / "kept"), str(made))
     assert list(tmp_path.iterdir()) == []
+    storage.remove_empty_folders("never-made", str(made))  # returns, though never at `made`
 
 
 @pytest.mark.parametrize("form", ["path", "file"])
