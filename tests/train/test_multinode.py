@@ -124,7 +124,8 @@ def grad_probe(config: dict) -> None:
     ray.train.report({})
 
 
-def reference_grads(cfg: ExperimentConfig, clips: np.ndarray, world: int) -> dict:
+def reference_grads(cfg: ExperimentConfig, clips: np.ndarray, world: int,
+                    dtype: torch.dtype = torch.float64) -> dict:
     """Single process, plain BatchNorm: micro-batch i is every rank's i-th micro-batch.
 
     In float64: at initialisation the memory hands the decoder near-identical codes, so its
@@ -135,8 +136,8 @@ def reference_grads(cfg: ExperimentConfig, clips: np.ndarray, world: int) -> dic
     from memae_dist.models.build import model_input
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).train().double()
-    x = model_input(torch.from_numpy(clips), "video").double()
+    model = build_model(cfg.model).train().to(dtype)
+    x = model_input(torch.from_numpy(clips), "video").to(dtype)
     per_rank = [part.chunk(cfg.train.grad_accum) for part in x.chunk(world)]
     for i in range(cfg.train.grad_accum):
         batch = torch.cat([micros[i] for micros in per_rank])
@@ -163,6 +164,10 @@ def test_ddp_gradients_equal_single_process_gradients(cluster, tmp_path):
     # Rank 0's loss was finite, yet it skipped with rank 1: the vote keeps DDP in step.
     assert [got["skipped"] for got in ranks] == [True, True]
     expected = reference_grads(cfg, clips, world=2)
+    # One fp32 process is itself this far from float64 on some CPUs (2.5e-3 of encoder.0's
+    # scale on an Intel Xeon with AMX, with and without AMX kernels): the workers must be as
+    # close as it is, and a DDP or BatchNorm mistake is off by far more.
+    single = reference_grads(cfg, clips, world=2, dtype=torch.float32)
     # Float sums in another order: relative to each tensor, plus a floor for the biases that
     # feed a BatchNorm (their true gradient is 0; both sides hold rounding noise).
     floor = 1e-6 * max(float(g.abs().max()) for g in expected.values())
@@ -170,7 +175,9 @@ def test_ddp_gradients_equal_single_process_gradients(cluster, tmp_path):
         scale = float(ref.abs().max())
         for r, got in enumerate(ranks):
             err = float((got["grads"][name] - ref).abs().max())
-            assert err <= 1e-4 * scale + floor, f"rank {r} {name}: {err} vs scale {scale}"
+            slack = 2 * float((single[name] - ref).abs().max())
+            assert err <= max(1e-4 * scale, slack) + floor, (
+                f"rank {r} {name}: {err} vs scale {scale}, one fp32 process {slack / 2}")
 
 
 # ------------------------------------------------------------------ failures and resume
