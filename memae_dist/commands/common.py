@@ -64,6 +64,9 @@ def local_folder(value: str, flag: str = "--out") -> Path:
     if "://" in value:
         raise UserError(f"{flag} {value}: must be a local folder (this command writes its "
                         "figures and tables on this machine)")
+    from memae_dist.data.storage import local_path
+
+    local_path(value)  # a mistyped "s3:/..." is refused, not made a folder named "s3:"
     path = Path(value)
     try:
         exists = path.exists()  # a name too long for the filesystem raises here

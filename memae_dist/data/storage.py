@@ -100,8 +100,15 @@ def is_remote(uri: str) -> bool:
                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         if not netloc:
             raise UserError(f"S3 URI must name a bucket: {uri!r} (s3://BUCKET/PATH)")
+        if "//" in urlsplit(uri).path.rstrip("/"):
+            # S3 keys may hold "//", but pyarrow refuses them, and it is a slip far more often.
+            raise UserError(f"{uri!r} has an empty path component ('//'); write "
+                            "s3://BUCKET/PREFIX/... with single slashes")
         return True
-    if scheme in ("", "file"):
+    if scheme == "":
+        _refuse_mistyped_uri(uri)
+        return False
+    if scheme == "file":
         return False
     raise UserError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)")
 
@@ -126,6 +133,7 @@ def local_path(uri: str) -> str:
             raise UserError(f"file:// URI must be local (file:///abs/path), got {uri!r}")
         return os.path.abspath(parts.path)
     if scheme == "":
+        _refuse_mistyped_uri(uri)
         return os.path.abspath(os.path.expanduser(uri))
     raise UserError(f"{uri!r} is not a local path")
 
@@ -349,6 +357,15 @@ def remove_empty_folders(path: str, outermost: str) -> None:
 def _scheme(uri: str) -> str:
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
     return match.group(1).lower() if match else ""
+
+
+def _refuse_mistyped_uri(path: str) -> None:
+    # "s3:/b/x" or "s3//b/x" would otherwise become local folders named "s3:" or "s3": on a
+    # cluster, checkpoints in one job's throw-away working directory.
+    if (re.match(r"[A-Za-z][A-Za-z0-9+.-]*:(/|$)", path) or path.startswith("s3//")
+            or re.match(r"(?i)(s3[an]?|gs|gcs|az|abfss?|hdfs|https?|file):", path)):
+        raise UserError(f"{path!r} looks like a mistyped URI: write s3://BUCKET/PATH for S3, "
+                        f"file:///ABS/PATH, or ./{path} for a local folder of that name")
 
 
 def _s3_path(uri: str) -> str:

@@ -5,7 +5,6 @@ A marker goes from the driver to each node and back; every failure names its fix
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -24,8 +23,7 @@ _PACKAGE_FIX = ("ship the package with the job (`ray job submit --working-dir . 
 
 def storage_root(cfg: ExperimentConfig) -> str:
     """The run storage as the driver sees it (a local path made absolute, as fit() does)."""
-    root = cfg.run.storage
-    return root if "://" in root else os.path.abspath(root)
+    return storage.absolute(cfg.run.storage)  # also refuses a mistyped "s3:/..."
 
 
 def storage_and_node_checks(cfg: ExperimentConfig, nodes: list[dict], *,

@@ -156,3 +156,22 @@ def test_unreachable_endpoint_fails_fast_without_secrets(s3_server, monkeypatch)
     msg = str(err.value)
     assert f"127.0.0.1:{port}" in msg and "s3://bucket/x.bin" in msg
     assert "unreachable" in msg and DUMMY_SECRET not in msg
+
+
+@pytest.mark.parametrize("uri", ["s3://b//x", "s3://b/x//y", "s3://b/x//y/"])
+def test_an_s3_uri_with_an_empty_path_component_is_refused(uri):
+    with pytest.raises(UserError, match=r"empty path component \('//'\)"):
+        storage.is_remote(uri)
+    assert storage.is_remote("s3://b/x/y//")  # only trailing slashes: the same prefix
+
+
+@pytest.mark.parametrize("typo", ["s3:/b/x", "s3:b/x", "S3:/b", "gs:/b/x", "s3//b/x", "s3:"])
+def test_a_mistyped_uri_is_not_taken_for_a_local_folder(typo, tmp_path):
+    with pytest.raises(UserError, match="mistyped URI") as err:
+        storage.is_remote(typo)
+    assert f"./{typo}" in str(err.value)
+    with pytest.raises(UserError, match="mistyped URI"):
+        storage.local_path(typo)
+    # What the message offers for a local folder of that name works.
+    assert not storage.is_remote(f"./{typo}")
+    assert not storage.is_remote(str(tmp_path / "s3:" / "x"))
