@@ -67,3 +67,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["config", "--config", str(mine), "--out", str(mine)]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert mine.read_text() == "train:\n  epochs: 2\n" and sorted(tmp_path.iterdir()) == [mine]
+    # A folder that cannot be written (here: not a folder at all): one line, not a traceback.
+    assert main(["config", "--config", "demo", "--out", "/proc/no-such-recipe.yaml"]) == 2
+    assert capsys.readouterr().err == ("memae-dist: error: --out /proc/no-such-recipe.yaml: "
+                                       "cannot write there: no such file or directory\n")

@@ -78,7 +78,29 @@ def local_folder(value: str, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {value}: names a file; give a folder (this command writes "
                         "several files into it)")
     _no_file_in_the_way(path, value, flag)
+    check_writable(path, value, flag)
     return path
+
+
+def check_writable(folder: Path, value: str, flag: str) -> None:
+    """Refuse, before hours of scoring, a ``folder`` that cannot take files (permissions, a
+    read-only or virtual filesystem). It is made and tried, then what this made is removed."""
+    import tempfile
+
+    from memae_dist.data.storage import first_missing_folder, remove_empty_folders
+
+    folder = folder.absolute()
+    made = first_missing_folder(str(folder))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".memae-write-check-"):
+            pass
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        raise UserError(f"{flag} {value}: cannot write there: {reason}") from None
+    finally:
+        if made:
+            remove_empty_folders(str(folder), made)
 
 
 def file_target(value: str, example: str, flag: str = "--out", storage=None,
@@ -112,6 +134,7 @@ def file_target(value: str, example: str, flag: str = "--out", storage=None,
                             f"(e.g. {shown / example})")
         _no_file_in_the_way(path, value, flag)
         writable_path(path)
+        check_writable(path.parent, value, flag)
         return
     st.check_bucket(value, storage)
     if st.is_folder(value, storage):

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.data.atomic import atomic_local
     from memae_dist.data.storage import is_remote, local_path
     from memae_dist.errors import UserError
+    from memae_dist.evaluate.plots import writing
 
     if args.out is not None:
         if is_remote(args.out):
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text, end="")
         return 0
-    with atomic_local(local_path(args.out), "w", encoding="utf-8") as fh:
+    target = local_path(args.out)
+    with writing(target), atomic_local(target, "w", encoding="utf-8") as fh:
         fh.write(text)
     print(f"config: {args.out}")
     return 0

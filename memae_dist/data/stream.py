@@ -129,7 +129,8 @@ def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
         raise UserError(
             f"data.window={cfg.window} is longer than the dataset {data_uri} supports "
             f"(segments overlap by {manifest.segment_overlap} frames: window <= "
-            f"{manifest.segment_overlap + 1}); re-run prepare with a larger overlap"
+            f"{manifest.segment_overlap + 1}, the window length it was prepared for); set "
+            f"data.window to at most {manifest.segment_overlap + 1}"
         )
     shortest = min(v.num_frames for v in manifest.videos(cfg.train_split))
     if cfg.window > shortest:

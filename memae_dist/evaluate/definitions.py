@@ -16,8 +16,8 @@ METRICS = {
     "average_precision": "average precision (area under precision-recall, abnormal = positive) "
                          "over the pooled per-video normalised scores",
     "average_precision_micro": "average precision over the pooled raw errors",
-    "ap_per_video_mean": "mean of the per-video average precisions (videos without an "
-                         "abnormal frame are left out)",
+    "ap_per_video_mean": "mean of the per-video average precisions (videos with one class "
+                         "only are left out)",
     "eer": "equal-error rate (where false-positive rate = miss rate) over the pooled per-video "
            "normalised scores; lower is better",
     "eer_micro": "equal-error rate over the pooled raw errors; lower is better",

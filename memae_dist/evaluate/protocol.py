@@ -164,8 +164,9 @@ def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def _ap(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    # AP is defined whenever there is a positive; with no positive it is not.
-    return float(average_precision_score(labels, scores)) if labels.sum() > 0 else None
+    # With no normal frame every ranking has precision 1 at each hit: an AP of 1.0 that measures
+    # nothing (and would lift the per-video mean by every all-abnormal video), so None, as AUC.
+    return float(average_precision_score(labels, scores)) if _both_classes(labels) else None
 
 
 def equal_error_rate(labels, scores) -> float | None:

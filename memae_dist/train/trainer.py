@@ -191,10 +191,14 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     check_model_input(manifest, cfg.model, cfg.data.path)
     check_enough_windows(manifest, cfg.data, cfg.train.batch_size, cfg.data.path)
     check_val_split(cfg, manifest)
+    for warning in training_split_warnings(cfg, manifest):
+        log.warning("%s", warning)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
         check_same_model(run, cfg, manifest.size)
         done = completed_epochs(run, cfg)
+        if done:  # an attempt cut off before its own pruning left more than it keeps
+            prune(run, cfg.train.keep_checkpoints, cfg.storage)
         if done >= cfg.train.epochs:
             log.info("%s already finished %d epochs (train.epochs=%d): nothing to do", run,
                      done, cfg.train.epochs)
@@ -204,10 +208,31 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         # Checkpoints record the frame size: scoring refuses data at a size the model never
         # saw, and export takes its input size from there.
         trained_on = {"size": list(manifest.size)}
+        # An attempt cut off before its own pruning left extra checkpoints: drop them first
+        # (and then Ray's record of them), or each interrupted attempt would add more.
         forget_missing(run, cfg.storage)
         metrics = run_trainer(cfg, address, callbacks, trained_on)
         prune(run, cfg.train.keep_checkpoints, cfg.storage)
         return finished(run, cfg, metrics)
+
+
+def training_split_warnings(cfg: ExperimentConfig, manifest) -> list[str]:
+    """What is wrong with learning normality from ``data.train_split``: labelled anomalies in
+    it (learned as normal), or the very split that evaluation scores. A warning, not a refusal:
+    a study of contaminated training data does this on purpose."""
+    split, warnings = cfg.data.train_split, []
+    videos = manifest.videos(split)
+    abnormal = [v for v in videos if v.abnormal]
+    if abnormal:
+        frames = sum(int(manifest.frame_labels(v).sum()) for v in abnormal)
+        warnings.append(
+            f"data.train_split={split!r} of {cfg.data.path} holds {frames} abnormal frames in "
+            f"{len(abnormal)} of its {len(videos)} videos: the model learns them as normal; "
+            "train on a split of normal footage")
+    if split == cfg.eval.split:
+        warnings.append(f"data.train_split={split!r} is also eval.split: the model would be "
+                        "scored on the frames it trained on")
+    return warnings
 
 
 def run_trainer(cfg: ExperimentConfig, address: str | None, callbacks,

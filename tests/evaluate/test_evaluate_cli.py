@@ -126,9 +126,21 @@ def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
     assert capsys.readouterr().err == (f"memae-dist: error: cannot write {out / 'metrics.json'}"
                                        ": is a directory\n")
     assert not list(out.glob(".*.tmp-*"))
-    assert main(["evaluate", "--scores", scores, "--out", "/proc/memae-dist/eval"]) == 2
-    assert capsys.readouterr().err.startswith(
-        "memae-dist: error: cannot write /proc/memae-dist/eval: ")
+    # A folder no file can go into is refused before any scoring (a checkpoint's would take
+    # hours), and nothing is left of the attempt.
+    for argv in (["evaluate", "--scores", scores], ["evaluate", "--checkpoint", "nowhere"],
+                 ["report", "--scores", scores]):
+        assert main([*argv, "--out", "/proc/memae-dist/eval"]) == 2
+        assert capsys.readouterr().err == ("memae-dist: error: --out /proc/memae-dist/eval: "
+                                           "cannot write there: no such file or directory\n")
+    assert main(["score", "--checkpoint", "nowhere", "--data", "none", "--out",
+                 "/proc/memae-dist/s.parquet"]) == 2
+    assert capsys.readouterr().err == ("memae-dist: error: --out /proc/memae-dist/s.parquet: "
+                                       "cannot write there: no such file or directory\n")
+    missing = tmp_path / "a" / "b"
+    assert main(["evaluate", "--scores", str(tmp_path / "none.parquet"), "--out",
+                 str(missing)]) == 2
+    assert "none.parquet" in capsys.readouterr().err and not (tmp_path / "a").exists()
     # The same file into a writable folder: the failures above were the folder's alone.
     assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ok")]) == 0
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["scores"] == scores

@@ -150,7 +150,9 @@ def test_per_video_mean_skips_single_class_videos():
     assert m["auc_per_video_mean"] == pytest.approx(0.875)
     per = {p["name"]: p for p in m["per_video"]}
     assert per["C"]["auc"] is None and per["C"]["ap"] is None and per["C"]["n_abnormal"] == 0
-    assert per["D"]["auc"] is None and per["D"]["ap"] == 1.0 and per["D"]["n_frames"] == 3
+    # D's AP would be 1.0 whatever its scores: undefined too, and kept out of the AP mean.
+    assert per["D"]["auc"] is None and per["D"]["ap"] is None and per["D"]["n_frames"] == 3
+    assert m["ap_per_video_mean"] == pytest.approx((1.0 + per["B"]["ap"]) / 2)
     assert per["B"]["auc"] == pytest.approx(0.75)
 
 

@@ -232,3 +232,37 @@ def test_a_damaged_checkpoint_is_named_before_any_worker_restores_it(tiny_data, 
     shutil.rmtree(ckpt)  # as the message says
     resumed = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_training_on_labelled_anomalies_or_the_scored_split_is_warned(tiny_data, tmp_path):
+    from memae_dist.data.manifest import load_manifest
+    from memae_dist.train.trainer import training_split_warnings
+
+    manifest = load_manifest(tiny_data)
+    assert training_split_warnings(tiny_config(tiny_data, tmp_path), manifest) == []
+    on_test = tiny_config(tiny_data, tmp_path, "data.train_split=test")
+    abnormal = sum(int(manifest.frame_labels(v).sum()) for v in manifest.videos("test"))
+    first, second = training_split_warnings(on_test, manifest)
+    assert first == (f"data.train_split='test' of {tiny_data} holds {abnormal} abnormal frames "
+                     "in 2 of its 2 videos: the model learns them as normal; train on a split "
+                     "of normal footage")
+    assert second == ("data.train_split='test' is also eval.split: the model would be scored "
+                      "on the frames it trained on")
+
+
+def test_checkpoints_left_by_a_cut_off_attempt_are_pruned_by_the_next(tiny_data, tmp_path):
+    # A stopped attempt never reaches its pruning: here, a run that kept 3 is rerun keeping
+    # fewer, as a rerun after Ctrl-C finds the extra checkpoints of the attempt it resumes.
+    common = ["train.max_steps_per_epoch=2", "run.name=cut", "train.workers=0"]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3", "train.keep_checkpoints=3"))
+
+    def kept():
+        return sorted(p.name for p in (tmp_path / "cut").glob("checkpoint_epoch_*"))
+
+    assert kept() == [f"checkpoint_epoch_000{i}" for i in (1, 2, 3)]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3", "train.keep_checkpoints=1"))
+    assert kept() == ["checkpoint_epoch_0003"]  # finished already: pruned all the same
+    last = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=4",
+                           "train.keep_checkpoints=1"))
+    assert [r["epoch"] for r in last.history] == [1, 2, 3, 4]
+    assert kept() == ["checkpoint_epoch_0004"]
