@@ -208,9 +208,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         # Checkpoints record the frame size: scoring refuses data at a size the model never
         # saw, and export takes its input size from there.
         trained_on = {"size": list(manifest.size)}
-        # An attempt cut off before its own pruning left extra checkpoints: drop them first
-        # (and then Ray's record of them), or each interrupted attempt would add more.
-        forget_missing(run, cfg.storage)
+        forget_missing(run, cfg.storage)  # after the pruning above: it may drop what Ray names
         metrics = run_trainer(cfg, address, callbacks, trained_on)
         prune(run, cfg.train.keep_checkpoints, cfg.storage)
         return finished(run, cfg, metrics)
