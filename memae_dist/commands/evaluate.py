@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import local_folder, storage_config
+from memae_dist.commands.common import storage_config
 from memae_dist.commands.score import add_scoring_flags, score_config
 
 
@@ -23,7 +23,8 @@ def register(sub) -> None:
     src.add_argument("--checkpoint", help="checkpoint URI or run URI (scores it first)")
     src.add_argument("--scores", help="an existing 'memae-dist score' file: no model needed")
     p.add_argument("--data", help="prepared dataset URI (with --checkpoint)")
-    p.add_argument("--out", required=True, help="folder for metrics.json, frames.csv, plots")
+    p.add_argument("--out", required=True,
+                   help="folder for metrics.json, frames.csv, plots: a path or an s3:// prefix")
     p.add_argument("--protocol", default=None, choices=["paper", "micro", "per-video"],
                    help=_protocol_help())
     add_scoring_flags(p, workers_default=1)
@@ -32,25 +33,38 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from memae_dist.commands.outdir import output_folder
+    from memae_dist.data.storage import is_remote, join, same_file
     from memae_dist.errors import UserError
     from memae_dist.evaluate.batch_score import score_dataset
-    from memae_dist.evaluate.run import SCORES_FILE, evaluate_scores, evaluate_table
+    from memae_dist.evaluate.run import (
+        EVALUATION_FILES,
+        SCORES_FILE,
+        evaluate_scores,
+        evaluate_table,
+    )
 
-    out = local_folder(args.out)
     storage = storage_config(args)
+    remote = bool(args.out.strip()) and is_remote(args.out)
+    owned = EVALUATION_FILES
     if args.scores:
         refuse_scoring_flags(args)
-        metrics = evaluate_scores(args.scores, out, args.protocol, storage)
-    else:
-        if not args.data:
-            raise UserError("--checkpoint needs --data (the prepared dataset to score)")
-        # No out.mkdir here: the scores file creates the folder once scoring has worked.
-        result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
-                               score_config(args), storage=storage, address=args.address,
-                               need_labels=True)
-        metrics = evaluate_table(result.table, result.meta, out, args.protocol)
+        if remote and same_file(join(args.out, SCORES_FILE), args.scores):
+            owned = tuple(n for n in owned if n != SCORES_FILE)  # the input stays
+    elif not args.data:
+        raise UserError("--checkpoint needs --data (the prepared dataset to score)")
+    with output_folder(args.out, storage, commit="metrics.json", owned=owned) as out:
+        if args.scores:
+            metrics = evaluate_scores(args.scores, out, args.protocol, storage)
+        else:
+            # No out.mkdir here: the scores file creates the folder once scoring has worked.
+            result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
+                                   score_config(args), storage=storage, address=args.address,
+                                   need_labels=True)
+            metrics = evaluate_table(result.table, result.meta, out, args.protocol,
+                                     scores_uri=join(args.out, SCORES_FILE) if remote else None)
     print_evaluation(metrics)
-    print(f"metrics: {out / 'metrics.json'}")
+    print(f"metrics: {join(args.out, 'metrics.json') if remote else out / 'metrics.json'}")
     return 0
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from memae_dist.commands.common import add_storage_config_flag, local_folder, storage_config
+from memae_dist.commands.common import add_storage_config_flag, storage_config
 
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="figures and an index.html from a scores file")
     p.add_argument("--scores", required=True, help="scores file written by 'memae-dist score'")
-    p.add_argument("--out", required=True, help="output folder (index.html and PNGs)")
+    p.add_argument("--out", required=True,
+                   help="output folder (index.html and PNGs): a path or an s3:// prefix")
     p.add_argument("--checkpoint", help="model for the reconstructions (default: the one "
                                         "recorded in the scores file)")
     p.add_argument("--data", help="prepared dataset with the frames (default: the recorded one)")
@@ -26,18 +27,22 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from memae_dist.commands.outdir import output_folder
+    from memae_dist.data.storage import is_remote, join
     from memae_dist.errors import UserError
-    from memae_dist.evaluate.report import build_report
+    from memae_dist.evaluate.report import REPORT_FILES, build_report
 
     for flag in ("top", "slots", "max_videos"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    report = build_report(args.scores, local_folder(args.out), checkpoint=args.checkpoint,
-                          data=args.data, frames=args.frames, top=args.top, slots=args.slots,
-                          max_videos=args.max_videos, storage=storage_config(args))
+    storage = storage_config(args)
+    with output_folder(args.out, storage, commit="index.html", owned=REPORT_FILES) as out:
+        report = build_report(args.scores, out, checkpoint=args.checkpoint, data=args.data,
+                              frames=args.frames, top=args.top, slots=args.slots,
+                              max_videos=args.max_videos, storage=storage)
     print(f"{len(report.videos)} video plots, {len(report.triptychs)} triptychs"
           + (", ROC" if report.roc else "") + (", memory slots" if report.memory else ""))
     for note in report.notes:
         print(f"  note: {note}")
-    print(f"report: {report.index}")
+    print(f"report: {join(args.out, 'index.html') if is_remote(args.out) else report.index}")
     return 0

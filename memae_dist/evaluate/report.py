@@ -58,6 +58,10 @@ def top_frames(videos: list[VideoScores], count: int) -> list[tuple[str, int]]:
     return [(name, frame) for _, name, frame in best[:count]]
 
 
+# Every file a report writes, relative to its folder; index.html is opened first.
+REPORT_FILES = ("index.html", "roc.png", "memory_slots.png", "videos/*.png", "triptychs/*.png")
+
+
 def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = None,
                  data: str | None = None, frames: list[str] | None = None, top: int = 4,
                  slots: int = 32, max_videos: int = 200,
@@ -219,10 +223,7 @@ def clear_previous(out_dir: Path) -> None:
     never mixes two reports, and one stopped half-way has no index to open. Only the report's
     own names go, and only files: anything else there (the scores file itself, a folder in a
     figure's way, which its write then names) stays."""
-    figures = [out_dir / "index.html", out_dir / "roc.png", out_dir / "memory_slots.png"]
-    for folder in ("videos", "triptychs"):
-        figures += (out_dir / folder).glob("*.png")
-    for path in figures:
+    for path in (path for pattern in REPORT_FILES for path in out_dir.glob(pattern)):
         if path.is_file() or path.is_symlink():
             path.unlink()
 

@@ -26,6 +26,8 @@ from memae_dist.evaluate.protocol import (
 )
 
 SCORES_FILE = "scores.parquet"
+# Every file an evaluation writes; metrics.json is opened first.
+EVALUATION_FILES = ("metrics.json", "frames.csv", "scores.png", "roc.png", SCORES_FILE)
 
 
 def evaluate_checkpoint(

@@ -4,9 +4,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from memae_dist.cli import main
+from memae_dist.data import storage
 from memae_dist.evaluate.protocol import METRICS, PROTOCOLS
 from tests.evaluate.conftest import write_scores_file
 
@@ -98,11 +100,11 @@ def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys
                  "train", "--workers", "0", "--no-progress", "--out", str(out)]) == 2
     assert "no labelled video in split 'train'" in capsys.readouterr().err
     assert not out.exists()
-    # --out is a local folder: a file or an object-storage URI is refused up front.
+    # A file, or a prefix in a bucket that does not exist, is refused up front.
     afile = tmp_path / "afile"
     afile.write_text("x")
     for bad, why in ((str(afile), "exists and is not a folder"),
-                     ("s3://bucket/eval", "must be a local folder")):
+                     ("s3://bucket/eval", "S3 bucket 'bucket' does not exist")):
         assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
         assert why in capsys.readouterr().err
     assert not Path("s3:").exists()  # the URI was not taken for a relative path
@@ -128,7 +130,8 @@ def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
     assert not list(out.glob(".*.tmp-*"))
     # A folder no file can go into is refused before any scoring (a checkpoint's would take
     # hours), and nothing is left of the attempt.
-    for argv in (["evaluate", "--scores", scores], ["evaluate", "--checkpoint", "nowhere"],
+    for argv in (["evaluate", "--scores", scores],
+                 ["evaluate", "--checkpoint", "nowhere", "--data", "none"],
                  ["report", "--scores", scores]):
         assert main([*argv, "--out", "/proc/memae-dist/eval"]) == 2
         assert capsys.readouterr().err == ("memae-dist: error: --out /proc/memae-dist/eval: "
@@ -176,3 +179,43 @@ def test_a_reused_folder_keeps_no_scores_of_another_evaluation(tmp_path):
     (out / "scores.parquet").write_bytes(Path(other).read_bytes())
     assert main(["evaluate", "--scores", str(out / "scores.parquet"), "--out", str(out)]) == 0
     assert (out / "scores.parquet").exists()
+
+
+def test_evaluate_and_report_write_into_an_s3_prefix(s3_bucket, tmp_path, capsys):
+    # As a Ray job, a local --out would land in the job's throw-away working directory.
+    scores = write_scores_file(tmp_path / "scores.parquet")
+    out = f"{s3_bucket}/eval"
+    storage.write_bytes_atomic(f"{out}/scores.parquet", b"an earlier evaluation's")
+    storage.write_bytes_atomic(f"{out}/notes.txt", b"not an evaluation's file")
+    assert main(["evaluate", "--scores", scores, "--out", out]) == 0
+    assert f"metrics: {out}/metrics.json" in capsys.readouterr().out
+    metrics = json.loads(storage.read_bytes(f"{out}/metrics.json"))
+    assert metrics["scores"] == scores and metrics["auc_micro"] is not None
+    # The stale scores file (not what these metrics came from) is gone; the user's file stays.
+    assert storage.listdir(out) == ["frames.csv", "metrics.json", "notes.txt", "roc.png",
+                                    "scores.png"]
+    # Evaluating a scores file kept in the prefix itself leaves that file in place.
+    kept = f"{out}/scores.parquet"
+    storage.write_bytes_atomic(kept, Path(scores).read_bytes())
+    assert main(["evaluate", "--scores", kept, "--out", out]) == 0
+    assert json.loads(storage.read_bytes(f"{out}/metrics.json"))["scores"] == kept
+    assert storage.read_bytes(kept) == Path(scores).read_bytes()
+    # A report: its figures under the prefix, an earlier report's extra figure removed.
+    rep = f"{s3_bucket}/report"
+    storage.write_bytes_atomic(f"{rep}/videos/gone.png", b"an earlier report's")
+    capsys.readouterr()
+    assert main(["report", "--scores", scores, "--out", rep]) == 0
+    assert f"report: {rep}/index.html" in capsys.readouterr().out
+    assert storage.listdir(f"{rep}/videos") == ["01.png", "02.png"]
+    assert "videos/01.png" in storage.read_bytes(f"{rep}/index.html").decode()
+    # A failed evaluation (no labelled video) uploads nothing: the previous result stays whole.
+    table = pq.read_table(scores)
+    unlabelled = tmp_path / "unlabelled.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("label"), "label",
+                                    pa.nulls(table.num_rows, pa.int8())), unlabelled)
+    before = storage.read_bytes(f"{out}/metrics.json")
+    assert main(["evaluate", "--scores", str(unlabelled), "--out", out]) == 2
+    assert "no labelled video" in capsys.readouterr().err
+    assert storage.read_bytes(f"{out}/metrics.json") == before
+    assert storage.listdir(out) == ["frames.csv", "metrics.json", "notes.txt", "roc.png",
+                                    "scores.parquet", "scores.png"]

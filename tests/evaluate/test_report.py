@@ -105,7 +105,7 @@ def test_report_refuses_bad_input_before_writing(scores, tiny_checkpoint, segmen
                        (["--checkpoint", str(foreign)],
                         f"{foreign / 'state.pt'} is not a memae-dist checkpoint"),
                        (["--checkpoint", larger], "but the checkpoint was trained on 64x64"),
-                       ([], "must be a local folder")):
+                       ([], "S3 bucket 'bucket' does not exist")):
         dest = "s3://bucket/report" if not extra else str(out)
         assert main(["report", "--scores", str(scores), "--out", dest, *extra]) == 2
         assert why in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""The ``--out`` folder of ``evaluate`` and ``report``: a local folder, or an S3 prefix.
+
+Both commands write a folder of tables and figures with local tools (matplotlib, atomic local
+files). For an ``s3://`` --out they write into a temporary local folder and upload it once the
+command has succeeded: a failed or stopped run uploads nothing. The file a reader opens first
+(``commit``: ``metrics.json``, ``index.html``) is removed before and uploaded after the rest, and
+the previous result's own files that this one does not have are removed in between, so the
+prefix never shows one result's index over another's figures, as ``report.clear_previous`` does
+for a local folder. Other objects under the prefix are left alone.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from memae_dist.commands.common import local_folder
+from memae_dist.data import storage as st
+from memae_dist.errors import UserError
+
+
+@contextmanager
+def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
+                  owned: Sequence[str], flag: str = "--out") -> Iterator[Path]:
+    """Yield the local folder to write into. ``owned``: glob patterns, relative to the folder,
+    of every file the command may write (``videos/*.png``), ``commit`` among them."""
+    if not value.strip() or not st.is_remote(value):
+        yield local_folder(value, flag)
+        return
+    st.check_bucket(value, storage)  # before any work, like the local checks
+    if st.is_file(value, storage):
+        raise UserError(f"{flag} {value}: is a file; give a folder (a prefix) for the results")
+    with tempfile.TemporaryDirectory(prefix="memae-out-") as tmp:
+        yield Path(tmp)
+        upload(Path(tmp), value, storage, commit=commit, owned=owned)
+
+
+def upload(folder: Path, prefix: str, storage: st.StorageConfig | None, *, commit: str,
+           owned: Sequence[str]) -> None:
+    """Copy ``folder``'s files under ``prefix``, ``commit`` last (see the module docstring)."""
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    st.delete(st.join(prefix, commit), storage)
+    for name in names:
+        if name != commit:
+            st.write_bytes_atomic(st.join(prefix, name), (folder / name).read_bytes(), storage)
+    for stale in set(_owned_files(prefix, storage, owned)) - set(names):
+        st.delete(st.join(prefix, stale), storage)
+    if commit in names:
+        st.write_bytes_atomic(st.join(prefix, commit), (folder / commit).read_bytes(), storage)
+
+
+def _owned_files(prefix: str, storage, owned: Sequence[str]) -> Iterator[str]:
+    """The files under ``prefix`` that match ``owned`` (one folder level, as the commands
+    write)."""
+    for pattern in owned:
+        folder, _, name = pattern.rpartition("/")
+        where = st.join(prefix, folder) if folder else prefix
+        if not st.is_folder(where, storage):
+            continue
+        for child in st.listdir(where, storage):
+            if fnmatch.fnmatchcase(child, name) and st.is_file(st.join(where, child), storage):
+                yield f"{folder}/{child}" if folder else child
