@@ -29,9 +29,15 @@ def error_reason(exc: OSError) -> str:
         return "not found"
     if isinstance(exc, PermissionError):
         return "permission denied"
+    if isinstance(exc, FileExistsError):
+        return "a file of that name is in the way"
+    if isinstance(exc, NotADirectoryError):
+        return "a file is in the way of a folder on that path"
     for needles, reason in _REASONS:
         if any(n in text for n in needles):
             return reason
+    if exc.errno and exc.strerror:  # a local failure: "no space left on device", ...
+        return exc.strerror.lower()
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:300]
 

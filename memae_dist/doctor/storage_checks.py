@@ -97,7 +97,8 @@ def _driver_storage(root: str, marker: str, token: bytes, cfg: StorageConfig) ->
             return Check("storage", FAIL, f"{uri} read back different bytes",
                          "check that nothing else rewrites this prefix", "driver")
     except UserError as exc:
-        return Check("storage", FAIL, str(exc), storage_fix(str(exc), root), "driver")
+        return Check("storage", FAIL, str(exc), storage_fix(str(exc), root, driver=True),
+                     "driver")
     return Check("storage", PASS, f"{describe(root, cfg)} writable and readable", node="driver")
 
 
@@ -187,8 +188,9 @@ def _interpret(result, label, marker, data, cfg, system, ray_gpus) -> list[Check
     return [c for c in out if c is not None]
 
 
-def storage_fix(message: str, uri: str) -> str:
-    """The fix for a storage error message from memae_dist.data.storage."""
+def storage_fix(message: str, uri: str, driver: bool = False) -> str:
+    """The fix for a storage error message from memae_dist.data.storage (``driver``: the
+    failure was this machine's own, not a node's)."""
     if "does not exist" in message:
         return ("create the bucket first (`aws s3 mb s3://BUCKET`, MinIO: `mc mb ALIAS/BUCKET`) "
                 "or point --storage at an existing one")
@@ -200,6 +202,8 @@ def storage_fix(message: str, uri: str) -> str:
                 "the endpoint (security group, network policy)")
     if "permission denied" in message:
         return "make the folder writable by the user that runs Ray on this node"
+    if "not found" in message and driver and not storage.is_remote(uri):
+        return "no folder can be made there (a read-only or virtual filesystem): choose another"
     if "not found" in message and not storage.is_remote(uri):
         return ("the folder is not shared between nodes: use s3://BUCKET/PREFIX (or a "
                 "filesystem mounted at the same path on every node) for --storage")

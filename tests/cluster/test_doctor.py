@@ -89,6 +89,12 @@ def test_doctor_failures_name_their_fix(ray_local, s3_server, s3_bucket, tmp_pat
     assert "storage.endpoint_url" in manifest.fix
     assert manifest.line().count("storage.endpoint_url") == 1  # the advice once, in the fix
 
+    # A local folder this machine cannot make is this machine's problem, not sharing's.
+    virtual = rows(run_doctor(config("/proc/memae-doctor/runs", s3_bucket)), "storage")[0]
+    assert virtual.status == FAIL and "not shared" not in virtual.fix
+    assert virtual.fix == ("no folder can be made there (a read-only or virtual filesystem): "
+                           "choose another")
+
 
 def test_preflight_fails_in_seconds_before_any_worker(ray_local, tiny_data, s3_server,
                                                       tmp_path):

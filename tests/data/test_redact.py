@@ -1,5 +1,7 @@
 """Storage errors shown to users name the failure and hold no secret."""
 
+import pytest
+
 from memae_dist.data.redact import error_reason, redact_text, redact_url, scrub_secrets
 
 
@@ -12,6 +14,22 @@ def test_known_s3_failures_get_a_short_reason():
         "endpoint unreachable"
     assert error_reason(OSError("first line\nsecond line")) == "first line"
     assert error_reason(OSError("")) == "OSError"
+
+
+def test_local_failures_say_what_is_in_the_way(tmp_path):
+    import errno
+    import os
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for call, reason in ((lambda: os.makedirs(afile), "a file of that name is in the way"),
+                         (lambda: os.makedirs(afile / "sub"),
+                          "a file is in the way of a folder on that path")):
+        with pytest.raises(OSError) as err:
+            call()
+        assert error_reason(err.value) == reason
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(afile))
+    assert error_reason(full) == "no space left on device"
 
 
 def test_secret_values_are_scrubbed_from_reasons(monkeypatch):
