@@ -88,9 +88,12 @@ def resources_check(nodes: list[dict], cfg: ExperimentConfig) -> Check:
     cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
     need_cpu, need_gpu = max(t.workers, 1) * t.cpus_per_worker, t.workers * t.gpus_per_worker
-    detail = (f"the run asks {t.workers} workers x ({t.cpus_per_worker:g} CPU, "
-              f"{t.gpus_per_worker:g} GPU); the cluster has {cpus:g} CPUs, {gpus:g} GPUs now")
-    if cpus >= need_cpu + 1 and gpus >= need_gpu:  # + 1 CPU for Ray Data's read tasks
+    workers = (f"{t.workers} worker{'s' if t.workers > 1 else ''}" if t.workers
+               else "training in process")
+    detail = (f"the run needs {need_cpu + 1:g} CPUs ({workers} x {t.cpus_per_worker:g} CPU, "
+              f"+ 1 for reading data) and {need_gpu:g} GPUs; the cluster has {cpus:g} CPUs, "
+              f"{gpus:g} GPUs now")
+    if cpus >= need_cpu + 1 and gpus >= need_gpu:
         return Check("resources", PASS, detail)
     return Check("resources", WARN, detail, "an autoscaling cluster adds nodes on demand; "
                  "otherwise add nodes or lower --workers / --cpus-per-worker / --gpus-per-worker")

@@ -22,8 +22,9 @@ METRICS = {
            "normalised scores; lower is better",
     "eer_micro": "equal-error rate over the pooled raw errors; lower is better",
     "eer_per_video_mean": "mean of the per-video equal-error rates; lower is better",
-    "n_frames_scored": "frames with a score: every frame but the first 8 and last 7 of a video "
-                       "(16-frame windows); every image of a still-image set",
+    "n_frames_scored": "frames with a score: every frame but the first L // 2 and the last "
+                       "L - L // 2 - 1 of a video, for L-frame windows (8 and 7 for 16); "
+                       "every image of a still-image set",
     "n_abnormal": "scored frames labelled abnormal",
 }
 

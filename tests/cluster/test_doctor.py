@@ -210,3 +210,16 @@ def test_table_lists_each_failure_with_its_fix():
     assert lines[0].split() == ["CHECK", "NODE", "STATUS", "DETAIL"]
     assert "  FAIL storage [10.0.0.2/abc]: create it" in lines
     assert lines[-1] == "2 checks: 1 failed, 0 warnings"
+
+
+def test_resources_row_says_what_the_run_needs_against_what_is_there():
+    from memae_dist.config import load_config
+    from memae_dist.doctor.cluster import resources_check
+
+    two_cpus = [{"Resources": {"CPU": 2.0}}]
+    short = resources_check(two_cpus, load_config(None, ["train.workers=2"]))
+    assert short.status == WARN and short.detail == (
+        "the run needs 3 CPUs (2 workers x 1 CPU, + 1 for reading data) and 0 GPUs; the "
+        "cluster has 2 CPUs, 0 GPUs now")
+    fits = resources_check(two_cpus, load_config(None, ["train.workers=1"]))
+    assert fits.status == PASS and fits.detail.startswith("the run needs 2 CPUs (1 worker x")
