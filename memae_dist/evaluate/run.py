@@ -95,7 +95,7 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
         definitions=METRICS,
         n_unlabelled_videos=n_all - len(videos),
         checkpoint=meta.get("checkpoint"), data=meta.get("data"), split=meta.get("split"),
-        error=meta.get("error"), variant=meta.get("variant"),
+        error=meta.get("error"), variant=meta.get("variant"), content=meta.get("content"),
         scores=scores_uri or str(out_dir / SCORES_FILE),
     )
     with writing(out_dir):

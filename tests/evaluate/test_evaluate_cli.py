@@ -219,3 +219,12 @@ def test_evaluate_and_report_write_into_an_s3_prefix(s3_bucket, tmp_path, capsys
     assert storage.read_bytes(f"{out}/metrics.json") == before
     assert storage.listdir(out) == ["frames.csv", "metrics.json", "notes.txt", "roc.png",
                                     "scores.parquet", "scores.png"]
+
+
+def test_a_still_image_set_is_printed_by_groups_of_images(tmp_path, capsys):
+    scores = write_scores_file(tmp_path / "scores.parquet", content="images")
+    assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ev")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("protocol micro:")  # pooled: no per-group normalisation
+    assert "per group:\n  group         images abnormal" in printed and "per video" not in printed
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["content"] == "images"
