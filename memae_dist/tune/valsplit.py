@@ -101,6 +101,12 @@ def _choose(manifest: Manifest, selection: int | list[str], source: str, uri: st
         names = ", ".join(v.name for v in chosen)
         raise UserError(f"--val-from-test: the selected videos ({names}) need both normal and "
                         "abnormal frames for a validation AUC")
+    left = [v for v in labelled if v not in chosen]
+    left_abnormal = sum(int(manifest.frame_labels(v).sum()) for v in left)
+    if not 0 < left_abnormal < sum(v.num_frames for v in left):
+        raise UserError(f"--val-from-test: the labelled '{source}' videos left "
+                        f"({', '.join(v.name for v in left) or 'none'}) need both normal and "
+                        "abnormal frames for the final test AUC; choose other videos")
     return [v.name for v in chosen]
 
 

@@ -76,6 +76,10 @@ def test_bad_selections_are_refused(tmp_path):
         carve_val_from_test(data, ["02"])
     with pytest.raises(UserError, match="no labels"):
         carve_val_from_test(data, ["01", "03"])
+    # The test split needs both classes too: left with 02 (all normal), it would score no AUC.
+    with pytest.raises(UserError, match=r"the labelled 'test' videos left \(02\) need both "
+                                        "normal and abnormal frames for the final test AUC"):
+        carve_val_from_test(data, ["01"])
     with pytest.raises(UserError, match="count >= 1"):
         parse_selection("0")
     with pytest.raises(UserError, match="--val-from-test 01,02,01: names 01 more than once"):
