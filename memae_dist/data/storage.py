@@ -10,7 +10,6 @@ AWS chain, and their values are scrubbed from every error message this module ra
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import uuid
 from collections.abc import Iterator
@@ -26,7 +25,14 @@ from memae_dist.data.endpoint import (
     connect_error,
     probe_endpoint,
 )
-from memae_dist.data.redact import error_reason, redact_text, redact_url
+from memae_dist.data.redact import error_reason, redact_url
+from memae_dist.data.uri import (  # noqa: F401 (re-exported: callers import them from here)
+    absolute,
+    is_remote,
+    join,
+    local_path,
+    s3_key,
+)
 from memae_dist.errors import UserError
 
 DEFAULT_REGION = "us-east-1"
@@ -86,71 +92,13 @@ def _check_region(region: str | None, name: str) -> str | None:
     return region
 
 
-def is_remote(uri: str) -> bool:
-    """True for object-store URIs (s3://), False for local paths and file:// URIs."""
-    scheme = _scheme(uri)
-    if scheme == "s3":
-        netloc = urlsplit(uri).netloc
-        if "@" in netloc or ":" in netloc:
-            # A bucket name holds neither: this is user:password@, and would be echoed (and
-            # logged) everywhere the URI is; the keys belong in the environment. A secret with
-            # a '/' in it ends the netloc early: then nothing of the URI is shown.
-            shown = redact_text(uri) if "@" in netloc else f"{_scheme(uri)}://***"
-            raise UserError(f"{shown}: an S3 URI must not hold credentials; set "
-                            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
-        if not netloc:
-            raise UserError(f"S3 URI must name a bucket: {uri!r} (s3://BUCKET/PATH)")
-        if "//" in urlsplit(uri).path.rstrip("/"):
-            # S3 keys may hold "//", but pyarrow refuses them, and it is a slip far more often.
-            raise UserError(f"{uri!r} has an empty path component ('//'); write "
-                            "s3://BUCKET/PREFIX/... with single slashes")
-        return True
-    if scheme == "":
-        _refuse_mistyped_uri(uri)
-        return False
-    if scheme == "file":
-        return False
-    raise UserError(f"unsupported URI scheme {scheme!r} in {uri!r} (use a path, file:// or s3://)")
-
-
-def join(uri: str, *parts: str) -> str:
-    """Append path components to a URI or local path, keeping its kind."""
-    clean = [p.strip("/") for p in parts if p and p.strip("/")]
-    if not clean:
-        return uri
-    if _scheme(uri) == "":
-        return os.path.join(uri, *clean)
-    is_remote(uri)  # "s3://" + "x" would make "s3:/x", a local path
-    return posixpath.join(uri.rstrip("/"), *clean)
-
-
-def local_path(uri: str) -> str:
-    """Absolute local path of a plain path or file:// URI."""
-    scheme = _scheme(uri)
-    if scheme == "file":
-        parts = urlsplit(uri)
-        if parts.netloc not in ("", "localhost"):
-            raise UserError(f"file:// URI must be local (file:///abs/path), got {uri!r}")
-        return os.path.abspath(parts.path)
-    if scheme == "":
-        _refuse_mistyped_uri(uri)
-        return os.path.abspath(os.path.expanduser(uri))
-    raise UserError(f"{uri!r} is not a local path")
-
-
-def absolute(uri: str) -> str:
-    """A local path made absolute (``~`` expanded), for processes whose working directory is
-    not this one (Ray workers, Tune trials); URIs, and an unset path, as they are."""
-    return uri if not uri or is_remote(uri) else local_path(uri)
-
-
 def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
     """(pyarrow filesystem, path inside it) for ``uri``."""
     if not is_remote(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url, uri=uri)
-    return s3_filesystem(cfg.endpoint_url, cfg.region), _s3_path(uri)
+    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
+    return s3_filesystem(cfg.endpoint_url, cfg.region), s3_key(uri)
 
 
 def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
@@ -161,9 +109,17 @@ def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSy
     from memae_dist.data.s3handler import RetryingS3Handler
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url, uri=uri)
+    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
     handler = RetryingS3Handler(cfg.endpoint_url, cfg.region)
-    return pafs.PyFileSystem(handler), _s3_path(uri)
+    return pafs.PyFileSystem(handler), s3_key(uri)
+
+
+def aws_endpoint(region: str | None) -> str:
+    """AWS S3's own address for ``region``: probed like any endpoint, so that a run without
+    AWS_ENDPOINT_URL and without a route to AWS fails in seconds, not after minutes of retries
+    (the S3 clients use this address themselves when no endpoint is set)."""
+    region = region or DEFAULT_REGION
+    return f"https://s3.{region}.amazonaws.com{'.cn' if region.startswith('cn-') else ''}"
 
 
 def unreachable_reason(cfg: StorageConfig | None = None) -> str | None:
@@ -182,7 +138,7 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
     import s3fs
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url, uri=uri)
+    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
     fs = s3fs.S3FileSystem(
         client_kwargs={"endpoint_url": cfg.endpoint_url, "region_name": cfg.region},
         config_kwargs={
@@ -191,7 +147,7 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
             "retries": {"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
         },
     )
-    return fs, _s3_path(uri)
+    return fs, s3_key(uri)
 
 
 def describe(uri: str, cfg: StorageConfig | None = None) -> str:
@@ -352,27 +308,6 @@ def remove_empty_folders(path: str, outermost: str) -> None:
 
 
 # --------------------------------------------------------------------------------- internals
-
-
-def _scheme(uri: str) -> str:
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
-    return match.group(1).lower() if match else ""
-
-
-def _refuse_mistyped_uri(path: str) -> None:
-    # "s3:/b/x" or "s3//b/x" would otherwise become local folders named "s3:" or "s3": on a
-    # cluster, checkpoints in one job's throw-away working directory.
-    if (re.match(r"[A-Za-z][A-Za-z0-9+.-]*:(/|$)", path) or path.startswith("s3//")
-            or re.match(r"(?i)(s3[an]?|gs|gcs|az|abfss?|hdfs|https?|file):", path)):
-        raise UserError(f"{path!r} looks like a mistyped URI: write s3://BUCKET/PATH for S3, "
-                        f"file:///ABS/PATH, or ./{path} for a local folder of that name")
-
-
-def _s3_path(uri: str) -> str:
-    path = uri[len("s3://") :].strip("/")
-    if not path:
-        raise UserError(f"S3 URI must name a bucket: {uri!r}")
-    return path
 
 
 def s3_filesystem(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:

@@ -145,9 +145,7 @@ def test_s3_missing_key_names_uri(s3_bucket):
 def test_unreachable_endpoint_fails_fast_without_secrets(s3_server, monkeypatch):
     # As in the CLI: probe each endpoint before the first request (library calls retry).
     monkeypatch.setitem(endpoint._PROBE, "enabled", True)
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _closed_port()
     cfg = storage.StorageConfig(endpoint_url=f"http://127.0.0.1:{port}")
     start = time.monotonic()
     with pytest.raises(UserError) as err:
@@ -175,3 +173,26 @@ def test_a_mistyped_uri_is_not_taken_for_a_local_folder(typo, tmp_path):
     # What the message offers for a local folder of that name works.
     assert not storage.is_remote(f"./{typo}")
     assert not storage.is_remote(str(tmp_path / "s3:" / "x"))
+
+
+def test_without_an_endpoint_aws_itself_is_probed(monkeypatch, capsys):
+    # No AWS_ENDPOINT_URL and no route to AWS: one line at once, not minutes of retries.
+    from memae_dist.cli import main
+
+    assert storage.aws_endpoint(None) == "https://s3.us-east-1.amazonaws.com"
+    assert storage.aws_endpoint("eu-west-3") == "https://s3.eu-west-3.amazonaws.com"
+    assert storage.aws_endpoint("cn-north-1") == "https://s3.cn-north-1.amazonaws.com.cn"
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(var, raising=False)
+    closed = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(storage, "aws_endpoint", lambda region: closed)
+    assert main(["data", "info", "s3://some-bucket/data"]) == 2
+    assert capsys.readouterr().err.startswith(
+        f"memae-dist: error: cannot reach s3://some-bucket/data: S3 endpoint {closed} is "
+        "unreachable (connection refused)")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:  # a port nobody listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
