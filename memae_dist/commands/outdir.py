@@ -2,7 +2,8 @@
 
 Both commands write a folder of tables and figures with local tools (matplotlib, atomic local
 files). For an ``s3://`` --out they write into a temporary local folder and upload it once the
-command has succeeded: a failed or stopped run uploads nothing. The file a reader opens first
+command has succeeded: a failed or stopped run uploads nothing, and Ctrl-C or SIGTERM during
+the upload (seconds) takes effect once it is done. The file a reader opens first
 (``commit``: ``metrics.json``, ``index.html``) is removed before and uploaded after the rest, and
 the previous result's own files that this one does not have are removed in between, so the
 prefix never shows one result's index over another's figures, as ``report.clear_previous`` does
@@ -12,7 +13,9 @@ for a local folder. Other objects under the prefix are left alone.
 from __future__ import annotations
 
 import fnmatch
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,7 +38,28 @@ def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
         raise UserError(f"{flag} {value}: is a file; give a folder (a prefix) for the results")
     with tempfile.TemporaryDirectory(prefix="memae-out-") as tmp:
         yield Path(tmp)
-        upload(Path(tmp), value, storage, commit=commit, owned=owned)
+        with signals_deferred():  # seconds: a stop lands before the publishing or after it
+            upload(Path(tmp), value, storage, commit=commit, owned=owned)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done, then act as usual: a prefix half
+    replaced would hold no index and a mix of two results' figures. (Handlers, not a signal
+    mask: the storage clients' own threads would take a masked signal for the process.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def upload(folder: Path, prefix: str, storage: st.StorageConfig | None, *, commit: str,

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from memae_dist.cli import main
 from memae_dist.data import storage
@@ -228,3 +229,35 @@ def test_a_still_image_set_is_printed_by_groups_of_images(tmp_path, capsys):
     assert printed.startswith("protocol micro:")  # pooled: no per-group normalisation
     assert "per group:\n  group         images abnormal" in printed and "per video" not in printed
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["content"] == "images"
+
+
+def test_ctrl_c_during_the_upload_takes_effect_once_the_prefix_is_whole(s3_bucket, tmp_path,
+                                                                        monkeypatch):
+    # A stop between the index's removal and its upload would leave a prefix with no index and
+    # two results' figures: the upload finishes first, then the interruption is raised.
+    import os
+    import signal
+
+    from memae_dist.commands import outdir
+
+    real, uploaded = storage.write_bytes_atomic, []
+
+    def upload_after_ctrl_c(uri, data, cfg=None):
+        if not uploaded:
+            os.kill(os.getpid(), signal.SIGINT)
+        uploaded.append(uri.rsplit("/", 1)[1])
+        real(uri, data, cfg)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    monkeypatch.setattr(storage, "write_bytes_atomic", upload_after_ctrl_c)
+    out = f"{s3_bucket}/published"
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with outdir.output_folder(out, None, commit="index.html", owned=("*.txt",
+                                                                              "index.html")) as d:
+                for name in ("a.txt", "b.txt", "index.html"):
+                    (d / name).write_text(name)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert uploaded == ["a.txt", "b.txt", "index.html"]
+    assert storage.listdir(out) == ["a.txt", "b.txt", "index.html"]
