@@ -76,14 +76,7 @@ def upload(folder: Path, prefix: str, storage: st.StorageConfig | None, *, commi
         st.write_bytes_atomic(st.join(prefix, commit), (folder / commit).read_bytes(), storage)
 
 
-def _owned_files(prefix: str, storage, owned: Sequence[str]) -> Iterator[str]:
-    """The files under ``prefix`` that match ``owned`` (one folder level, as the commands
-    write)."""
-    for pattern in owned:
-        folder, _, name = pattern.rpartition("/")
-        where = st.join(prefix, folder) if folder else prefix
-        if not st.is_folder(where, storage):
-            continue
-        for child in st.listdir(where, storage):
-            if fnmatch.fnmatchcase(child, name) and st.is_file(st.join(where, child), storage):
-                yield f"{folder}/{child}" if folder else child
+def _owned_files(prefix: str, storage, owned: Sequence[str]) -> list[str]:
+    """The files under ``prefix`` that match one of the ``owned`` patterns."""
+    return [name for name in st.file_sizes(prefix, storage, missing_ok=True)
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in owned)]

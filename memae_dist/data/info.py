@@ -6,8 +6,6 @@ stored); no shard is opened and no frame decoded, so it costs the same for 1 MB 
 
 from __future__ import annotations
 
-import pyarrow.fs as pafs
-
 from memae_dist.data import storage
 from memae_dist.data.manifest import load_manifest
 
@@ -32,7 +30,7 @@ def dataset_info(uri: str, window: int | None = None, stride: int = 1,
             "labelled_videos": sum(v.labelled for v in videos),
         }
     frames = sum(s["frames"] for s in splits.values())
-    sizes = _object_sizes(uri, cfg)
+    sizes = storage.file_sizes(uri, cfg)
     shard_paths = [s.path for s in manifest.shards]
     stored = sum(sizes.get(p, 0) for p in shard_paths)
     raw = frames * height * width
@@ -71,7 +69,7 @@ def shard_size_problems(uri: str, manifest, cfg: storage.StorageConfig | None = 
     One listing of the dataset, no shard read: cheap enough to run before every training or
     scoring run (a truncated shard otherwise fails deep inside Ray Data, mid-epoch).
     """
-    sizes = _object_sizes(uri, cfg)
+    sizes = storage.file_sizes(uri, cfg)
     out = []
     for s in manifest.shards:
         if split is not None and s.split != split:
@@ -82,16 +80,6 @@ def shard_size_problems(uri: str, manifest, cfg: storage.StorageConfig | None = 
             out.append(f"shard {storage.join(uri, s.path)} is corrupt or stale: "
                        f"{sizes[s.path]} bytes, manifest says {s.bytes}")
     return out
-
-
-def _object_sizes(uri: str, cfg: storage.StorageConfig | None) -> dict[str, int]:
-    """Relative path -> size of every file under the dataset root (one recursive listing)."""
-    fs, root = storage.pyarrow_fs(uri, cfg)
-    root = root.rstrip("/")
-    with storage.user_errors(uri, "list", cfg):
-        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    return {info.path[len(root) + 1:]: info.size for info in infos
-            if info.type == pafs.FileType.File}
 
 
 def format_info(info: dict) -> str:

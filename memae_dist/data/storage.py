@@ -97,7 +97,7 @@ def pyarrow_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSys
     if not is_remote(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
+    _probe(cfg, uri)
     return s3_filesystem(cfg.endpoint_url, cfg.region), s3_key(uri)
 
 
@@ -109,7 +109,7 @@ def portable_fs(uri: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSy
     from memae_dist.data.s3handler import RetryingS3Handler
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
+    _probe(cfg, uri)
     handler = RetryingS3Handler(cfg.endpoint_url, cfg.region)
     return pafs.PyFileSystem(handler), s3_key(uri)
 
@@ -120,6 +120,24 @@ def aws_endpoint(region: str | None) -> str:
     (the S3 clients use this address themselves when no endpoint is set)."""
     region = region or DEFAULT_REGION
     return f"https://s3.{region}.amazonaws.com{'.cn' if region.startswith('cn-') else ''}"
+
+
+def _probe(cfg: StorageConfig, uri: str) -> None:
+    # The address the S3 clients will use: the configured endpoint, else AWS's own.
+    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
+
+
+def file_sizes(uri: str, cfg: StorageConfig | None = None,
+               missing_ok: bool = False) -> dict[str, int]:
+    """Relative path -> size of every file under a folder or prefix, in one recursive
+    listing (``missing_ok``: a folder that does not exist has none)."""
+    fs, root = pyarrow_fs(uri, cfg)
+    root = root.rstrip("/")
+    with user_errors(uri, "list", cfg):
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True,
+                                                   allow_not_found=missing_ok))
+    return {info.path[len(root) + 1:]: info.size for info in infos
+            if info.type == pafs.FileType.File}
 
 
 def unreachable_reason(cfg: StorageConfig | None = None) -> str | None:
@@ -138,7 +156,7 @@ def fsspec_fs(uri: str, cfg: StorageConfig | None = None):
     import s3fs
 
     cfg = (cfg or StorageConfig()).resolved()
-    probe_endpoint(cfg.endpoint_url or aws_endpoint(cfg.region), uri=uri)
+    _probe(cfg, uri)
     fs = s3fs.S3FileSystem(
         client_kwargs={"endpoint_url": cfg.endpoint_url, "region_name": cfg.region},
         config_kwargs={
