@@ -73,9 +73,26 @@ def test_image_net_trains_scores_and_reports(image_set, tmp_path):
     rows = (out / "frames.csv").read_text().splitlines()
     assert len(rows) == 51 and rows[1].startswith("good-0000,0,")
 
+    # Images have no order: error histograms per group, not regularity curves; the ROC is the
+    # headline's (raw errors pooled) alone.
+    assert _png_title(out / "scores.png").startswith("error histograms of ")
+    assert _png_title(out / "roc.png") == "image-level ROC (2 groups, 50 images)"
+
     report = build_report(str(out / "scores.parquet"), tmp_path / "report", top=2, slots=8)
     assert len(report.triptychs) == 2 and report.memory.stat().st_size > 0
-    assert (tmp_path / "report" / "index.html").stat().st_size > 0
+    index = (tmp_path / "report" / "index.html").read_text()
+    assert "<h2>Groups of images</h2>" in index and "<h2>Videos</h2>" not in index
+    name, frame, png = report.triptychs[0]
+    assert f"<figcaption>group {name}, image {frame}</figcaption>" in index
+    assert "video" not in index.split("<h2>Groups of images</h2>", 1)[1]
+    assert report.videos[0].parent.name == "groups"
+    assert _png_title(png).startswith(f"group {name}, image {frame}: error ")
+    assert _png_title(report.videos[0]).startswith("error histogram of group ")
+
+
+def _png_title(path) -> str:
+    with Image.open(path) as img:
+        return img.text["Title"]
 
 
 def test_validation_auc_of_an_image_set_is_the_pooled_one(image_set, tmp_path):

@@ -90,6 +90,8 @@ def _fmt(value) -> str:
 
 def print_evaluation(metrics: dict) -> None:
     """Headline of the chosen protocol, every number with its meaning, then per video."""
+    from memae_dist.evaluate.definitions import units
+
     head = metrics["headline"]
     print(f"protocol {head['protocol']}: {metrics['protocol_meaning']}")
     print(f"  AUC {_fmt(head['auc'])}   AP {_fmt(head['ap'])}   EER {_fmt(head['eer'])}")
@@ -100,11 +102,9 @@ def print_evaluation(metrics: dict) -> None:
     width = max(len(k) for k in metrics["definitions"])
     for key, meaning in metrics["definitions"].items():
         print(f"  {key:<{width}}  {_fmt(metrics.get(key)):>8}  {meaning}")
-    # A still-image set's "videos" are groups of images of one class folder; its frames, images.
-    unit, item = (("group", "images") if metrics.get("content") == "images"
-                  else ("video", "frames"))
+    unit, item = units(metrics.get("content"))
     print(f"per {unit}:")
-    print(f"  {unit:<12} {item:>7} {'abnormal':>8} {'AUC':>8} {'AP':>8} {'EER':>8}")
+    print(f"  {unit:<12} {item + 's':>7} {'abnormal':>8} {'AUC':>8} {'AP':>8} {'EER':>8}")
     for v in metrics["per_video"]:
         print(f"  {v['name']:<12} {v['n_frames']:>7} {v['n_abnormal']:>8} {_fmt(v['auc']):>8} "
               f"{_fmt(v['ap']):>8} {_fmt(v['eer']):>8}")

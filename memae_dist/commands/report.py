@@ -21,7 +21,8 @@ def register(sub) -> None:
                    help="triptychs of the N highest-scoring frames, one per video (default 4)")
     p.add_argument("--slots", type=int, default=32, help="memory slots to decode (default 32)")
     p.add_argument("--max-videos", type=int, default=200,
-                   help="regularity plots for at most this many videos (default 200)")
+                   help="regularity plots (error histograms for an image set) for at most this "
+                   "many videos or groups (default 200)")
     add_storage_config_flag(p)
     p.set_defaults(func=run)
 

@@ -28,6 +28,13 @@ METRICS = {
     "n_abnormal": "scored frames labelled abnormal",
 }
 
+
+def units(content: str | None) -> tuple[str, str]:
+    """What a scores file's "video" and "frame" are: for a still-image set (``content``
+    "images") a group of images, stored together, and an image."""
+    return ("group", "image") if content == "images" else ("video", "frame")
+
+
 # ``--protocol``: which family of numbers is the headline (``auc``, ``ap``, ``eer`` keys).
 PROTOCOLS = {
     "paper": ("auc_paper", "average_precision", "eer"),

@@ -1,4 +1,5 @@
-"""Figures for an evaluation run: per-video regularity curves and the pooled ROC curve.
+"""Figures for an evaluation run: per-video regularity curves (for a still-image set, per-group
+histograms of the error: its images have no order) and the pooled ROC curve.
 
 Uses matplotlib's object API with the Agg canvas rather than pyplot, so plotting never touches
 a global backend or window state (safe inside Ray workers and threads). matplotlib is imported
@@ -64,11 +65,13 @@ def _new_figure(width: float, height: float):
     return fig
 
 
-def _save_png(fig, path) -> Path:
-    """Save ``fig`` as PNG at ``path`` via a temp name and ``os.replace``."""
+def _save_png(fig, path, title: str) -> Path:
+    """Save ``fig`` as PNG at ``path`` via a temp name and ``os.replace``; ``title`` goes into
+    the file's Title text, which image viewers and scripts can read without the pixels."""
     out = Path(path)
     with writing(out), atomic_local(out) as fh:
-        fig.savefig(fh, format="png", dpi=100)
+        fig.savefig(fh, format="png", dpi=100,
+                    metadata={"Title": title, "Software": "memae-dist"})
     return out
 
 
@@ -110,11 +113,49 @@ def plot_score_curves(videos: Sequence[VideoScores], path, max_videos: int = 12)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_visible(False)
-    return _save_png(fig, path)
+    return _save_png(fig, path, f"regularity of {len(shown)} of {len(videos)} videos")
 
 
-def plot_roc(videos: Sequence[VideoScores], path) -> Path:
-    """Pooled frame-level ROC: per-video normalised scores (the paper) and raw scores.
+def plot_score_histograms(groups: Sequence[VideoScores], path, max_groups: int = 12) -> Path:
+    """Grid of per-group histograms of the raw error, normal and abnormal images apart: the
+    still-image counterpart of :func:`plot_score_curves` (images have no order, and the micro
+    protocol ranks them by raw error, not by a per-group normalisation)."""
+    if max_groups < 1:
+        raise ValueError(f"max_groups must be >= 1, got {max_groups}")
+    shown = list(groups)[:max_groups]
+    if not shown:
+        raise ValueError("plot_score_histograms needs at least one group")
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.4 * nrows)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, g in zip(axes.flat, shown):
+        _error_histogram(ax, g, labelled=True)
+        ax.set_title(str(g.name), fontsize=9)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_visible(False)
+    return _save_png(fig, path, f"error histograms of {len(shown)} of {len(groups)} groups")
+
+
+def _error_histogram(ax, g: VideoScores, labelled: bool) -> None:
+    scores, labels = np.asarray(g.scores, np.float64), np.asarray(g.labels)
+    bins = np.histogram_bin_edges(scores, bins=min(40, max(5, scores.size // 5)))
+    if labelled:
+        for cls, name, color in ((0, "normal", "tab:blue"), (1, "abnormal", "tab:red")):
+            part = scores[labels == cls]
+            if part.size:
+                ax.hist(part, bins=bins, color=color, alpha=0.6, label=f"{name} ({part.size})")
+        ax.legend(fontsize=7)
+    else:
+        ax.hist(scores, bins=bins, color="tab:grey", label=f"unlabelled ({scores.size})")
+    ax.set_xlabel("error", fontsize=8)
+    ax.set_ylabel("images", fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def plot_roc(videos: Sequence[VideoScores], path, images: bool = False) -> Path:
+    """Pooled frame-level ROC: per-video normalised scores (the paper) and raw scores; for a
+    still-image set (``images``) the raw scores only, its headline (protocol micro).
 
     When the pooled labels hold a single class the ROC is undefined; the figure says so.
     """
@@ -123,10 +164,10 @@ def plot_roc(videos: Sequence[VideoScores], path) -> Path:
     if not videos:
         raise ValueError("plot_roc needs at least one video")
     labels = np.concatenate([v.labels for v in videos])
-    curves = {
-        "per-video normalised (paper)": np.concatenate([abnormality(v.scores) for v in videos]),
-        "raw pooled": np.concatenate([v.scores for v in videos]),
-    }
+    curves = {} if images else {
+        "per-video normalised (paper)": np.concatenate([abnormality(v.scores) for v in videos])}
+    curves["raw pooled (micro)" if images else "raw pooled"] = np.concatenate(
+        [v.scores for v in videos])
     fig = _new_figure(4.5, 4.5)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
@@ -142,8 +183,10 @@ def plot_roc(videos: Sequence[VideoScores], path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(f"frame-level ROC ({len(videos)} videos, {labels.size} frames)", fontsize=9)
-    return _save_png(fig, path)
+    title = (f"image-level ROC ({len(videos)} groups, {labels.size} images)" if images
+             else f"frame-level ROC ({len(videos)} videos, {labels.size} frames)")
+    ax.set_title(title, fontsize=9)
+    return _save_png(fig, path, title)
 
 
 def plot_video(v: VideoScores, path, labelled: bool = True, title: str | None = None) -> Path:
@@ -161,8 +204,19 @@ def plot_video(v: VideoScores, path, labelled: bool = True, title: str | None = 
     ax.set_ylabel("regularity", fontsize=8)
     ax.tick_params(labelsize=7)
     note = "" if labelled else " (unlabelled)"
-    ax.set_title(title or f"{v.name}{note}", fontsize=9)
-    return _save_png(fig, path)
+    title = title or f"{v.name}{note}"
+    ax.set_title(title, fontsize=9)
+    return _save_png(fig, path, f"regularity of video {title}")
+
+
+def plot_group(g: VideoScores, path, labelled: bool = True, title: str | None = None) -> Path:
+    """One group of still images: histogram of the raw error, normal and abnormal apart."""
+    fig = _new_figure(7.0, 2.4)
+    ax = fig.add_subplot()
+    _error_histogram(ax, g, labelled)
+    title = title or f"{g.name}{'' if labelled else ' (unlabelled)'}"
+    ax.set_title(title, fontsize=9)
+    return _save_png(fig, path, f"error histogram of group {title}")
 
 
 def plot_triptych(clip, recon, path, title: str) -> Path:
@@ -183,7 +237,7 @@ def plot_triptych(clip, recon, path, title: str) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
+    return _save_png(fig, path, title)
 
 
 def plot_slots(images, captions: Sequence[str], path, title: str) -> Path:
@@ -204,4 +258,4 @@ def plot_slots(images, captions: Sequence[str], path, title: str) -> Path:
     for ax in list(axes.flat)[k:]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
-    return _save_png(fig, path)
+    return _save_png(fig, path, title)

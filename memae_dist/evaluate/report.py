@@ -1,12 +1,13 @@
 """``memae-dist report``: a folder of figures and an ``index.html`` that shows them together.
 
-From a scores file alone: one regularity plot per video (ground truth shaded), the ROC curve and
-the metrics table (when labels are known). With the model (``--checkpoint``, or the checkpoint
+From a scores file alone: one regularity plot per video (ground truth shaded; for a still-image
+set, one histogram of the error per group of images, normal and abnormal apart), the ROC curve
+and the metrics table (when labels are known). With the model (``--checkpoint``, or the checkpoint
 recorded in the scores file) and the frames (``--data`` or the recorded dataset): input /
 reconstruction / error triptychs of chosen frames and the most used memory slots, decoded.
 
-Layout: ``index.html``, ``roc.png``, ``videos/<video>.png``, ``triptychs/<video>_<frame>.png``,
-``memory_slots.png``.
+Layout: ``index.html``, ``roc.png``, ``videos/<video>.png`` (``groups/<group>.png`` for a
+still-image set), ``triptychs/<video>_<frame>.png``, ``memory_slots.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from memae_dist.data.atomic import atomic_local
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import read_scores, video_scores
-from memae_dist.evaluate.plots import plot_roc, plot_video, writing
+from memae_dist.evaluate.definitions import units
+from memae_dist.evaluate.plots import plot_group, plot_roc, plot_video, writing
 from memae_dist.evaluate.protocol import METRICS, VideoScores, evaluate_videos
 
 log = logging.getLogger("memae_dist.report")
@@ -58,8 +60,15 @@ def top_frames(videos: list[VideoScores], count: int) -> list[tuple[str, int]]:
     return [(name, frame) for _, name, frame in best[:count]]
 
 
+# Above a still-image set's metrics: what the video-worded definitions mean for it.
+IMAGES_NOTE = ("A still-image set: below, a video is a group of images stored together and a "
+               "frame is an image. Its headline is auc_micro (raw errors pooled, protocol "
+               "micro); the per-video normalised numbers rank images by the group they were "
+               "stored in.")
+
 # Every file a report writes, relative to its folder; index.html is opened first.
-REPORT_FILES = ("index.html", "roc.png", "memory_slots.png", "videos/*.png", "triptychs/*.png")
+REPORT_FILES = ("index.html", "roc.png", "memory_slots.png", "videos/*.png", "groups/*.png",
+                "triptychs/*.png")
 
 
 def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = None,
@@ -80,27 +89,37 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         clear_previous(out_dir)
+    images = meta.get("content") == "images"
     scored = [v for v in videos if v.name in labelled]
     if scored:
         report.metrics = evaluate_videos(scored)
-        report.roc = plot_roc(scored, out_dir / "roc.png")
+        report.roc = plot_roc(scored, out_dir / "roc.png", images=images)
     else:
         report.notes.append("No labels: no metrics and no ROC curve.")
+    _per_video_figures(report, videos, labelled, max_videos, images, out_dir)
+    if sources is not None:
+        _model_figures(report, sources, meta, videos, chosen, slots, out_dir, storage)
+    write_index(report, meta, scores_uri, videos, labelled)
+    return report
+
+
+def _per_video_figures(report: Report, videos: list[VideoScores], labelled: set[str],
+                       max_videos: int, images: bool, out_dir: Path) -> None:
+    """A regularity plot per video; a still-image set's groups get error histograms instead
+    (their images have no order to draw a curve along)."""
     per_video = {p["name"]: p for p in (report.metrics or {}).get("per_video", [])}
+    plot, folder = (plot_group, "groups") if images else (plot_video, "videos")
     for v in videos[:max_videos]:
         auc = per_video.get(v.name, {}).get("auc")
         title = f"{v.name}" + (f"  (AUC {auc:.3f})" if auc is not None else "")
         if v.name not in labelled:
             title += "  (unlabelled)"
-        report.videos.append(plot_video(v, out_dir / "videos" / f"{v.name}.png",
-                                        v.name in labelled, title))
+        report.videos.append(plot(v, out_dir / folder / f"{v.name}.png",
+                                  v.name in labelled, title))
     if len(videos) > max_videos:
-        report.notes.append(f"Regularity plots for the first {max_videos} of {len(videos)} "
-                            "videos only (--max-videos).")
-    if sources is not None:
-        _model_figures(report, sources, meta, videos, chosen, slots, out_dir, storage)
-    write_index(report, meta, scores_uri, videos, labelled)
-    return report
+        what, unit = ("Error histograms", "groups") if images else ("Regularity plots", "videos")
+        report.notes.append(f"{what} for the first {max_videos} of {len(videos)} "
+                            f"{unit} only (--max-videos).")
 
 
 def check_names(scores_uri: str, videos: list[VideoScores]) -> None:
@@ -172,6 +191,7 @@ def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[Vide
     entries = {v.name: v for v in manifest.videos(meta.get("split", "test"))}
     window, arch = loaded.config.data.window, loaded.config.model.arch
     known = {v.name: v for v in videos}
+    unit, item = units(meta.get("content"))
     mass_total, cache = None, {}
 
     def frames_of(name):
@@ -184,7 +204,7 @@ def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[Vide
         path = out_dir / "triptychs" / f"{name}_{frame}.png"
         score = float(known[name].scores[known[name].frames.tolist().index(frame)])
         png, mass = visuals.triptych(loaded.model, frames_of(name), frame, window, path,
-                                     f"video {name}, frame {frame}: error {score:.5f}", arch)
+                                     f"{unit} {name}, {item} {frame}: error {score:.5f}", arch)
         report.triptychs.append((name, frame, png))
         mass_total = _add(mass_total, mass)
     ordinary = [v for v in videos if v.name in entries][:16]  # for a fair usage estimate
@@ -232,6 +252,7 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
                 labelled: set[str]) -> Path:
     root = report.index.parent
     e = html.escape
+    unit, item = units(meta.get("content"))
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         "<title>memae-dist report</title>",
@@ -243,12 +264,15 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
     ]
     rows = [("scores", scores_uri), ("checkpoint", meta.get("checkpoint")),
             ("data", meta.get("data")), ("split", meta.get("split")),
-            ("window error", meta.get("error")), ("videos", len(videos)),
-            ("frames scored", sum(v.frames.size for v in videos))]
+            ("window error", meta.get("error")), (f"{unit}s", len(videos)),
+            (f"{item}s scored", sum(v.frames.size for v in videos))]
     parts += [f'<tr><th class="l">{e(k)}</th><td class="l">{_fmt(v)}</td></tr>' for k, v in rows]
     parts.append("</table>")
     if report.metrics:
-        parts += ["<h2>Metrics</h2>", "<table>",
+        parts.append("<h2>Metrics</h2>")
+        if unit == "group":
+            parts.append(f"<p>{e(IMAGES_NOTE)}</p>")
+        parts += ["<table>",
                   '<tr><th class="l">metric</th><th>value</th><th class="l">meaning</th></tr>']
         parts += [f'<tr><td class="l">{e(k)}</td><td>{_fmt(report.metrics.get(k))}</td>'
                   f'<td class="l">{e(text)}</td></tr>' for k, text in METRICS.items()]
@@ -256,12 +280,12 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
         parts += _thresholds_section(report.metrics.get("thresholds"), meta.get("split"))
     if report.roc:
         parts += ["<h2>ROC curve</h2>", f'<img src="{_rel(report.roc, root)}" alt="ROC curve">']
-    parts += _video_section(report, videos, labelled, root)
+    parts += _video_section(report, videos, labelled, root, unit)
     if report.triptychs:
-        parts.append("<h2>Why these frames: input, reconstruction, error</h2>")
+        parts.append(f"<h2>Why these {item}s: input, reconstruction, error</h2>")
         for name, frame, png in report.triptychs:
-            parts.append(f'<figure><img src="{_rel(png, root)}" alt="video {e(name)} frame '
-                         f'{frame}"><figcaption>video {e(name)}, frame {frame}</figcaption>'
+            parts.append(f'<figure><img src="{_rel(png, root)}" alt="{unit} {e(name)} {item} '
+                         f'{frame}"><figcaption>{unit} {e(name)}, {item} {frame}</figcaption>'
                          "</figure>")
     if report.memory:
         parts += ["<h2>Memory slots, decoded</h2>",
@@ -298,13 +322,14 @@ def _thresholds_section(thresholds: dict | None, split: str | None) -> list[str]
 
 
 def _video_section(report: Report, videos: list[VideoScores], labelled: set[str],
-                   root: Path) -> list[str]:
+                   root: Path, unit: str = "video") -> list[str]:
     e = html.escape
     per = {p["name"]: p for p in (report.metrics or {}).get("per_video", [])}
     plots = {p.stem: p for p in report.videos}
-    parts = ["<h2>Videos</h2>", "<table>",
-             '<tr><th class="l">video</th><th>frames</th><th>abnormal</th><th>AUC</th>'
-             "<th>AP</th><th>EER</th><th>max error</th></tr>"]
+    images = unit == "group"
+    parts = ["<h2>Groups of images</h2>" if images else "<h2>Videos</h2>", "<table>",
+             f'<tr><th class="l">{unit}</th><th>{"images" if images else "frames"}</th>'
+             "<th>abnormal</th><th>AUC</th><th>AP</th><th>EER</th><th>max error</th></tr>"]
     for v in videos:
         p = per.get(v.name, {})
         name = e(v.name)
@@ -318,7 +343,8 @@ def _video_section(report: Report, videos: list[VideoScores], labelled: set[str]
     parts.append("</table>")
     for v in videos:
         if v.name in plots:
+            what = "error histogram of group" if images else "regularity of video"
             parts.append(f'<div id="v-{e(v.name, quote=True)}"><img src="'
-                         f'{_rel(plots[v.name], root)}" alt="regularity of video {e(v.name)}">'
+                         f'{_rel(plots[v.name], root)}" alt="{what} {e(v.name)}">'
                          "</div>")
     return parts

@@ -15,7 +15,12 @@ import pyarrow as pa
 from memae_dist.data.storage import StorageConfig, same_file
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import ScoreConfig, read_scores, score_dataset, video_scores
-from memae_dist.evaluate.plots import plot_roc, plot_score_curves, writing
+from memae_dist.evaluate.plots import (
+    plot_roc,
+    plot_score_curves,
+    plot_score_histograms,
+    writing,
+)
 from memae_dist.evaluate.protocol import (
     METRICS,
     PROTOCOL_HELP,
@@ -101,6 +106,7 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(out_dir, metrics, frame_table(videos))
-    plot_score_curves(videos, out_dir / "scores.png")
-    plot_roc(videos, out_dir / "roc.png")
+    images = meta.get("content") == "images"
+    (plot_score_histograms if images else plot_score_curves)(videos, out_dir / "scores.png")
+    plot_roc(videos, out_dir / "roc.png", images=images)
     return json.loads((out_dir / "metrics.json").read_text())

@@ -8,7 +8,13 @@ from memae_dist.evaluate.protocol import VideoScores
 pytest.importorskip("matplotlib")
 PIL_Image = pytest.importorskip("PIL.Image")
 
-from memae_dist.evaluate.plots import _abnormal_runs, plot_roc, plot_score_curves  # noqa: E402
+from memae_dist.evaluate.plots import (  # noqa: E402
+    _abnormal_runs,
+    plot_group,
+    plot_roc,
+    plot_score_curves,
+    plot_score_histograms,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,6 +35,11 @@ def _check_png(path):
     assert data.startswith(PNG_MAGIC) and len(data) > 1000
     with PIL_Image.open(path) as img:
         return img.size
+
+
+def _title(path) -> str:
+    with PIL_Image.open(path) as img:
+        return img.text["Title"]
 
 
 def test_abnormal_runs_merge_consecutive_frames():
@@ -56,3 +67,28 @@ def test_plot_roc_writes_png(tmp_path):
     # One class only: still a figure (with a note), no crash.
     normal = [VideoScores("n", [8, 9, 10], [0.1, 0.3, 0.2], [0, 0, 0])]
     _check_png(plot_roc(normal, tmp_path / "roc_one_class.png"))
+
+
+def test_a_figure_says_what_it_shows_in_its_title_text(tmp_path):
+    assert _title(plot_score_curves(_videos(5), tmp_path / "c.png", max_videos=3)) == (
+        "regularity of 3 of 5 videos")
+    assert _title(plot_roc(_videos(3), tmp_path / "roc.png")) == (
+        "frame-level ROC (3 videos, 120 frames)")
+
+
+def test_still_images_get_error_histograms_and_the_raw_roc(tmp_path):
+    # Images in a group have no order: a curve along them would draw the storage order.
+    path = plot_score_histograms(_videos(5), tmp_path / "hist.png")
+    w5, h5 = _check_png(path)
+    assert _title(path) == "error histograms of 5 of 5 groups"
+    w2, h2 = _check_png(plot_score_histograms(_videos(20), tmp_path / "cap.png", max_groups=2))
+    assert w5 > w2 and h5 > h2
+    with pytest.raises(ValueError, match="max_groups"):
+        plot_score_histograms(_videos(1), tmp_path / "x.png", max_groups=0)
+    roc = plot_roc(_videos(3), tmp_path / "roc.png", images=True)
+    assert _title(roc) == "image-level ROC (3 groups, 120 images)"
+    # Normal-only and unlabelled groups still draw (one class, or grey).
+    normal = VideoScores("n", [0, 1, 2], [0.1, 0.3, 0.2], [0, 0, 0])
+    _check_png(plot_group(normal, tmp_path / "n.png"))
+    assert _title(plot_group(normal, tmp_path / "u.png", labelled=False)) == (
+        "error histogram of group n (unlabelled)")

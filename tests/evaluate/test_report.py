@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from PIL import Image
 
 from memae_dist.cli import main
 from memae_dist.evaluate.batch_score import (
@@ -17,7 +18,7 @@ from memae_dist.evaluate.batch_score import (
     write_scores,
 )
 from memae_dist.evaluate.protocol import METRICS
-from tests.evaluate.conftest import make_checkpoint
+from tests.evaluate.conftest import make_checkpoint, write_scores_file
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -190,3 +191,20 @@ def test_thresholds_of_a_normal_only_split_show_budgets_without_recall():
     html_rows = "".join(_thresholds_section(deployment_thresholds(np.zeros(2000), scores), "val"))
     assert html_rows.count("false positives &le;") == 3 and "best F1" not in html_rows
     assert "<td>1.9</td>" in html_rows  # 5%: the lowest of the top 100 of 2,000
+
+
+def test_a_still_image_set_is_reported_by_groups_of_images(tmp_path):
+    scores = write_scores_file(tmp_path / "scores.parquet", content="images")
+    out = tmp_path / "report"
+    assert main(["report", "--scores", scores, "--out", str(out), "--max-videos", "1"]) == 0
+    page = parse(out / "index.html")
+    text = " ".join(page.text)
+    assert "Groups of images" in text and "Videos" not in text
+    assert "groups" in text and "images scored" in text and "frames scored" not in text
+    assert "a video is a group of images stored together" in text
+    assert "Error histograms for the first 1 of 2 groups only" in text
+    assert not (out / "videos").exists()
+    with Image.open(out / "groups" / "01.png") as img:
+        assert img.text["Title"].startswith("error histogram of group 01")
+    with Image.open(out / "roc.png") as img:
+        assert img.text["Title"] == "image-level ROC (2 groups, 24 images)"
