@@ -88,21 +88,29 @@ def _abnormal_runs(frames: np.ndarray, labels: np.ndarray) -> list[tuple[int, in
     return runs
 
 
+def _panel_grid(items: Sequence, limit: int, limit_name: str, unit: str):
+    """A figure of up to ``limit`` small panels, four a row: (figure, [(axis, item), ...])."""
+    if limit < 1:
+        raise ValueError(f"{limit_name} must be >= 1, got {limit}")
+    shown = list(items)[:limit]
+    if not shown:
+        raise ValueError(f"a grid of {unit}s needs at least one {unit}")
+    ncols = min(4, len(shown))
+    nrows = math.ceil(len(shown) / ncols)
+    fig = _new_figure(3.2 * ncols, 2.4 * nrows)
+    axes = list(fig.subplots(nrows, ncols, squeeze=False).flat)
+    for ax in axes[len(shown):]:
+        ax.set_visible(False)
+    return fig, list(zip(axes, shown))
+
+
 def plot_score_curves(videos: Sequence[VideoScores], path, max_videos: int = 12) -> Path:
     """Grid of per-video regularity curves with ground-truth abnormal frames shaded red.
 
     Only the first ``max_videos`` videos are drawn. Returns the PNG path.
     """
-    if max_videos < 1:
-        raise ValueError(f"max_videos must be >= 1, got {max_videos}")
-    shown = list(videos)[:max_videos]
-    if not shown:
-        raise ValueError("plot_score_curves needs at least one video")
-    ncols = min(4, len(shown))
-    nrows = math.ceil(len(shown) / ncols)
-    fig = _new_figure(3.2 * ncols, 2.4 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, v in zip(axes.flat, shown):
+    fig, panels = _panel_grid(videos, max_videos, "max_videos", "video")
+    for ax, v in panels:
         for first, last in _abnormal_runs(v.frames, v.labels):
             ax.axvspan(first - 0.5, last + 0.5, color="tab:red", alpha=0.25, lw=0)
         ax.plot(v.frames, regularity(v.scores), color="tab:blue", lw=1)
@@ -111,30 +119,18 @@ def plot_score_curves(videos: Sequence[VideoScores], path, max_videos: int = 12)
         ax.set_xlabel("frame", fontsize=8)
         ax.set_ylabel("regularity", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.set_visible(False)
-    return _save_png(fig, path, f"regularity of {len(shown)} of {len(videos)} videos")
+    return _save_png(fig, path, f"regularity of {len(panels)} of {len(videos)} videos")
 
 
 def plot_score_histograms(groups: Sequence[VideoScores], path, max_groups: int = 12) -> Path:
     """Grid of per-group histograms of the raw error, normal and abnormal images apart: the
     still-image counterpart of :func:`plot_score_curves` (images have no order, and the micro
     protocol ranks them by raw error, not by a per-group normalisation)."""
-    if max_groups < 1:
-        raise ValueError(f"max_groups must be >= 1, got {max_groups}")
-    shown = list(groups)[:max_groups]
-    if not shown:
-        raise ValueError("plot_score_histograms needs at least one group")
-    ncols = min(4, len(shown))
-    nrows = math.ceil(len(shown) / ncols)
-    fig = _new_figure(3.2 * ncols, 2.4 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    for ax, g in zip(axes.flat, shown):
+    fig, panels = _panel_grid(groups, max_groups, "max_groups", "group")
+    for ax, g in panels:
         _error_histogram(ax, g, labelled=True)
         ax.set_title(str(g.name), fontsize=9)
-    for ax in list(axes.flat)[len(shown):]:
-        ax.set_visible(False)
-    return _save_png(fig, path, f"error histograms of {len(shown)} of {len(groups)} groups")
+    return _save_png(fig, path, f"error histograms of {len(panels)} of {len(groups)} groups")
 
 
 def _error_histogram(ax, g: VideoScores, labelled: bool) -> None:
