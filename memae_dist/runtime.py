@@ -51,6 +51,17 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None,
                         "on its CPUs, or pass --address of a cluster with GPUs")
 
 
+def require_torch_gpu(gpus_per_worker: float) -> None:
+    """An in-process run (``--workers 0``) uses whatever GPU torch sees, with no Ray to ask for
+    one: a GPU asked for that torch does not see is refused, not replaced by the CPU unsaid."""
+    import torch
+
+    if gpus_per_worker > 0 and not torch.cuda.is_available():
+        raise UserError("--gpus-per-worker with --workers 0 asks for a GPU in this process, and "
+                        "torch sees none (no GPU, or a CPU-only torch build): drop "
+                        "--gpus-per-worker to run on the CPU")
+
+
 def local_ray_gone() -> bool:
     """Whether the local Ray this process started was signalled with it, as a SIGTERM sent to
     the whole process group (``timeout``, systemd, a CI cancel) leaves it: its dashboard and

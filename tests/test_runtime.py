@@ -63,3 +63,23 @@ def test_gpus_a_local_ray_cannot_have_are_refused_not_waited_for(tiny_data, tmp_
             "memae-dist: error: --gpus-per-worker asks for 1 GPUs at once, and this machine "
             "has 0 that Ray can use: drop --gpus-per-worker to run on its CPUs, or pass "
             "--address of a cluster with GPUs")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: torch sees it")
+def test_a_gpu_asked_for_in_process_that_torch_cannot_see_is_refused(tiny_data, tmp_path,
+                                                                     monkeypatch, capsys):
+    # Before: --workers 0 trained and scored on the CPU, and recorded gpus_per_worker 1.
+    from memae_dist.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = make_checkpoint(tmp_path / "ckpt" / "checkpoint_epoch_0001", tiny_data)
+    for verb in (["train", "--config", "demo", "--data", tiny_data, "--storage", "runs",
+                  "--name", "g", "--epochs", "1"],
+                 ["score", "--checkpoint", ckpt, "--data", tiny_data, "--out", "s.parquet"],
+                 ["evaluate", "--checkpoint", ckpt, "--data", tiny_data, "--out", "ev"]):
+        assert main([*verb, "--workers", "0", "--gpus-per-worker", "1"]) == 2
+        assert capsys.readouterr().err == (
+            "memae-dist: error: --gpus-per-worker with --workers 0 asks for a GPU in this "
+            "process, and torch sees none (no GPU, or a CPU-only torch build): drop "
+            "--gpus-per-worker to run on the CPU\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # nothing written

@@ -53,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
             owned = tuple(n for n in owned if n != SCORES_FILE)  # the input stays
     elif not args.data:
         raise UserError("--checkpoint needs --data (the prepared dataset to score)")
+    scoring = None if args.scores else score_config(args)
     with output_folder(args.out, storage, commit="metrics.json", owned=owned) as out:
         if args.scores:
             metrics = evaluate_scores(args.scores, out, args.protocol, storage)
         else:
             # No out.mkdir here: the scores file creates the folder once scoring has worked.
             result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
-                                   score_config(args), storage=storage, address=args.address,
+                                   scoring, storage=storage, address=args.address,
                                    need_labels=True)
             metrics = evaluate_table(result.table, result.meta, out, args.protocol,
                                      scores_uri=join(args.out, SCORES_FILE) if remote else None)

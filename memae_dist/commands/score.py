@@ -60,7 +60,10 @@ def add_scoring_flags(p: argparse.ArgumentParser, workers_default: int = 1) -> N
 
 def score_config(args: argparse.Namespace):
     from memae_dist.evaluate.batch_score import ScoreConfig
+    from memae_dist.runtime import require_torch_gpu
 
+    if not args.workers:  # before any footage is prepared or any output made
+        require_torch_gpu(args.gpus_per_worker)
     return ScoreConfig(split=args.split, error=args.error, batch_size=args.batch_size,
                        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                        gpus_per_worker=args.gpus_per_worker, precision=args.precision,

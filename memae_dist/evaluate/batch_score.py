@@ -55,6 +55,7 @@ from memae_dist.evaluate.score import (
     read_model_state,
     segment_items,
 )
+from memae_dist.runtime import require_torch_gpu
 
 log = logging.getLogger("memae_dist.score")
 SCORES_FORMAT = "memae-dist-scores"
@@ -127,6 +128,8 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
 
     ``need_labels``: refuse, before scoring, a split without a labelled video (evaluation)."""
     cfg = cfg or ScoreConfig()
+    if not cfg.workers:
+        require_torch_gpu(cfg.gpus_per_worker)
     storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
     # Absolute paths: Ray workers need not share the driver's working directory.
     checkpoint, data_uri = absolute(checkpoint), absolute(data_uri)

@@ -16,7 +16,7 @@ from memae_dist.config import ExperimentConfig, from_dict, to_plain
 from memae_dist.data.manifest import check_model_input, load_manifest
 from memae_dist.data.storage import absolute, exists, join, portable_fs, read_bytes
 from memae_dist.errors import UserError
-from memae_dist.runtime import check_room_for_data, ensure_ray
+from memae_dist.runtime import check_room_for_data, ensure_ray, require_torch_gpu
 from memae_dist.train.checkpoint import (
     HISTORY_FILE,
     STATE_FILE,
@@ -186,6 +186,8 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
 
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
+    if not cfg.train.workers:
+        require_torch_gpu(cfg.train.gpus_per_worker)
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
     manifest = load_manifest(cfg.data.path, cfg.storage)
     check_model_input(manifest, cfg.model, cfg.data.path)

@@ -51,6 +51,10 @@ def carve_val_from_test(
     storage_cfg: StorageConfig | None = None,
 ) -> list[str]:
     """Move the selected labelled ``source`` videos into ``split``; returns their names."""
+    if split == source:
+        raise UserError(f"data.val_split={split} with --val-from-test: the validation split "
+                        f"is carved out of '{source}' and cannot be '{source}' itself; leave "
+                        "data.val_split unset (the carved split is then 'val')")
     manifest = load_manifest(dataset_uri, storage_cfg)
     uri = storage.join(dataset_uri, MANIFEST_FILE)
     raw = json.loads(storage.read_bytes(uri, storage_cfg))
@@ -59,7 +63,8 @@ def carve_val_from_test(
         return _check_same(done, selection, manifest, split, uri)
     if split in manifest.splits:
         raise UserError(f"{uri} already has a '{split}' split that was not carved from "
-                        f"'{source}'; use data.val_split={split} as it is")
+                        f"'{source}': drop --val-from-test to validate on it as it is, or "
+                        "set data.val_split to a new name")
     chosen = _choose(manifest, selection, source, uri)
     remaining = [v for v in raw["splits"][source]["videos"] if v["name"] not in chosen]
     moved = [v for v in raw["splits"][source]["videos"] if v["name"] in chosen]

@@ -57,6 +57,13 @@ def test_training_frames_layout_and_errors(shanghai):
     np.save(masks / "02_0128.npy", np.zeros(21, np.int64))
     with pytest.raises(UserError, match=r"02_0128\.npy: 21 frame labels, but .*02_0128 has 22"):
         shanghaitech_videos(shanghai, SIZE)
+    np.save(masks / "02_0128.npy", np.zeros(22, np.int64))
+    link = shanghai / "testing" / "frames" / "02_0128" / "zz_extra.jpg"
+    link.symlink_to(shanghai / "gone.jpg")  # counted as a frame: named with the mismatch
+    with pytest.raises(UserError, match=r"has 23 frames \(label length mismatch\), counting "
+                                        r".*zz_extra\.jpg, a broken symbolic link"):
+        shanghaitech_videos(shanghai, SIZE)
+    link.unlink()
     (masks / "02_0128.npy").unlink()
     with pytest.raises(UserError, match="no frame labels for test video 02_0128"):
         shanghaitech_videos(shanghai, SIZE)

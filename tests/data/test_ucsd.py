@@ -124,6 +124,17 @@ def test_label_mismatches_name_the_label_file(trees):
     np.save(frames_root / "frame_labels_ped2.npy", np.zeros((1, 2 * N + 1), np.int64))
     with pytest.raises(UserError, match=r"frame_labels_ped2\.npy.*41 frame labels"):
         ucsd_videos(frames_root)
+    # A stray broken link among a test video's frames: the count names it, not only the labels.
+    link = frames_root / "testing" / "frames" / "01" / "999.jpg"
+    link.symlink_to(frames_root / "gone.jpg")
+    np.save(frames_root / "frame_labels_ped2.npy", np.zeros((1, 2 * N), np.int64))
+    with pytest.raises(UserError) as caught:
+        ucsd_videos(frames_root)
+    assert str(caught.value) == (
+        f"{frames_root / 'frame_labels_ped2.npy'}: {2 * N} frame labels, but the test videos "
+        f"have {2 * N + 1} frames, counting {link}, a broken symbolic link (its target "
+        f"{frames_root / 'gone.jpg'} does not exist): restore its target or remove the link")
+    link.unlink()
     (original / "Test" / "Test002_gt" / "020.bmp").unlink()
     spec = ucsd_videos(original)[-1]
     with pytest.raises(UserError, match=r"Test002_gt.*label length mismatch"):

@@ -80,6 +80,17 @@ def test_bad_selections_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"the labelled 'test' videos left \(02\) need both "
                                         "normal and abnormal frames for the final test AUC"):
         carve_val_from_test(data, ["01"])
+    # Carving into the split it comes from, or into one the dataset has: each says what to do.
+    with pytest.raises(UserError, match=r"^data.val_split=test with --val-from-test: .* leave "
+                                        r"data.val_split unset \(the carved split is then "
+                                        r"'val'\)$"):
+        carve_val_from_test(data, 1, split="test")
+    with_train = write_dataset(tmp_path / "t", [video("train", "01", None),
+                                                video("test", "02", [[0, 5]]),
+                                                video("test", "03", [[0, 5]])])
+    with pytest.raises(UserError, match=r"already has a 'train' split that was not carved from "
+                                        "'test': drop --val-from-test to validate on it as it is"):
+        carve_val_from_test(with_train, 1, split="train")
     with pytest.raises(UserError, match="count >= 1"):
         parse_selection("0")
     with pytest.raises(UserError, match="--val-from-test 01,02,01: names 01 more than once"):

@@ -143,8 +143,14 @@ def _label_file_ranges(root: Path, test: list[tuple[str, Path]], workers: int | 
     bad = {i: c for i, c in enumerate(counts) if isinstance(c, UserError)}
     if bad and not skip_bad:
         raise next(iter(bad.values()))
+    with video_io.naming_broken_links([p for _, p in test]):
+        return _placed_ranges(npy, mat, test, counts, bad), bad
+
+
+def _placed_ranges(npy: Path, mat: Path, test: list[tuple[str, Path]], counts: list,
+                   bad: dict[int, UserError]) -> list:
     if not npy.is_file():
-        return mat_ranges(mat, [None if i in bad else c for i, c in enumerate(counts)]), bad
+        return mat_ranges(mat, [None if i in bad else c for i, c in enumerate(counts)])
     if len(bad) > 1:
         names = ", ".join(test[i][0] for i in bad)
         raise UserError(
@@ -157,7 +163,7 @@ def _label_file_ranges(root: Path, test: list[tuple[str, Path]], workers: int | 
         # The one unreadable video's length is what the other videos leave of the labels.
         known = sum(c for c in counts if not isinstance(c, UserError))
         counts[next(iter(bad))] = max(0, len(video_io.load_label_array(npy)) - known)
-    return npy_ranges(npy, counts), bad
+    return npy_ranges(npy, counts)
 
 
 def _count_or_error(path: Path) -> int | UserError:

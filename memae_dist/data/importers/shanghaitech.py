@@ -43,8 +43,9 @@ def shanghaitech_videos(src: str | Path, size: tuple[int, int]) -> list[VideoSpe
                 raise UserError(f"{masks}: no frame labels for test video {name} ({labels.name})")
             # Frame folders are counted cheaply, so a mismatch is reported before any decoding.
             n_labels = len(video_io.read_frame_labels(labels))
-            video_io.check_label_count(labels, n_labels, folder,
-                                       video_io.count_source_frames(folder))
+            with video_io.naming_broken_links([folder]):
+                video_io.check_label_count(labels, n_labels, folder,
+                                           video_io.count_source_frames(folder))
             specs.append(VideoSpec("test", name, functools.partial(
                 video_io.load_with_frame_labels, str(folder), size, str(labels))))
         return specs
@@ -55,7 +56,8 @@ def shanghaitech_videos(src: str | Path, size: tuple[int, int]) -> list[VideoSpe
             f"{' / '.join(LABEL_FILES)}"
         )
     counts = [video_io.count_source_frames(p) for _, p in test]
-    ranges = npy_ranges(label_file, counts)
+    with video_io.naming_broken_links([p for _, p in test]):
+        ranges = npy_ranges(label_file, counts)
     return specs + video_io.labelled_specs("test", test, ranges, size)
 
 

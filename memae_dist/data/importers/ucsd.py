@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from memae_dist.data.importers.video_io import (
+    LabelCountError,
     is_broken_link,
     load_label_array,
     mixed_sizes,
+    naming_broken_links,
     open_image,
 )
 from memae_dist.data.storage import StorageConfig
@@ -105,7 +107,8 @@ def _frames_layout(root: Path, variant: str) -> list[VideoSpec]:
     train = _numbered_dirs(root / "training" / "frames", r"(\d+)")
     test = _numbered_dirs(root / "testing" / "frames", r"(\d+)")
     counts = [len(_frame_files(d)) for _, d in test]
-    ranges = _frames_labels(root, variant, counts)
+    with naming_broken_links([d for _, d in test], _frame_files):
+        ranges = _frames_labels(root, variant, counts)
     specs = [VideoSpec("train", name, functools.partial(load_frames, str(d), None))
              for name, d in train]
     specs += [VideoSpec("test", name, functools.partial(load_frames, str(d), r))
@@ -174,7 +177,7 @@ def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
     """Per test video, ranges from one array of frame labels (test videos concatenated)."""
     labels = load_label_array(path)
     if len(labels) != sum(counts):
-        raise UserError(
+        raise LabelCountError(
             f"{path}: {len(labels)} frame labels, but the test videos have {sum(counts)} frames"
         )
     bounds = np.cumsum([0, *counts])
@@ -187,7 +190,7 @@ def _check_ranges(ranges: list[list[int]], n: int, path: Path, index: int) -> No
             raise UserError(f"{path}: range [{first + 1}, {last + 1}] of test video "
                             f"{index + 1} ends before it starts")
         if not 0 <= first <= last < n:
-            raise UserError(
+            raise LabelCountError(
                 f"{path}: range [{first + 1}, {last + 1}] of test video {index + 1} is outside "
                 f"its {n} frames (label length mismatch)"
             )

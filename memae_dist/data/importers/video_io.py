@@ -52,6 +52,28 @@ def broken_link_reason(path: Path) -> str:
     return f"broken symbolic link (its target {target} does not exist)"
 
 
+class LabelCountError(UserError):
+    """Frame labels and frames that do not count the same."""
+
+
+@contextlib.contextmanager
+def naming_broken_links(folders, list_frames=None):
+    """A frame-label count that does not match, raised inside, names the broken links counted
+    as frames of these folders (video files are passed over): a frame that went missing, or a
+    stray link, is the likelier fault than the label file the count error names."""
+    try:
+        yield
+    except LabelCountError as exc:
+        list_frames = list_frames or frame_files
+        links = [f for folder in map(Path, folders) if folder.is_dir()
+                 for f in list_frames(folder) if is_broken_link(f)]
+        if not links:
+            raise
+        more = f" (and {len(links) - 1} more)" if len(links) > 1 else ""
+        raise UserError(f"{exc}, counting {links[0]}{more}, a {broken_link_reason(links[0])}: "
+                        "restore its target or remove the link") from None
+
+
 def _is_file_or_broken_link(path: Path) -> bool:
     # A broken link named like a video or frame is a source that went missing, not litter:
     # kept, it fails when read (an error, or a skipped video with --skip-bad); dropped, it
@@ -276,7 +298,7 @@ def read_frame_labels(path: str | Path) -> np.ndarray:
 
 def check_label_count(labels_file, n_labels: int, video, n_frames: int) -> None:
     if n_labels != n_frames:
-        raise UserError(
+        raise LabelCountError(
             f"{labels_file}: {n_labels} frame labels, but {video} has {n_frames} frames "
             "(label length mismatch)"
         )
