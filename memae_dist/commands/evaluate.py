@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
             metrics = evaluate_table(result.table, result.meta, out, args.protocol,
                                      scores_uri=join(args.out, SCORES_FILE) if remote else None)
     print_evaluation(metrics)
+    if not args.scores:  # the checkpoint a run URI resolved to
+        print(f"checkpoint: {metrics['checkpoint']}")
     print(f"metrics: {join(args.out, 'metrics.json') if remote else out / 'metrics.json'}")
     return 0
 

@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     videos = len(set(result.table.column("video").to_pylist()))
     print(f"scored {result.table.num_rows} frames of {videos} videos in {result.seconds:.1f} s "
           f"({result.frames_per_s:.1f} frames/s)")
+    print(f"checkpoint: {result.meta['checkpoint']}")  # the one a run URI resolved to
     if args.videos:
         print(f"prepared frames: {data}")
     print(f"scores: {args.out}")

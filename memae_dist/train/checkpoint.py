@@ -35,6 +35,7 @@ from memae_dist.data.storage import (
     StorageConfig,
     check_bucket,
     exists,
+    is_folder,
     join,
     listdir,
     read_bytes,
@@ -52,6 +53,8 @@ from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
 
 CHECKPOINT_FILES = (CONFIG_FILE, HISTORY_FILE, STATE_FILE)
 CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
+# upload_file's temporary name for a file it streams into a local folder
+_UPLOAD_TEMP = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -153,6 +156,8 @@ def unreadable_state(path, exc: Exception) -> UserError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     if first.startswith("Weights only load failed"):  # torch's advice would be to unpickle it
         first = "damaged, or not written by memae-dist"
+    elif first.startswith("PytorchStreamReader failed"):  # then four sentences of advice
+        first = first.split(". ", 1)[0] + " (truncated or damaged)"
     elif "TorchScript archive" in first or "locating file data.pkl" in first:
         first = ("an exported model (TorchScript or pt2), not a checkpoint; give the "
                  "checkpoint 'memae-dist train' wrote")
@@ -316,8 +321,28 @@ def prune(run_uri: str, keep: int, storage: StorageConfig | None = None) -> None
     complete = [n for n in names if is_complete(join(run_uri, n), storage)]
     if len(complete) <= keep:
         return
-    for name in names[: names.index(complete[-keep])]:
+    older = names[: names.index(complete[-keep])]
+    logging.getLogger("memae_dist.train").info(
+        "%s: removing %d older checkpoint(s), train.keep_checkpoints=%d", run_uri, len(older),
+        keep)
+    for name in older:
         delete(join(run_uri, name), storage)
+
+
+def drop_cut_off_uploads(run_uri: str, storage: StorageConfig | None = None) -> None:
+    """Delete the temporary files of uploads cut off mid-file (a worker killed while it wrote a
+    checkpoint into a folder): nothing removes them later, in a folder that stays. Run under
+    the run's lock, so no upload is under way."""
+    from memae_dist.data.storage import delete
+
+    if not exists(run_uri, storage):
+        return
+    for name in listdir(run_uri, storage):
+        folder = join(run_uri, name)
+        if CHECKPOINT_RE.match(name) and is_folder(folder, storage):
+            for child in listdir(folder, storage):
+                if _UPLOAD_TEMP.fullmatch(child):
+                    delete(join(folder, child), storage)
 
 
 def forget_missing(run_uri: str, storage: StorageConfig | None = None) -> None:

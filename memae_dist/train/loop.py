@@ -111,7 +111,7 @@ def resume(w: Worker) -> TrainState:
     if latest is not None:
         # A private copy per worker: a shared download folder lets a second worker on the
         # node re-download into it while the first is still reading it.
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(prefix="memae-restore-") as tmp:
             download_dir(latest, Path(tmp), w.cfg.storage)
             try:
                 state, scaler = restore(Path(tmp), w.model, w.optimizer)
@@ -154,7 +154,8 @@ def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
     t0 = time.perf_counter()
     run = run_uri(cfg)
     target = join(run, checkpoint_dir_name(state.epoch))
-    with tempfile.TemporaryDirectory() as tmp, checkpoint_upload(target, cfg):
+    with (tempfile.TemporaryDirectory(prefix="memae-checkpoint-") as tmp,
+          checkpoint_upload(target, cfg)):
         ckpt = None
         if w.rank == 0:
             save_checkpoint(Path(tmp), w.model, w.optimizer, state, config["experiment"],

@@ -22,6 +22,7 @@ from memae_dist.train.checkpoint import (
     STATE_FILE,
     best_checkpoint,
     checkpoint_epoch,
+    drop_cut_off_uploads,
     forget_missing,
     latest_checkpoint,
     prune,
@@ -69,11 +70,12 @@ def completed_epochs(run: str, cfg: ExperimentConfig) -> int:
     return checkpoint_epoch(point) if point else 0
 
 
-def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | None = None
-                     ) -> None:
+def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | None = None,
+                     resuming: bool = True) -> None:
     """A run's model is fixed when it first starts: resumed with other model settings, its
     weights would not load (a changed shape), or one history would mix two experiments. So is
-    what the model sees: clips of ``data.window`` frames of the first run's ``size``."""
+    what the model sees: clips of ``data.window`` frames of the first run's ``size``.
+    ``resuming``: training goes on, so changed recipe settings are worth a warning."""
     point = restore_point(run, cfg.storage)
     if point is None:
         return
@@ -92,6 +94,9 @@ def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | No
     if changed:
         raise UserError(f"run {run} was started with {', '.join(changed)}; a run keeps its "
                         "model when it resumes: drop the change, or give the run a new --name")
+    if not resuming:
+        return
+    check_history(point, cfg.storage)
     if data.get("path") and data["path"] != absolute(cfg.data.path):
         log.warning("%s resumes on %s; it was trained on %s until now", run,
                     absolute(cfg.data.path), data["path"])
@@ -135,11 +140,30 @@ def trained_size(ckpt_uri: str, storage=None) -> tuple[int, int] | None:
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - truncated, foreign: unreadable_state says which
-        raise UserError(f"{unreadable_state(state_uri, exc)}; the run resumes from its newest "
-                        f"checkpoint: delete {ckpt_uri} to resume from the one before it, or "
-                        "start a new run with another --name") from None
+        raise UserError(f"{unreadable_state(state_uri, exc)}{_resume_advice(ckpt_uri)}"
+                        ) from None
     size = (state.get("data") or {}).get("size") if isinstance(state, dict) else None
     return (int(size[0]), int(size[1])) if size and len(size) == 2 else None
+
+
+def check_history(ckpt_uri: str, storage=None) -> None:
+    """The history a resumed run continues from must parse: read on the driver, like the
+    state, so a truncated one is one line, not a traceback from every worker."""
+    uri = join(ckpt_uri, HISTORY_FILE)
+    if not exists(uri, storage):
+        return
+    try:
+        rows = json.loads(read_bytes(uri, storage))
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list):
+        raise UserError(f"cannot read checkpoint {uri}: not a JSON list of epochs (truncated?)"
+                        f"{_resume_advice(ckpt_uri)}")
+
+
+def _resume_advice(ckpt_uri: str) -> str:
+    return (f"; the run resumes from its newest checkpoint: delete {ckpt_uri} to resume from "
+            "the one before it, or start a new run with another --name")
 
 
 class TrainData:
@@ -197,8 +221,9 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         log.warning("%s", warning)
     run = run_uri(cfg)
     with RunLock(run, cfg.storage, cfg.run.lock_ttl_s if exclusive else 0):
-        check_same_model(run, cfg, manifest.size)
+        drop_cut_off_uploads(run, cfg.storage)
         done = completed_epochs(run, cfg)
+        check_same_model(run, cfg, manifest.size, resuming=done < cfg.train.epochs)
         if done:  # an attempt cut off before its own pruning left more than it keeps
             prune(run, cfg.train.keep_checkpoints, cfg.storage)
         if done >= cfg.train.epochs:
@@ -358,7 +383,12 @@ def read_history(ckpt_uri: str, cfg: ExperimentConfig) -> list[dict]:
     epoch = checkpoint_epoch(ckpt_uri)
     for uri in (run_history, join(ckpt_uri, HISTORY_FILE)):
         if exists(uri, cfg.storage):
-            rows = json.loads(read_bytes(uri, cfg.storage))
-            if rows and rows[-1].get("epoch") == epoch:
+            try:
+                rows = json.loads(read_bytes(uri, cfg.storage))
+            except ValueError:  # cut off while written: the checkpoint's copy will do
+                log.warning("%s is not valid JSON (truncated?): reading the history from the "
+                            "checkpoint", uri)
+                continue
+            if isinstance(rows, list) and rows and rows[-1].get("epoch") == epoch:
                 return rows
     return []

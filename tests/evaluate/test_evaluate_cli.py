@@ -41,7 +41,8 @@ def independent_metrics(parquet_path):
 def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkpoint, tmp_path,
                                                      capsys):
     out = tmp_path / "eval"
-    code = main(["evaluate", "--checkpoint", tiny_checkpoint, "--data", segmented_data,
+    run = str(Path(tiny_checkpoint).parent)  # a run: its newest checkpoint is used, and named
+    code = main(["evaluate", "--checkpoint", run, "--data", segmented_data,
                  "--out", str(out), "--workers", "0", "--batch-size", "8", "--protocol", "micro",
                  "--no-progress"])
     assert code == 0
@@ -66,6 +67,7 @@ def test_evaluate_auc_equals_independent_computation(segmented_data, tiny_checkp
         assert all(k in metrics for k in keys)
     printed = capsys.readouterr().out
     assert "protocol micro: raw errors pooled" in printed
+    assert f"checkpoint: {tiny_checkpoint}\n" in printed
     assert f"AUC {metrics['auc_micro']:.4f}" in printed
     assert "auc_paper" in printed and "per video:" in printed
     # Thresholds on the raw errors a live system would use, read off this split.

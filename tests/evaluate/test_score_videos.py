@@ -25,6 +25,7 @@ def test_score_folder_of_mp4_end_to_end(tiny_checkpoint, ray_local, s3_bucket, t
                  str(out), "--workers", "0", "--labels", str(labels), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "scored 24 frames of 2 videos" in printed  # (30 - 15) + (24 - 15)
+    assert f"checkpoint: {tiny_checkpoint}\n" in printed
     table, meta = read_scores(str(out))
     prepared = tmp_path / "out" / "scores_frames"
     assert meta["data"] == str(prepared) and meta["split"] == "test"

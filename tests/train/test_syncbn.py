@@ -41,6 +41,10 @@ def ddp_worker(rank: int, world: int, port: int, x: torch.Tensor, out: str, bf16
     grads = {k: p.grad for k, p in model.named_parameters()}
     grads["running_var"] = model[1].running_var
     torch.save(grads, f"{out}/rank{rank}.pt")
+    # Both ranks past their last collective before either tears gloo down: a rank that exits
+    # while its peer's gloo threads still talk to it aborts ("terminate called without an
+    # active exception"), now and then.
+    dist.barrier()
     dist.destroy_process_group()
 
 

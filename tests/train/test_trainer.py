@@ -266,3 +266,29 @@ def test_checkpoints_left_by_a_cut_off_attempt_are_pruned_by_the_next(tiny_data,
                            "train.keep_checkpoints=1"))
     assert [r["epoch"] for r in last.history] == [1, 2, 3, 4]
     assert kept() == ["checkpoint_epoch_0004"]
+
+
+def test_damaged_histories_and_cut_off_uploads_are_handled_by_the_next_run(tiny_data, tmp_path,
+                                                                           caplog):
+    common = ["train.workers=0", "train.max_steps_per_epoch=2", "run.name=cut2"]
+    fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2"))
+    run, ckpt = tmp_path / "cut2", tmp_path / "cut2" / "checkpoint_epoch_0002"
+    # A worker killed while it streamed a file leaves its temporary name in a kept folder.
+    stray = ckpt / f"{STATE_FILE}.tmp-{'a3' * 16}"
+    stray.write_bytes(b"half a state")
+    # A run-level history cut off mid-write: the finished run reads the checkpoint's copy.
+    (run / "history.json").write_text('[{"epo')
+    with caplog.at_level(logging.WARNING, logger="memae_dist.train"):
+        done = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2", "train.lr=1e-2"))
+    assert [r["epoch"] for r in done.history] == [1, 2] and not stray.exists()
+    assert "not valid JSON (truncated?): reading the history from the checkpoint" in caplog.text
+    assert "resumes with" not in caplog.text  # nothing resumed: no changed-settings warning
+    # The checkpoint's own history cut off: one line before any worker restores it.
+    history = ckpt / "history.json"
+    history.write_text('[{"epoch": 1')
+    with pytest.raises(UserError) as err:
+        fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
+    assert str(err.value) == (
+        f"cannot read checkpoint {history}: not a JSON list of epochs (truncated?); the run "
+        f"resumes from its newest checkpoint: delete {ckpt} to resume from the one before it, "
+        "or start a new run with another --name")
