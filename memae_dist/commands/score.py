@@ -32,7 +32,8 @@ def register(sub) -> None:
                    help="--videos: frame size, multiples of 16 (default: the checkpoint's "
                         "training size)")
     p.add_argument("--prepared", metavar="URI",
-                   help="--videos: where the prepared frames go (default: <out>_frames)")
+                   help="--videos: where the prepared frames go (default: beside --out, its name "
+                   "without .parquet plus _frames)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 

@@ -143,6 +143,7 @@ def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
 def check_enough_windows(manifest, cfg: DataConfig, batch_size: int, data_uri: str) -> None:
     """Every epoch drops its last partial batch (DDP workers step together): a training split
     smaller than one batch would train nothing, and end in a 0/0 loss."""
+    check_window(manifest, cfg, data_uri)  # windows no video holds: say so, not "0 clips"
     n = manifest.n_windows(cfg.train_split, cfg.window, cfg.stride)
     if n < batch_size:
         what = ("images" if manifest.content == "images" else

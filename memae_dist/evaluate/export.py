@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from memae_dist.data.storage import StorageConfig, write_bytes_atomic
+from memae_dist.data.storage import StorageConfig, absolute, write_bytes_atomic
 from memae_dist.errors import UserError
 from memae_dist.evaluate.ingest import check_trained_size, checkpoint_frame_size
 from memae_dist.evaluate.score import load_model
@@ -91,7 +91,7 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     t0 = time.perf_counter()
-    loaded = load_model(checkpoint, storage)
+    loaded = load_model(absolute(checkpoint), storage)  # recorded as scores files record it
     arch = loaded.config.model.arch
     check_trained_size(size, loaded.trained_on)  # scoring holds the model to it too
     size = size or checkpoint_frame_size(loaded.config.to_dict(), storage,

@@ -42,6 +42,17 @@ def test_data_the_model_cannot_train_on_is_refused_before_training(tiny_data, tm
                                         r"prepared frames are grey \(1 channel\)"):
         fit(colour)
     assert not (tmp_path / "small").exists() and not (tmp_path / "colour").exists()
+    # Windows longer than every training video: the window is named, not "0 clips".
+    from memae_dist.data.importers.folder import import_folder
+    from tests.data.videos import write_frames
+
+    write_frames(tmp_path / "cams" / "train" / "a", 10)
+    short = str(tmp_path / "short")
+    import_folder(tmp_path / "cams", short, (16, 16), workers=1, progress=False)
+    with pytest.raises(UserError, match=r"^data.window=16 is longer than the shortest training "
+                                        r"video \(10 frames\) in .*short$"):
+        fit(tiny_config(short, tmp_path, "train.workers=0", "run.name=shortrun"))
+    assert not (tmp_path / "shortrun").exists()
 
 
 def test_debug_mode_trains_in_process_and_stays_resumable(tiny_data, tmp_path, caplog):
