@@ -35,7 +35,6 @@ from memae_dist.data.storage import (
     StorageConfig,
     check_bucket,
     exists,
-    is_folder,
     join,
     listdir,
     read_bytes,
@@ -333,16 +332,12 @@ def drop_cut_off_uploads(run_uri: str, storage: StorageConfig | None = None) -> 
     """Delete the temporary files of uploads cut off mid-file (a worker killed while it wrote a
     checkpoint into a folder): nothing removes them later, in a folder that stays. Run under
     the run's lock, so no upload is under way."""
-    from memae_dist.data.storage import delete
+    from memae_dist.data.storage import delete, file_sizes
 
-    if not exists(run_uri, storage):
-        return
-    for name in listdir(run_uri, storage):
-        folder = join(run_uri, name)
-        if CHECKPOINT_RE.match(name) and is_folder(folder, storage):
-            for child in listdir(folder, storage):
-                if _UPLOAD_TEMP.fullmatch(child):
-                    delete(join(folder, child), storage)
+    for path in file_sizes(run_uri, storage, missing_ok=True):
+        folder, _, name = path.rpartition("/")
+        if CHECKPOINT_RE.match(folder) and _UPLOAD_TEMP.fullmatch(name):
+            delete(join(run_uri, path), storage)
 
 
 def forget_missing(run_uri: str, storage: StorageConfig | None = None) -> None:
