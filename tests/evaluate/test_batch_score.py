@@ -74,18 +74,16 @@ def test_batch_size_changes_nothing_but_speed(segmented_data, tiny_checkpoint):
                                b.table.column("score").to_numpy(), rtol=1e-5)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the fallback of a machine without a GPU")
-def test_in_process_gpu_request_without_a_gpu_scores_on_the_cpu(tiny_checkpoint, segmented_data,
-                                                                caplog):
-    cpu = score_dataset(tiny_checkpoint, segmented_data, None,
-                        ScoreConfig(workers=0, batch_size=8, progress=False))
-    with caplog.at_level("WARNING"):
-        asked = score_dataset(tiny_checkpoint, segmented_data, None,
-                              ScoreConfig(workers=0, gpus_per_worker=1, batch_size=8,
-                                          progress=False))
-    assert "torch sees none" in caplog.text
-    assert asked.table.equals(cpu.table)
-    assert asked.meta["gpus_per_worker"] == 1
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: torch sees it")
+def test_in_process_gpu_request_without_a_gpu_is_refused(tiny_checkpoint, segmented_data,
+                                                         tmp_path):
+    # Before: it scored on the CPU with a warning and recorded gpus_per_worker 1 in the scores.
+    out = tmp_path / "s.parquet"
+    with pytest.raises(UserError, match=r"^--gpus-per-worker with --workers 0 asks for a GPU in "
+                                        r"this process, and torch sees none"):
+        score_dataset(tiny_checkpoint, segmented_data, str(out),
+                      ScoreConfig(workers=0, gpus_per_worker=1, batch_size=8, progress=False))
+    assert not out.exists()
 
 
 def test_window_error_defaults_to_the_checkpoints_recipe(segmented_data, tiny_checkpoint,
