@@ -8,12 +8,11 @@ shard, process group, checkpoint, report).
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 import ray.train.torch
@@ -38,15 +37,20 @@ from memae_dist.train.checkpoint import (
 from memae_dist.train.history import epoch_metrics, write_history
 from memae_dist.train.observe import TensorBoard, log_epoch
 from memae_dist.train.precision import Precision, memory_format, wrap_model
+from memae_dist.train.scratch import scratch_dir, sweep_orphans
 from memae_dist.train.step import NonFiniteLoss, Worker, reduce_stats, train_epoch
 from memae_dist.train.syncbn import convert_batchnorm
 from memae_dist.train.trainer import run_uri
+
+if TYPE_CHECKING:
+    from memae_dist.train.validate import Validator
 
 __all__ = ["NonFiniteLoss", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg: ExperimentConfig = from_dict(ExperimentConfig, config["experiment"])
+    sweep_orphans()
     w = build_worker(cfg)
     state = resume(w)
     state.starts += 1
@@ -58,6 +62,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         validator = Validator(w)
     tb = TensorBoard(run_uri(cfg), cfg.storage) if (
         w.rank == 0 and cfg.train.tensorboard) else None
+    try:
+        _epochs(w, state, shard, validator, tb, config)
+    finally:
+        if tb is not None:  # also when an epoch fails: its staging folder goes with it
+            tb.close()
+
+
+def _epochs(w: Worker, state: TrainState, shard: Any, validator: Validator | None,
+            tb: TensorBoard | None, config: dict[str, Any]) -> None:
+    cfg = w.cfg
     for epoch in range(state.epoch, cfg.train.epochs):
         lr = cfg.train.epoch_lr(epoch)
         for group in w.optimizer.param_groups:
@@ -76,8 +90,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report(w, state, metrics, config)
         if tb is not None:
             tb.write(state.history[-1])
-    if tb is not None:
-        tb.close()
 
 
 def build_worker(cfg: ExperimentConfig) -> Worker:
@@ -111,7 +123,7 @@ def resume(w: Worker) -> TrainState:
     if latest is not None:
         # A private copy per worker: a shared download folder lets a second worker on the
         # node re-download into it while the first is still reading it.
-        with tempfile.TemporaryDirectory(prefix="memae-restore-") as tmp:
+        with scratch_dir("memae-restore") as tmp:
             download_dir(latest, Path(tmp), w.cfg.storage)
             try:
                 state, scaler = restore(Path(tmp), w.model, w.optimizer)
@@ -154,7 +166,7 @@ def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
     t0 = time.perf_counter()
     run = run_uri(cfg)
     target = join(run, checkpoint_dir_name(state.epoch))
-    with (tempfile.TemporaryDirectory(prefix="memae-checkpoint-") as tmp,
+    with (scratch_dir("memae-checkpoint") as tmp,
           checkpoint_upload(target, cfg)):
         ckpt = None
         if w.rank == 0:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 from pathlib import Path
 
 from memae_dist.data.storage import StorageConfig, join
+from memae_dist.train.scratch import scratch_dir
 
 log = logging.getLogger("memae_dist.train")
 
@@ -58,7 +58,7 @@ class TensorBoard:
         if cls is None:
             log.info("TensorBoard events off: neither tensorboard nor tensorboardX is installed")
             return
-        self._tmp = tempfile.TemporaryDirectory(prefix="memae-tb-")
+        self._tmp = scratch_dir("memae-tb")
         self.writer = cls(self._tmp.name)
 
     def write(self, row: dict) -> None:
