@@ -192,9 +192,9 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
     """Load, convert and store one video; runs inside a Ray task.
 
     Returns {"video": ..., "shard": ...} or, with ``skip_bad``, {"skipped": reason} for a video
-    that cannot be loaded. Frames the loader left out are an error without ``skip_bad`` (the
-    first one's reason) and listed as ``dropped`` reasons with it. Storage errors always
-    propagate.
+    that cannot be loaded (reason None: every frame was left out, each listed in ``dropped``).
+    Frames the loader left out are an error without ``skip_bad`` (the first one's reason) and
+    listed as ``dropped`` reasons with it. Storage errors always propagate.
     """
     dropped: list[str] = []
     try:
@@ -202,6 +202,8 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
         dropped = [str(reason) for reason in rest[0]] if rest else []
         if dropped and not skip_bad:
             raise UserError(dropped[0])
+        if dropped and not len(frames):  # each left-out frame is listed already, once
+            return {"skipped": None, "dropped": dropped}
         frames = to_gray_resized(frames, job.size, spec.key)  # (N, H, W)
         labels = labels_from_ranges(ranges, len(frames), spec.key)
     except Exception as exc:
@@ -265,7 +267,8 @@ def write_dataset(
     manifest.content = content
     if not manifest.shards:  # --skip-bad skipped them all: no dataset a reader could use
         first = manifest.skipped[0]
-        raise UserError(f"every video was skipped, so no dataset was written to {dst} (the "
+        what = "image" if content == "images" else "video"
+        raise UserError(f"every {what} was skipped, so no dataset was written to {dst} (the "
                         f"first, {first['split']}/{first['video']}: {first['reason']})")
     save_manifest(dst, manifest, job.storage)
     return manifest.to_dict()
@@ -385,7 +388,9 @@ def _assemble(videos: list[VideoSpec], results: dict, job: _Job, name: str,
         skipped += [{"split": spec.split, "video": spec.name, "reason": reason}
                     for reason in record.get("dropped", [])]
         if "skipped" in record:
-            skipped.append({"split": spec.split, "video": spec.name, "reason": record["skipped"]})
+            if record["skipped"] is not None:
+                skipped.append({"split": spec.split, "video": spec.name,
+                                "reason": record["skipped"]})
             continue
         splits[spec.split].append(VideoEntry(**record["video"]))
         shards.append(ShardEntry(**record["shard"]))

@@ -232,9 +232,13 @@ def _why_none(uri: str, storage: StorageConfig | None) -> str:
 
 def read_checkpoint_config(ckpt_uri: str, storage: StorageConfig | None = None) -> dict:
     try:
-        return json.loads(read_bytes(join(ckpt_uri, CONFIG_FILE), storage))
+        config = json.loads(read_bytes(join(ckpt_uri, CONFIG_FILE), storage))
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"{join(ckpt_uri, CONFIG_FILE)} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{join(ckpt_uri, CONFIG_FILE)} is not a run configuration "
+                        f"(a JSON object), but a JSON {type(config).__name__}")
+    return config
 
 
 def upload_dir(local: Path, uri: str, storage: StorageConfig | None = None) -> None:

@@ -79,7 +79,10 @@ def check_same_model(run: str, cfg: ExperimentConfig, size: tuple[int, int] | No
     point = restore_point(run, cfg.storage)
     if point is None:
         return
-    saved = read_checkpoint_config(point, cfg.storage)
+    try:
+        saved = read_checkpoint_config(point, cfg.storage)
+    except UserError as exc:
+        raise UserError(f"{exc}{_resume_advice(point)}") from None
     model = saved.get("model") or {}
     changed = [f"model.{key}={model[key]!r} (now {value!r})"
                for key, value in to_plain(cfg.model).items()

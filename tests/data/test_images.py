@@ -215,6 +215,22 @@ def test_unreadable_images_stop_the_import_or_are_skipped_one_by_one(mvtec, tmp_
     assert "img2.png" in capsys.readouterr().err
 
 
+def test_a_group_of_only_bad_images_is_listed_once_per_image(tmp_path, ray_local, capsys):
+    src = tmp_path / "src"
+    write_image(src / "train" / "good" / "a.png", 10)
+    (src / "train" / "lost").mkdir(parents=True)
+    (src / "train" / "lost" / "b.png").write_text("not an image")
+    argv = ["prepare", "images", "--src", str(src), "--dst", str(tmp_path / "store"),
+            "--no-progress", "--skip-bad"]
+    assert main(argv) == 0
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
+    assert skipped == [f"  skipped train/lost-0000: cannot read image {src}/train/lost/b.png: "
+                       f"cannot identify image file '{src}/train/lost/b.png'"]
+    (src / "train" / "good" / "a.png").write_text("not an image either")
+    assert main(argv) == 2
+    assert "every image was skipped, so no dataset was written" in capsys.readouterr().err
+
+
 def test_decompression_bomb_and_all_bad_group(tmp_path, monkeypatch):
     a = write_image(tmp_path / "a.png", 10)  # 40x30 = 1200 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over twice the limit: an error

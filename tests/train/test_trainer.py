@@ -303,3 +303,11 @@ def test_damaged_histories_and_cut_off_uploads_are_handled_by_the_next_run(tiny_
         f"cannot read checkpoint {history}: not a JSON list of epochs (truncated?); the run "
         f"resumes from its newest checkpoint: delete {ckpt} to resume from the one before it, "
         "or start a new run with another --name")
+    # So is a damaged configuration: no traceback, the same advice.
+    (ckpt / "config.json").write_text("[]")
+    with pytest.raises(UserError) as err:
+        fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
+    assert str(err.value) == (
+        f"{ckpt / 'config.json'} is not a run configuration (a JSON object), but a JSON list; "
+        f"the run resumes from its newest checkpoint: delete {ckpt} to resume from the one "
+        "before it, or start a new run with another --name")
