@@ -5,6 +5,8 @@ recognise these files, e.g. to refuse an output path that would overwrite one, w
 for torch at start-up.
 """
 
+import re
+
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -14,6 +16,8 @@ BEST_POINTER = "best.json"
 # Written by Ray Train beside the checkpoints: which of them Ray restores on a restart.
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 LOCK_FILE = "run.lock"
+# A run's checkpoint folders: checkpoint_epoch_NNNN, numbered by the epochs they finished.
+CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
 MANIFEST_FILE = "manifest.json"
 
 # What a checkpoint or run folder holds at its top level, and a dataset at its own.

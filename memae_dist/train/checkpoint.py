@@ -20,10 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
-import uuid
 import warnings
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,17 +40,16 @@ from memae_dist.errors import UserError
 from memae_dist.layout import (
     BEST_DIR,
     BEST_POINTER,
+    CHECKPOINT_RE,
     CONFIG_FILE,
     HISTORY_FILE,
     RAY_SNAPSHOT,
     STATE_FILE,
 )
 from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
+from memae_dist.train.transfer import upload_dir
 
 CHECKPOINT_FILES = (CONFIG_FILE, HISTORY_FILE, STATE_FILE)
-CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
-# upload_file's temporary name for a file it streams into a local folder
-_UPLOAD_TEMP = re.compile(r".+\.tmp-[0-9a-f]{32}")
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -241,76 +237,6 @@ def read_checkpoint_config(ckpt_uri: str, storage: StorageConfig | None = None) 
     return config
 
 
-def upload_dir(local: Path, uri: str, storage: StorageConfig | None = None) -> None:
-    """Copy a finished checkpoint folder to ``uri``; ``state.pt`` goes last, so a folder
-    without it (an interrupted upload) is never taken for a checkpoint.
-
-    Each file is written and closed explicitly, then its stored size checked: pyarrow's
-    ``copy_files`` only logs a failed multipart upload ("Error ignored when destroying file"),
-    which would let a checkpoint without its ``state.pt`` be registered as the latest.
-    """
-    from memae_dist.data.storage import pyarrow_fs
-
-    fs, path = pyarrow_fs(uri, storage)
-    fs.create_dir(path, recursive=True)
-    names = sorted(p.name for p in local.iterdir() if p.name != STATE_FILE) + [STATE_FILE]
-    for name in names:
-        upload_file(fs, local / name, f"{path}/{name}")
-
-
-def upload_file(fs, local: Path, path: str, chunk: int = 8 * 2**20) -> None:
-    """Stream one local file to ``fs``; raises OSError unless all of it arrived.
-
-    An S3 object appears only when its upload completes; a local file is streamed under a
-    temporary name and renamed, so a copy cut short is never taken for a whole one."""
-    final, path = path, (f"{path}.tmp-{uuid.uuid4().hex}" if fs.type_name == "local" else path)
-    try:
-        out = fs.open_output_stream(path)
-        try:
-            with local.open("rb") as src:
-                while data := src.read(chunk):
-                    out.write(data)
-        finally:
-            out.close()  # completes (or fails) the upload: the error surfaces here, not in a log
-        size = fs.get_file_info(path).size
-        if size != local.stat().st_size:
-            raise OSError(f"upload of {final} stored {size} of {local.stat().st_size} bytes")
-        if path != final:
-            fs.move(path, final)
-    except BaseException:
-        if path != final:
-            with suppress(OSError):
-                fs.delete_file(path)
-        raise
-
-
-def ray_uploader(run_uri: str, storage: StorageConfig | None = None):
-    """A ``checkpoint_upload_fn`` for ``ray.train.report``: :func:`upload_dir` instead of
-    Ray's ``copy_files``, so a failed upload raises before Ray registers the checkpoint."""
-
-    def upload(checkpoint, dir_name: str):
-        import ray.train
-
-        from memae_dist.data.storage import portable_fs
-
-        uri = join(run_uri, dir_name)
-        upload_dir(Path(checkpoint.path), uri, storage)
-        fs, path = portable_fs(uri, storage)
-        return ray.train.Checkpoint(path=path, filesystem=fs)
-
-    return upload
-
-
-def download_dir(uri: str, local: Path, storage: StorageConfig | None = None) -> None:
-    import pyarrow.fs as pafs
-
-    from memae_dist.data.storage import pyarrow_fs
-
-    fs, path = pyarrow_fs(uri, storage)
-    pafs.copy_files(path, str(local), source_filesystem=fs,
-                    destination_filesystem=pafs.LocalFileSystem())
-
-
 def prune(run_uri: str, keep: int, storage: StorageConfig | None = None) -> None:
     """Keep the newest ``keep`` complete checkpoints of a run; delete every older folder.
 
@@ -330,18 +256,6 @@ def prune(run_uri: str, keep: int, storage: StorageConfig | None = None) -> None
         keep)
     for name in older:
         delete(join(run_uri, name), storage)
-
-
-def drop_cut_off_uploads(run_uri: str, storage: StorageConfig | None = None) -> None:
-    """Delete the temporary files of uploads cut off mid-file (a worker killed while it wrote a
-    checkpoint into a folder): nothing removes them later, in a folder that stays. Run under
-    the run's lock, so no upload is under way."""
-    from memae_dist.data.storage import delete, file_sizes
-
-    for path in file_sizes(run_uri, storage, missing_ok=True):
-        folder, _, name = path.rpartition("/")
-        if CHECKPOINT_RE.match(folder) and _UPLOAD_TEMP.fullmatch(name):
-            delete(join(run_uri, path), storage)
 
 
 def forget_missing(run_uri: str, storage: StorageConfig | None = None) -> None:

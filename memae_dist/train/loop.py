@@ -25,14 +25,11 @@ from memae_dist.models import build_model
 from memae_dist.train.checkpoint import (
     TrainState,
     checkpoint_dir_name,
-    download_dir,
     prune,
-    ray_uploader,
     restore,
     restore_point,
     save_best,
     save_checkpoint,
-    upload_dir,
 )
 from memae_dist.train.history import epoch_metrics, write_history
 from memae_dist.train.observe import TensorBoard, log_epoch
@@ -41,6 +38,7 @@ from memae_dist.train.scratch import scratch_dir, sweep_orphans
 from memae_dist.train.step import NonFiniteLoss, Worker, reduce_stats, train_epoch
 from memae_dist.train.syncbn import convert_batchnorm
 from memae_dist.train.trainer import run_uri
+from memae_dist.train.transfer import download_dir, ray_uploader, upload_dir
 
 if TYPE_CHECKING:
     from memae_dist.train.validate import Validator

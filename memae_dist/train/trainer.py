@@ -22,7 +22,6 @@ from memae_dist.train.checkpoint import (
     STATE_FILE,
     best_checkpoint,
     checkpoint_epoch,
-    drop_cut_off_uploads,
     forget_missing,
     latest_checkpoint,
     prune,
@@ -31,6 +30,7 @@ from memae_dist.train.checkpoint import (
     torch_load,
     unreadable_state,
 )
+from memae_dist.train.transfer import drop_cut_off_uploads
 
 __all__ = ["TrainResult", "ensure_ray", "fit", "run_uri"]
 

@@ -26,7 +26,6 @@ from memae_dist.train.checkpoint import (
     restore_point,
     save_best,
     save_checkpoint,
-    upload_file,
 )
 
 
@@ -117,28 +116,6 @@ def test_prune_keeps_the_newest_whole_checkpoints_and_forget_missing_drops_rays_
     (run / RAY_SNAPSHOT).write_text("{not json")
     forget_missing(str(run))
     assert not (run / RAY_SNAPSHOT).exists()
-
-
-def test_a_local_upload_cut_short_leaves_no_file_under_its_name(tmp_path, monkeypatch):
-    import pyarrow.fs as pafs
-
-    src = tmp_path / "state.pt"
-    src.write_bytes(b"x" * 1000)
-    dest = tmp_path / "ckpt"
-    dest.mkdir()
-    real_open = pafs.LocalFileSystem.open_output_stream
-
-    class Dying(pafs.LocalFileSystem):
-        def open_output_stream(self, path, *args, **kwargs):
-            stream = real_open(self, path, *args, **kwargs)
-            stream.write(b"half")
-            raise OSError("killed mid-copy")
-
-    with pytest.raises(OSError, match="killed"):
-        upload_file(Dying(), src, str(dest / "state.pt"))
-    assert list(dest.iterdir()) == []  # neither the name nor the half-written temporary
-    upload_file(pafs.LocalFileSystem(), src, str(dest / "state.pt"))
-    assert (dest / "state.pt").read_bytes() == src.read_bytes()
 
 
 def test_best_copy_moves_the_pointer_then_drops_the_old_copy(tmp_path):

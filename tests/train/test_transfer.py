@@ -1,0 +1,57 @@
+"""Checkpoint folders to and from storage: checked uploads, and what an upload cut off
+mid-file leaves behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from memae_dist.train.transfer import download_dir, drop_cut_off_uploads, upload_dir, upload_file
+
+
+def test_a_folder_round_trips(tmp_path):
+    local = tmp_path / "local"
+    local.mkdir()
+    for name, data in (("state.pt", b"s" * 100), ("config.json", b"{}"), ("history.json", b"[]")):
+        (local / name).write_bytes(data)
+    target = tmp_path / "run" / "checkpoint_epoch_0001"
+    upload_dir(local, str(target))
+    back = tmp_path / "back"
+    back.mkdir()  # a worker downloads into its scratch folder
+    download_dir(str(target), back)
+    assert {p.name: p.read_bytes() for p in back.iterdir()} == {
+        p.name: p.read_bytes() for p in local.iterdir()}
+
+
+def test_a_local_upload_cut_short_leaves_no_file_under_its_name(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    src = tmp_path / "state.pt"
+    src.write_bytes(b"x" * 1000)
+    dest = tmp_path / "ckpt"
+    dest.mkdir()
+    real_open = pafs.LocalFileSystem.open_output_stream
+
+    class Dying(pafs.LocalFileSystem):
+        def open_output_stream(self, path, *args, **kwargs):
+            stream = real_open(self, path, *args, **kwargs)
+            stream.write(b"half")
+            raise OSError("killed mid-copy")
+
+    with pytest.raises(OSError, match="killed"):
+        upload_file(Dying(), src, str(dest / "state.pt"))
+    assert list(dest.iterdir()) == []  # neither the name nor the half-written temporary
+    upload_file(pafs.LocalFileSystem(), src, str(dest / "state.pt"))
+    assert (dest / "state.pt").read_bytes() == src.read_bytes()
+
+
+def test_only_cut_off_upload_temporaries_in_checkpoint_folders_are_dropped(tmp_path):
+    run = tmp_path / "run"
+    ckpt = run / "checkpoint_epoch_0002"
+    ckpt.mkdir(parents=True)
+    stray = ckpt / f"state.pt.tmp-{'0f' * 16}"
+    kept = [ckpt / "state.pt", ckpt / "notes.tmp-1", run / f"history.json.tmp-{'0f' * 16}"]
+    for path in [stray, *kept]:
+        path.write_bytes(b"x")
+    drop_cut_off_uploads(str(run))
+    assert not stray.exists() and all(p.exists() for p in kept)
+    drop_cut_off_uploads(str(tmp_path / "no-such-run"))  # a run not started yet: nothing to do
