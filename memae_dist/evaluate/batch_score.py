@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from memae_dist.data.manifest import Manifest, load_manifest
+from memae_dist.data.manifest import Manifest, VideoEntry, load_manifest
 from memae_dist.data.storage import (
     StorageConfig,
     absolute,
@@ -121,6 +121,26 @@ class ScoreResult:
         return self.table.num_rows / self.seconds if self.seconds > 0 else math.inf
 
 
+def scorable_videos(manifest: Manifest, data_uri: str, split: str, window: int,
+                    need_labels: bool) -> list[VideoEntry]:
+    """The videos of ``split`` long enough for one window; refuses a split with none (or,
+    ``need_labels``, with no labelled one) and warns of the short ones."""
+    videos = [v for v in manifest.videos(split) if v.num_frames >= window]
+    short = [v.name for v in manifest.videos(split) if v.num_frames < window]
+    if short and videos:
+        log.warning("%d video(s) of split '%s' are shorter than the model's %d-frame window and "
+                    "get no scores: %s", len(short), split, window, ", ".join(short[:10])
+                    + (" ..." if len(short) > 10 else ""))
+    if not videos:
+        raise UserError(f"{join(data_uri, 'manifest.json')}: split '{split}' has no video "
+                        f"of at least {window} frames to score")
+    if need_labels and not any(v.labelled for v in videos):
+        raise UserError(f"{join(data_uri, 'manifest.json')}: no labelled video in split "
+                        f"'{split}': there is nothing to evaluate against (use 'memae-dist "
+                        "score' and 'memae-dist report' to look at its scores)")
+    return videos
+
+
 def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
                   cfg: ScoreConfig | None = None, *, storage: StorageConfig | None = None,
                   address: str | None = None, need_labels: bool = False) -> ScoreResult:
@@ -140,19 +160,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     cfg = replace(cfg, error=cfg.error or exp.eval.error)
     check_scorable(manifest, exp, data_uri, trained_on)
     window = exp.data.window
-    videos = [v for v in manifest.videos(cfg.split) if v.num_frames >= window]
-    short = [v.name for v in manifest.videos(cfg.split) if v.num_frames < window]
-    if short and videos:
-        log.warning("%d video(s) of split '%s' are shorter than the model's %d-frame window and "
-                    "get no scores: %s", len(short), cfg.split, window, ", ".join(short[:10])
-                    + (" ..." if len(short) > 10 else ""))
-    if not videos:
-        raise UserError(f"{join(data_uri, 'manifest.json')}: split '{cfg.split}' has no video "
-                        f"of at least {window} frames to score")
-    if need_labels and not any(v.labelled for v in videos):
-        raise UserError(f"{join(data_uri, 'manifest.json')}: no labelled video in split "
-                        f"'{cfg.split}': there is nothing to evaluate against (use 'memae-dist "
-                        "score' and 'memae-dist report' to look at its scores)")
+    videos = scorable_videos(manifest, data_uri, cfg.split, window, need_labels)
     check_shard_sizes(data_uri, manifest, cfg.split, storage)
     kwargs = dict(window=window, segment_frames=manifest.segment_frames,
                   overlap=manifest.segment_overlap, error=cfg.error, batch_size=cfg.batch_size,
