@@ -294,20 +294,18 @@ def test_damaged_histories_and_cut_off_uploads_are_handled_by_the_next_run(tiny_
     assert [r["epoch"] for r in done.history] == [1, 2] and not stray.exists()
     assert "not valid JSON (truncated?): reading the history from the checkpoint" in caplog.text
     assert "resumes with" not in caplog.text  # nothing resumed: no changed-settings warning
-    # The checkpoint's own history cut off: one line before any worker restores it.
+    # The checkpoint's own history cut off, or its configuration damaged: one line before any
+    # worker restores it, with the same advice.
+    advice = (f"; the run resumes from its newest checkpoint: delete {ckpt} to resume from the "
+              "one before it, or start a new run with another --name")
     history = ckpt / "history.json"
-    history.write_text('[{"epoch": 1')
-    with pytest.raises(UserError) as err:
-        fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
-    assert str(err.value) == (
-        f"cannot read checkpoint {history}: not a JSON list of epochs (truncated?); the run "
-        f"resumes from its newest checkpoint: delete {ckpt} to resume from the one before it, "
-        "or start a new run with another --name")
-    # So is a damaged configuration: no traceback, the same advice.
-    (ckpt / "config.json").write_text("[]")
-    with pytest.raises(UserError) as err:
-        fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
-    assert str(err.value) == (
-        f"{ckpt / 'config.json'} is not a run configuration (a JSON object), but a JSON list; "
-        f"the run resumes from its newest checkpoint: delete {ckpt} to resume from the one "
-        "before it, or start a new run with another --name")
+    for path, text, said in (
+            (history, '[{"epoch": 1',
+             f"cannot read checkpoint {history}: not a JSON list of epochs (truncated?)"),
+            (ckpt / "config.json", "[]",
+             f"{ckpt / 'config.json'} is not a run configuration (a JSON object), but a JSON "
+             "list")):
+        path.write_text(text)
+        with pytest.raises(UserError) as err:
+            fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=3"))
+        assert str(err.value) == said + advice
