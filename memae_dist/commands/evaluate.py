@@ -58,12 +58,12 @@ def run(args: argparse.Namespace) -> int:
         if args.scores:
             metrics = evaluate_scores(args.scores, out, args.protocol, storage)
         else:
-            # No out.mkdir here: the scores file creates the folder once scoring has worked.
-            result = score_dataset(args.checkpoint, args.data, str(out / SCORES_FILE),
-                                   scoring, storage=storage, address=args.address,
-                                   need_labels=True)
+            # Scored in memory: the folder is made, and written, once scoring has worked.
+            result = score_dataset(args.checkpoint, args.data, None, scoring, storage=storage,
+                                   address=args.address, need_labels=True)
             metrics = evaluate_table(result.table, result.meta, out, args.protocol,
-                                     scores_uri=join(args.out, SCORES_FILE) if remote else None)
+                                     scores_uri=join(args.out, SCORES_FILE) if remote else None,
+                                     scored=True)
     print_evaluation(metrics)
     if not args.scores:  # the checkpoint a run URI resolved to
         print(f"checkpoint: {metrics['checkpoint']}")

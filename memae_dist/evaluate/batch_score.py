@@ -153,11 +153,10 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     storage = (storage or StorageConfig()).resolved()  # workers must agree on the endpoint
     # Absolute paths: Ray workers need not share the driver's working directory.
     checkpoint, data_uri = absolute(checkpoint), absolute(data_uri)
-    manifest = load_manifest(data_uri, storage)
-    manifest.videos(cfg.split)  # an unknown split is refused before the model is read
     ckpt, config, state, trained_on = read_model_state(checkpoint, storage)
     _, exp = model_from_state(config, state, ckpt)  # fails early on a bad checkpoint
     cfg = replace(cfg, error=cfg.error or exp.eval.error)
+    manifest = load_manifest(data_uri, storage)
     check_scorable(manifest, exp, data_uri, trained_on)
     window = exp.data.window
     videos = scorable_videos(manifest, data_uri, cfg.split, window, need_labels)

@@ -14,7 +14,13 @@ import pyarrow as pa
 
 from memae_dist.data.storage import StorageConfig, same_file
 from memae_dist.errors import UserError
-from memae_dist.evaluate.batch_score import ScoreConfig, read_scores, score_dataset, video_scores
+from memae_dist.evaluate.batch_score import (
+    ScoreConfig,
+    read_scores,
+    score_dataset,
+    video_scores,
+    write_scores,
+)
 from memae_dist.evaluate.plots import (
     plot_roc,
     plot_score_curves,
@@ -52,25 +58,18 @@ def evaluate_checkpoint(
     progress: bool = False,
 ) -> dict:
     """Score ``split`` with ``checkpoint`` (``workers=0``: in this process; N: N Ray actors)."""
-    out_dir = Path(out_dir)
-    with writing(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
     cfg = ScoreConfig(split=split, error=error, batch_size=batch_size, workers=workers,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       progress=progress)
-    result = score_dataset(checkpoint, data_uri, str(out_dir / SCORES_FILE), cfg,
-                           storage=storage, address=address)
-    return evaluate_table(result.table, result.meta, out_dir, protocol)
+    result = score_dataset(checkpoint, data_uri, None, cfg, storage=storage, address=address,
+                           need_labels=True)
+    return evaluate_table(result.table, result.meta, Path(out_dir), protocol, scored=True)
 
 
 def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str | None = None,
                     storage: StorageConfig | None = None) -> dict:
     """The same metrics from an existing ``memae-dist score`` file (no model needed)."""
     table, meta = read_scores(scores_uri, storage)
-    stale = Path(out_dir) / SCORES_FILE
-    if stale.is_file() and not same_file(str(stale), scores_uri):
-        with writing(Path(out_dir)):  # an earlier evaluation's scores: not these metrics'
-            stale.unlink()
     return evaluate_table(table, meta, Path(out_dir), protocol, scores_uri=scores_uri)
 
 
@@ -81,8 +80,13 @@ def default_protocol(meta: dict) -> str:
 
 
 def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | None = None,
-                   scores_uri: str | None = None) -> dict:
-    """metrics.json, frames.csv and the figures for the labelled videos of a scores table."""
+                   scores_uri: str | None = None, scored: bool = False) -> dict:
+    """metrics.json, frames.csv and the figures for the labelled videos of a scores table.
+
+    ``scored``: the table is new, and written to ``out_dir/scores.parquet`` too. Nothing is
+    written before the table is found evaluable; then the previous ``metrics.json`` goes first
+    and the new one comes last, so an interrupted evaluation never leaves one result's metrics
+    beside another's scores or figures."""
     protocol = protocol or default_protocol(meta)
     if protocol not in PROTOCOL_HELP:
         raise UserError(f"--protocol must be one of {', '.join(PROTOCOL_HELP)}, got {protocol!r}")
@@ -105,8 +109,17 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
     )
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_metrics(out_dir, metrics, frame_table(videos))
+        previous = out_dir / "metrics.json"
+        if previous.is_file() or previous.is_symlink():
+            previous.unlink()
+        own_scores = out_dir / SCORES_FILE
+        if scored:
+            write_scores(str(own_scores), table, meta)
+        elif own_scores.is_file() and not same_file(str(own_scores), scores_uri):
+            own_scores.unlink()  # an earlier evaluation's scores: not these metrics'
     images = meta.get("content") == "images"
     (plot_score_histograms if images else plot_score_curves)(videos, out_dir / "scores.png")
     plot_roc(videos, out_dir / "roc.png", images=images)
+    with writing(out_dir):
+        write_metrics(out_dir, metrics, frame_table(videos))
     return json.loads((out_dir / "metrics.json").read_text())

@@ -34,8 +34,13 @@ from memae_dist.tune.expr import evaluate, names_in
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int", "grid")
 TOP_KEYS = ("name", "description", "samples", "objective", "scheduler", "params", "derived")
 OBJECTIVE_METRICS = ("auto", "val_auc", "val_recon", "recon", "loss")
-# The sweep sets these itself (one run per trial, in the sweep's storage, on --data).
-RESERVED_KEYS = ("run.name", "run.storage", "data.path")
+# The sweep sets these itself (one run per trial, in the sweep's storage, on --data, keeping
+# its best epoch by the objective).
+RESERVED_KEYS = ("run.name", "run.storage", "data.path", "train.checkpoint_metric",
+                 "train.checkpoint_mode")
+# Trials are compared on one validation split with one epoch budget (ASHA's rungs); a swept
+# split could also be the test split, which no trial may read.
+SHARED_KEYS = ("data.train_split", "data.val_split", "eval.split", "train.epochs")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class Param:
@@ -330,6 +335,9 @@ def _parse_scheduler(raw: Any, source: str) -> SchedulerSpec:
 def _check_config_key(key: str, where: str, config_keys: set[str]) -> None:
     if key in RESERVED_KEYS:
         raise UserError(f"{where}: {key} is set by the sweep itself and cannot be swept")
+    if key in SHARED_KEYS:
+        raise UserError(f"{where}: {key} cannot be swept: every trial must share it for their "
+                        f"results to compare (set it for the whole sweep with --set {key}=...)")
     if key not in config_keys:
         section = key.split(".")[0]
         hint = sorted(k for k in config_keys if k.startswith(section + "."))

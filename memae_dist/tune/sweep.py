@@ -26,6 +26,7 @@ from memae_dist.tune import results as res
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
 from memae_dist.tune.record import check_same_sweep, score_test_once, space_fingerprint
 from memae_dist.tune.space import SearchSpace
+from memae_dist.tune.trainable import keep_credentials_out_of_trials, run_trial
 
 log = logging.getLogger("memae_dist.tune")
 
@@ -114,11 +115,12 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
         log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep.uri,
                  sweep.total, concurrent, objective.metric, objective.mode)
         trainable = tune.with_resources(
-            tune.with_parameters(_trial_entry(), space=space, base=sweep.base,
+            tune.with_parameters(run_trial, space=space, base=sweep.base,
                                  objective=objective, sweep_uri=sweep.uri,
                                  registry=registry_name),
             {"cpu": TRIAL_CPU},
         )
+        keep_credentials_out_of_trials()
         tuner = make_tuner(sweep, trainable, concurrent, registry_name)
         try:
             tuner.fit()
@@ -398,9 +400,3 @@ def stop_diverged(trial_id: str, result: dict[str, Any]) -> bool:
 
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
-
-
-def _trial_entry():
-    from memae_dist.tune.trainable import run_trial
-
-    return run_trial

@@ -23,6 +23,20 @@ from memae_dist.tune.space import SearchSpace
 RUNS_DIR = "runs"
 
 
+def keep_credentials_out_of_trials() -> None:
+    """Stop Ray Tune from copying the driver's ``AWS_*`` keys into every trial's runtime env.
+
+    Tune does it for its own storage syncing; but a runtime env is stored by the cluster, shown
+    in its dashboard and logged by the runtime-env agent, where the keys do not belong. Trials,
+    like training workers, read them from their node's environment (CLUSTER.md), which a
+    local Ray started by this process inherits.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        name for name in class_cache.ENV_VARS_TO_PROPAGATE if not name.startswith("AWS_"))
+
+
 class TrialDiverged(RuntimeError):
     """The trial's loss became NaN/inf: it is stopped and marked, the sweep goes on."""
 

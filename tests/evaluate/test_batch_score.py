@@ -135,10 +135,6 @@ def test_settings_and_files_are_checked(tmp_path, tiny_checkpoint, segmented_dat
                       ScoreConfig(workers=0, split="val", progress=False))
     with pytest.raises(UserError, match="no checkpoint found"):
         score_dataset(str(tmp_path / "nothing"), segmented_data, None, ScoreConfig(workers=0))
-    # An unknown split is named before the checkpoint is even looked for.
-    with pytest.raises(UserError, match=r"has no split 'nosuch' \(splits: "):
-        score_dataset(str(tmp_path / "nothing"), segmented_data, None,
-                      ScoreConfig(workers=0, split="nosuch"))
     plain = tmp_path / "plain.parquet"
     pq.write_table(pa.table({"x": [1]}), plain)
     with pytest.raises(UserError, match="not a memae-dist scores file"):

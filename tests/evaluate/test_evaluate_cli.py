@@ -263,3 +263,32 @@ def test_ctrl_c_during_the_upload_takes_effect_once_the_prefix_is_whole(s3_bucke
         signal.signal(signal.SIGINT, previous)
     assert uploaded == ["a.txt", "b.txt", "index.html"]
     assert storage.listdir(out) == ["a.txt", "b.txt", "index.html"]
+
+
+def test_a_refused_or_cut_off_evaluation_never_mixes_two_results(tmp_path, capsys, monkeypatch):
+    from memae_dist.evaluate import run as evaluate_run
+    from memae_dist.evaluate.batch_score import read_scores, write_scores
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--scores", write_scores_file(tmp_path / "a.parquet"),
+                 "--out", str(out)]) == 0
+    (out / "scores.parquet").write_bytes((tmp_path / "a.parquet").read_bytes())  # as scored
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # Refused (no labelled video): the folder is left exactly as it was.
+    table, meta = read_scores(str(tmp_path / "a.parquet"))
+    unlabelled = table.set_column(table.schema.get_field_index("label"), "label",
+                                  pa.nulls(len(table), pa.int8()))
+    write_scores(str(tmp_path / "u.parquet"), unlabelled, meta)
+    assert main(["evaluate", "--scores", str(tmp_path / "u.parquet"), "--out", str(out)]) == 2
+    assert "no labelled video" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # Cut off while drawing (Ctrl-C): the previous metrics.json is gone, none half-new.
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_run, "plot_roc", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run.evaluate_scores(write_scores_file(tmp_path / "b.parquet", abnormal_from=3),
+                                     out)
+    assert not (out / "metrics.json").exists()

@@ -126,6 +126,18 @@ def test_bad_space_files_are_refused_with_one_line_naming_the_key(tmp_path):
     data["params"]["data.path"] = {"choice": ["a", "b"]}
     refuse(tmp_path, data, "params.data.path", "set by the sweep")
 
+    # Trials compare on one validation split and one epoch budget: a swept split could be the
+    # test split, a swept budget is cut short by ASHA's rungs.
+    for key, values in (("data.val_split", ["val", "test"]), ("eval.split", ["val", "test"]),
+                        ("train.epochs", [3, 6])):
+        data = good()
+        data["params"][key] = {"choice": values}
+        refuse(tmp_path, data, f"params.{key}", "cannot be swept: every trial must share it",
+               f"--set {key}=")
+    data = good()
+    data["params"]["train.checkpoint_metric"] = {"choice": ["loss", "val_recon"]}
+    refuse(tmp_path, data, "params.train.checkpoint_metric", "set by the sweep")
+
     data = good()
     data["sampels"] = 3
     refuse(tmp_path, data, "unknown key 'sampels'")
