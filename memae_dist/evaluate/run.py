@@ -115,7 +115,7 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
         own_scores = out_dir / SCORES_FILE
         if scored:
             write_scores(str(own_scores), table, meta)
-        elif own_scores.is_file() and not same_file(str(own_scores), scores_uri):
+        elif scores_uri and own_scores.is_file() and not same_file(str(own_scores), scores_uri):
             own_scores.unlink()  # an earlier evaluation's scores: not these metrics'
     images = meta.get("content") == "images"
     (plot_score_histograms if images else plot_score_curves)(videos, out_dir / "scores.png")
