@@ -133,10 +133,10 @@ def test_usage_errors_are_one_line_too(tmp_path):
     assert proc.stderr.splitlines() == [
         "memae-dist train: error: argument --epochs: invalid int value: 'x' "
         "(see 'memae-dist train --help')"]
-    proc = memae("prepare", "synthetic", "--dst", "out", "--workers", "0", cwd=tmp_path,
+    proc = memae("prepare", "synthetic", "--dst", "out", "--workers", "-1", cwd=tmp_path,
                  timeout=120)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
-        "memae-dist prepare: error: argument --workers: must be >= 1, got 0 "
+        "memae-dist prepare: error: argument --workers: must be >= 0, got -1 "
         "(see 'memae-dist prepare --help')"]
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()

@@ -25,7 +25,9 @@ def register(sub) -> None:
                    help="stored frame size, multiples of 16 up to 4096 (default 256 256; "
                         "synthetic: 32 32; images: any size, default 28 28, the image net's "
                         "input)")
-    p.add_argument("--workers", type=int_at_least(1), default=None, help="parallel import tasks")
+    p.add_argument("--workers", type=int_at_least(0), default=None,
+                   help="parallel import tasks (default: one per CPU; 0: one video at a "
+                        "time in this process, without Ray)")
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", choices=("train", "test", "val"),
                    help="folder: split of sources outside train/test/val folders (default train)")

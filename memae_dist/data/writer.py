@@ -244,7 +244,8 @@ def write_dataset(
     storage_cfg: storage.StorageConfig | None = None,
     content: str = "video",
 ) -> dict:
-    """Write every video's shard (one Ray task each), then the manifest; returns the manifest.
+    """Write every video's shard (one Ray task each; ``workers=0``: one after another in this
+    process, without Ray), then the manifest; returns the manifest.
 
     ``content="images"`` marks each "video" as a group of still images (manifest ``content``).
     """
@@ -307,8 +308,8 @@ def _validate(videos: Sequence[VideoSpec], dst, size, segment_frames, segment_ov
         raise UserError(
             f"need 0 <= segment_overlap < segment_frames, got {segment_overlap}, {segment_frames}"
         )
-    if workers is not None and workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers}")
+    if workers is not None and workers < 0:
+        raise UserError(f"workers must be >= 0, got {workers}")
     keys = [v.key for v in videos]
     dupes = sorted({k for k in keys if keys.count(k) > 1})
     if dupes:
@@ -347,6 +348,8 @@ def _valid_marker(spec: VideoSpec, job: _Job) -> dict | None:
 
 def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: bool,
                progress: bool, total: int) -> dict:
+    if workers == 0:
+        return _run_here(todo, job, skip_bad, progress, total)
     import ray
     from tqdm import tqdm
 
@@ -375,6 +378,22 @@ def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: 
                 raise UserError(record["error"])
             results[spec.key] = record
             bar.update(1)
+    return results
+
+
+def _run_here(todo: list[VideoSpec], job: _Job, skip_bad: bool, progress: bool,
+              total: int) -> dict:
+    """The tasks' work in this process, in order: for a machine without Ray (a bare GPU node,
+    a laptop session) and for debugging an importer."""
+    from tqdm import tqdm
+
+    results: dict = {}
+    for spec in tqdm(todo, total=total, initial=total - len(todo), desc="videos",
+                     unit="video", disable=not progress):
+        record = convert_video(spec, job, skip_bad)
+        if "error" in record:
+            raise UserError(record["error"])
+        results[spec.key] = record
     return results
 
 

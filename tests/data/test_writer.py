@@ -1,6 +1,9 @@
 import functools
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,6 +208,40 @@ def test_failure_writes_no_manifest_and_skip_bad_records_it(tmp_path, ray_local)
     assert "disk says no" in manifest["skipped"][1]["reason"]
     assert [v["name"] for v in manifest["splits"]["test"]["videos"]] == ["c"]
     assert load_manifest(dst).skipped == manifest["skipped"]
+
+
+REPO = Path(__file__).resolve().parents[2]
+IN_PROCESS = """
+import sys
+sys.modules["ray"] = None  # a machine without Ray: importing it fails
+from memae_dist.data.writer import VideoSpec, write_dataset
+from memae_dist.errors import UserError
+from tests.data.test_writer import SIZE, _specs, mixed_sizes
+write_dataset(_specs(), sys.argv[1], SIZE, name="toy", source="unit", workers=0,
+              progress=False)
+try:
+    write_dataset(_specs() + [VideoSpec("test", "mixed", mixed_sizes)], sys.argv[2], SIZE,
+                  name="toy", source="unit", workers=0, progress=False)
+except UserError as exc:
+    print(exc)
+"""
+
+
+def test_workers_0_writes_the_same_shards_in_this_process_without_ray(tmp_path, ray_local):
+    write_dataset(_specs(), str(tmp_path / "ray"), SIZE, name="toy", source="unit",
+                  progress=False)
+    by_ray = load_manifest(str(tmp_path / "ray"))
+    proc = subprocess.run([sys.executable, "-c", IN_PROCESS, str(tmp_path / "here"),
+                           str(tmp_path / "bad")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    here = load_manifest(str(tmp_path / "here"))
+    assert [(s.path, s.sha256) for s in here.shards] == [
+        (s.path, s.sha256) for s in by_ray.shards]
+    assert here.splits == by_ray.splits
+    # A video that cannot be imported stops it as it stops Ray's tasks: named, no manifest.
+    assert "test/mixed" in proc.stdout and "mixed sizes" in proc.stdout
+    assert not (tmp_path / "bad" / "manifest.json").exists()
 
 
 def test_invalid_arguments(tmp_path):
