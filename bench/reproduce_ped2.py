@@ -18,7 +18,8 @@ Profiles:
   epochs, lr 3e-4, global batch 4, one worker with two cores): about an hour of two quiet cores
   per variant in bf16 on a CPU with AMX tiles (which this script then uses; 60-65 s an epoch),
   about 1.5 hours in fp32; 3 seeds of memae, 1 of each ablation.
-- ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node.
+- ``paper``: 256x256, ``configs/ped2.yaml`` (the official recipe, 100 epochs): for a GPU node
+  with Ray (``bench/ped2_gpu.py`` trains the same recipe on a GPU node without it).
 
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
 interrupted reproduction continues where it stopped (training itself resumes by run name). With
