@@ -65,6 +65,30 @@ def test_gpus_a_local_ray_cannot_have_are_refused_not_waited_for(tiny_data, tmp_
             "--address of a cluster with GPUs")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: Ray can use it")
+def test_a_sweep_refused_its_gpus_has_written_nothing(tmp_path):
+    # Before: the refused sweep had carved the validation split and recorded its settings, so
+    # the corrected command (without --gpus-per-worker) was refused as a different sweep.
+    assert memae("prepare", "synthetic", "--dst", "data", "--workers", "0", "--no-progress",
+                 cwd=tmp_path, timeout=120).returncode == 0
+    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+    proc = memae("tune", "--space", "smoke", "--data", "data", "--storage", "sweeps", "--name",
+                 "s", "--val-from-test", "1", "--gpus-per-worker", "1", "--out", "out",
+                 cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "memae-dist: error: --gpus-per-worker asks for 2 GPUs at once")  # 2 workers a trial
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
+    assert not (tmp_path / "data" / "val").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    # A typo in --val-from-test is still one line before any Ray starts.
+    proc = memae("tune", "--space", "smoke", "--data", "data", "--val-from-test", "0",
+                 cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "memae-dist: error: --val-from-test must be a count >= 1 or video names, got '0'"], (
+        proc.stderr)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: torch sees it")
 def test_a_gpu_asked_for_in_process_that_torch_cannot_see_is_refused(tiny_data, tmp_path,
                                                                      monkeypatch, capsys):

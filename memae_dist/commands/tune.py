@@ -25,7 +25,9 @@ def register(sub) -> None:
     p.add_argument("--gpus-per-worker", type=float_at_least(0))
     p.add_argument("--storage", help="sweep storage URI (default: run.storage)")
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
-    p.add_argument("--out", default="tune_out", help="folder for trials.csv, plot, best.yaml")
+    p.add_argument("--out", default="tune_out",
+                   help="folder for trials.csv, plot, best.yaml: a local path or s3:// prefix "
+                        "(published when the sweep ends)")
     p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
     p.add_argument("--val-from-test", metavar="K|NAMES",
                    help="first move K labelled test videos, or the named ones (06 or 01,04; "
@@ -46,36 +48,55 @@ def resolve_space(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.commands.common import local_folder, refuse_twice, resolve_config_path
+    from memae_dist.commands.outdir import output_folder
     from memae_dist.config import load_config
-    from memae_dist.data.storage import first_missing_folder, local_path, remove_empty_folders
-    from memae_dist.errors import UserError
-    from memae_dist.evaluate.definitions import PROTOCOLS
+    from memae_dist.data.storage import is_remote
+    from memae_dist.tune.results import BEST_JSON, OUT_FILES
     from memae_dist.tune.space import load_space
-    from memae_dist.tune.sweep import SweepOptions, run_sweep
 
-    out = local_folder(args.out)  # then made and checked for other sweeps before any trial
+    remote = bool(args.out.strip()) and is_remote(args.out)
+    if not remote:
+        local_folder(args.out)  # then made and checked for other sweeps before any trial
     space = load_space(resolve_space(args.space))
     overrides = [f"data.path={json.dumps(args.data)}"] if args.data else []
     refuse_twice({"data.path": f"--data {args.data}"} if args.data else {}, args.set)
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
                       labels=[f"--data {args.data}"] if args.data else [])
+    # An s3:// --out is staged locally and published when the sweep command ends (also with no
+    # best trial, or interrupted by Tune's Ctrl-C: the table is the record); not on an error.
+    with output_folder(args.out, cfg.storage, commit=BEST_JSON, owned=OUT_FILES) as out:
+        result = sweep(args, space, cfg, out, args.out if remote else None)
+    return summarise(result, args.out if remote else str(out))
+
+
+def sweep(args: argparse.Namespace, space, cfg, out: Path, published: str | None):
+    from memae_dist.data.storage import first_missing_folder, local_path, remove_empty_folders
+    from memae_dist.errors import UserError
+    from memae_dist.tune.sweep import SweepOptions, run_sweep
+
     opts = SweepOptions(
         samples=args.samples, scheduler=args.scheduler, search=args.search,
         max_concurrent=args.max_concurrent, workers_per_trial=args.workers_per_trial,
         cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
-        storage=args.storage, name=args.name, out=out, seed=args.seed,
+        storage=args.storage, name=args.name, out=out, published=published, seed=args.seed,
         test=not args.no_test, val_from_test=args.val_from_test, address=args.address,
     )
     created = first_missing_folder(str(out))
     try:
-        result = run_sweep(space, cfg, opts)
+        return run_sweep(space, cfg, opts)
     except UserError:
         # Refused before any result: no empty --out folder is left for the user to clear.
         if created is not None:
             remove_empty_folders(local_path(str(out)), created)
         raise
+
+
+def summarise(result, out: str) -> int:
+    from memae_dist.data.storage import join
+    from memae_dist.evaluate.definitions import PROTOCOLS
+
     print(f"sweep: {result.path}")
-    print(f"table: {out / 'trials.csv'}")
+    print(f"table: {join(out, 'trials.csv')}")
     if result.interrupted:
         print("memae-dist: sweep interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -83,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"memae-dist: {no_best_reason(result.rows)}", file=sys.stderr)
         return 1
     print(f"best: trial {result.best.trial_id}, {result.objective.metric} "
-          f"{result.best.objective:.5g} -> {out / 'best.yaml'}")
+          f"{result.best.objective:.5g} -> {join(out, 'best.yaml')}")
     print(f"best checkpoint: {result.checkpoint}")
     if result.test_metrics:
         test = result.test_metrics

@@ -206,10 +206,8 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     ``exclusive``: hold the run's lock (``RunLock``) while training; a sweep passes False,
     since Tune already runs each trial once and restarts trials on any node at any time.
     """
-    from memae_dist.data.stream import check_enough_windows
     from memae_dist.doctor import preflight
     from memae_dist.train.runlock import RunLock
-    from memae_dist.train.validate import check_val_split
 
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")
@@ -217,9 +215,7 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         require_torch_gpu(cfg.train.gpus_per_worker)
     preflight(cfg, address)  # storage + manifest on every node, before any worker starts
     manifest = load_manifest(cfg.data.path, cfg.storage)
-    check_model_input(manifest, cfg.model, cfg.data.path)
-    check_enough_windows(manifest, cfg.data, cfg.train.batch_size, cfg.data.path)
-    check_val_split(cfg, manifest)
+    check_dataset(cfg, manifest)
     for warning in training_split_warnings(cfg, manifest):
         log.warning("%s", warning)
     run = run_uri(cfg)
@@ -242,6 +238,17 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         metrics = run_trainer(cfg, address, callbacks, trained_on)
         prune(run, cfg.train.keep_checkpoints, cfg.storage)
         return finished(run, cfg, metrics)
+
+
+def check_dataset(cfg: ExperimentConfig, manifest) -> None:
+    """The dataset suits the run: the model's input size, at least one batch of windows, a
+    usable validation split (driver-side, before any worker starts)."""
+    from memae_dist.data.stream import check_enough_windows
+    from memae_dist.train.validate import check_val_split
+
+    check_model_input(manifest, cfg.model, cfg.data.path)
+    check_enough_windows(manifest, cfg.data, cfg.train.batch_size, cfg.data.path)
+    check_val_split(cfg, manifest)
 
 
 def training_split_warnings(cfg: ExperimentConfig, manifest) -> list[str]:

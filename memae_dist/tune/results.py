@@ -3,7 +3,9 @@
 Outputs in ``--out DIR``: ``trials.csv``, ``objective_vs_params.png``, ``best.yaml`` (a config
 ``memae-dist train --config`` accepts), ``best.json`` (best trial, checkpoint URI, test
 metrics) and ``test/`` (the best checkpoint scored on the test split). Each file is written
-whole or not at all, and the folder only ever holds one sweep's results.
+whole or not at all, and the folder only ever holds one sweep's results. An ``s3://`` --out is
+written in a local staging folder and published when the sweep command ends
+(``commands.outdir``); its owner is read from the prefix.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import yaml
 
 from memae_dist.data.atomic import atomic_local
 from memae_dist.data.redact import error_reason
-from memae_dist.data.storage import StorageConfig, exists, join
+from memae_dist.data.storage import StorageConfig, exists, join, read_bytes
 from memae_dist.errors import UserError
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective
 from memae_dist.tune.space import SearchSpace
@@ -160,25 +162,31 @@ def best_checkpoint(row: TrialRow, storage: StorageConfig | None) -> str | None:
 
 # ---------------------------------------------------------------------------- outputs
 TABLE, BEST_YAML, BEST_JSON, TEST_DIR = "trials.csv", "best.yaml", "best.json", "test"
-# What scoring the test split writes into TEST_DIR (evaluate.run, evaluate.protocol).
+PLOT = "objective_vs_params.png"
+# What the evaluation of the best checkpoint writes into TEST_DIR.
 TEST_FILES = ("metrics.json", "frames.csv", "scores.parquet", "scores.png", "roc.png")
+# Every file a sweep writes into --out, relative to it.
+OUT_FILES = (TABLE, PLOT, BEST_YAML, BEST_JSON, *(f"{TEST_DIR}/{n}" for n in TEST_FILES))
 
 
-def check_out(value: Path, sweep_uri: str) -> Path:
+def check_out(value: Path, sweep_uri: str, published: str | None = None,
+              storage: StorageConfig | None = None) -> Path:
     """``--out``, before any trial: a folder this process can write, holding no other sweep's
-    results (a table of one sweep beside the best config of another would mislead)."""
+    results (a table of one sweep beside the best config of another would mislead).
+    ``published``: the S3 prefix ``value`` (a staging folder) is uploaded to; its owner counts."""
     from memae_dist.commands.common import local_folder
 
+    shown = published or value
     try:  # created now: a folder that cannot be made or written fails here, not after hours
         out = local_folder(str(value), "--out")
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
             pass
     except OSError as exc:
-        raise UserError(f"--out {value}: cannot write there: {_reason(exc)}") from None
-    owner = out_owner(out)
+        raise UserError(f"--out {shown}: cannot write there: {_reason(exc)}") from None
+    owner = published_owner(published, storage) if published else out_owner(out)
     if owner is not None and owner != sweep_uri:
-        raise UserError(f"--out {value}: holds the results of sweep {owner}; pick another --out "
+        raise UserError(f"--out {shown}: holds the results of sweep {owner}; pick another --out "
                         "(or remove that folder) so the two sweeps' results do not mix")
     return out
 
@@ -186,25 +194,45 @@ def check_out(value: Path, sweep_uri: str) -> Path:
 def out_owner(out: Path) -> str | None:
     """The sweep whose results ``out`` holds (from best.json, else trials.csv), None if none."""
     summary, table = out / BEST_JSON, out / TABLE
-    path = summary if summary.exists() else table if table.exists() else None
+    try:
+        return owner_of(summary.read_text() if summary.exists() else None,
+                        table.read_text() if table.exists() else None, out)
+    except (OSError, ValueError):  # a folder of that name, bytes that are not text
+        name = BEST_JSON if summary.exists() else TABLE
+        raise UserError(f"--out {out}: {name} there is not a sweep's result (unreadable, or "
+                        "written by something else); pick another --out") from None
+
+
+def published_owner(prefix: str, storage: StorageConfig | None) -> str | None:
+    """``out_owner`` for the results published under an S3 prefix."""
+    texts = []
+    for name in (BEST_JSON, TABLE):
+        uri = join(prefix, name)
+        texts.append(read_bytes(uri, storage).decode(errors="replace")
+                     if exists(uri, storage) else None)
+    return owner_of(*texts, prefix)
+
+
+def owner_of(summary: str | None, table: str | None, shown) -> str | None:
+    """The sweep named by a best.json text, else by a trials.csv text (its first run)."""
+    if summary is None and table is None:
+        return None
     sweep = None
     try:
-        if path == summary:
-            sweep = json.loads(summary.read_text()).get("sweep")
-        elif path == table:
-            with table.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                first = next(reader, None)
-                if first is None and {"trial_id", "run"} <= set(reader.fieldnames or ()):
-                    return None  # a table of no trial: nothing to mix with
+        if summary is not None:
+            sweep = json.loads(summary).get("sweep")
+        else:
+            reader = csv.DictReader(table.splitlines())
+            first = next(reader, None)
+            if first is None and {"trial_id", "run"} <= set(reader.fieldnames or ()):
+                return None  # a table of no trial: nothing to mix with
             run = (first or {}).get("run") or ""  # SWEEP/runs/<trial id>
             sweep = run.rsplit("/", 2)[0] if run.count("/") >= 2 else None
-        else:
-            return None
-    except (OSError, ValueError, AttributeError, csv.Error):
+    except (ValueError, AttributeError, csv.Error):
         pass
     if not isinstance(sweep, str):
-        raise UserError(f"--out {out}: {path.name} there is not a sweep's result (unreadable, or "
+        name = BEST_JSON if summary is not None else TABLE
+        raise UserError(f"--out {shown}: {name} there is not a sweep's result (unreadable, or "
                         "written by something else); pick another --out")
     return sweep
 

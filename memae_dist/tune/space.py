@@ -23,6 +23,7 @@ import ast
 import itertools
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,20 +141,26 @@ class SearchSpace:
             _set(tree, key, value)
         return tree
 
-    def check_against(self, base: dict[str, Any]) -> None:
+    def check_against(self, base: dict[str, Any],
+                      check: Callable[[ExperimentConfig], None] | None = None) -> None:
         """Build the config at every corner of the space; the first invalid one is refused.
 
         Ranges are checked at both ends and choices at every value, so a space that can reach a
         config the components reject fails before the first trial starts, not in trial 17.
-        """
+        ``check``: a further test of each corner's config (the dataset suits it)."""
         corners = [p.corners() for p in self.params]
         for combo in itertools.islice(itertools.product(*corners), 512):
             sample = {p.name: v for p, v in zip(self.params, combo)}
             try:
-                from_dict(ExperimentConfig, self.apply(base, sample))
+                cfg = from_dict(ExperimentConfig, self.apply(base, sample))
             except UserError as exc:
                 raise UserError(f"{self.source}: {_short(sample)} gives an invalid config: "
                                 f"{exc}") from None
+            try:
+                if check is not None:
+                    check(cfg)
+            except UserError as exc:
+                raise UserError(f"{self.source}: at {_short(sample)}: {exc}") from None
 
 
 def load_space(path: str | Path) -> SearchSpace:

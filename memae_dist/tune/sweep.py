@@ -27,6 +27,7 @@ from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_ob
 from memae_dist.tune.record import check_same_sweep, score_test_once, space_fingerprint
 from memae_dist.tune.space import SearchSpace
 from memae_dist.tune.trainable import keep_credentials_out_of_trials, run_trial
+from memae_dist.tune.valsplit import val_selection, with_val_split
 
 log = logging.getLogger("memae_dist.tune")
 
@@ -56,6 +57,8 @@ class SweepOptions:
     name: str | None = None
     # Local folder for trials.csv, the plot, best.yaml and the test metrics.
     out: Path = Path("tune_out")
+    # The S3 prefix ``out`` (then a staging folder) is published to, for the owner check.
+    published: str | None = None
     # Seed of the search algorithm.
     seed: int = 0
     # Score the test split once with the best checkpoint.
@@ -99,17 +102,21 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     # --val-from-test writes into the dataset.
     space.check_against(cfg.to_dict())
     check_search(opts, space)
-    res.check_out(opts.out, sweep_uri(space, cfg, opts))
-    cfg = with_val_split(cfg, opts)
+    res.check_out(opts.out, sweep_uri(space, cfg, opts), opts.published, cfg.storage)
+    # Ray, and the GPUs the trials ask for, before anything is written: a refused start leaves
+    # the dataset uncarved and no sweep record, so the corrected command is still this sweep.
+    selection = val_selection(cfg, opts)
+    concurrent = start_ray(cfg, opts, (opts.samples or space.samples) * space.grid_size)
+    cfg = with_val_split(cfg, selection)
     objective = resolve_objective(space.objective, cfg)
     cfg = keep_best_by(cfg, objective)
     sweep = _Sweep.plan(space, cfg, opts, objective)
     preflight_sweep(cfg, sweep.storage, sweep.name, opts.address)
+    check_trial_data(space, cfg)
     with RunLock(sweep.uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
         check_same_sweep(sweep.uri, cfg, {"space": space_fingerprint(space), "config": sweep.base,
                                           "samples": sweep.samples, "search": opts.search,
                                           "scheduler": opts.scheduler, "seed": opts.seed})
-        concurrent = start_ray(cfg, opts, sweep.total)
         registry_name = cleanup.registry_name(sweep.uri)
         registry = cleanup.start_registry(registry_name)
         log.info("sweep %s: %d trials, up to %d at once, objective %s (%s)", sweep.uri,
@@ -219,6 +226,18 @@ def preflight_sweep(cfg: ExperimentConfig, storage: str, name: str,
     preflight(from_dict(ExperimentConfig, tree), address)
 
 
+def check_trial_data(space: SearchSpace, cfg: ExperimentConfig) -> None:
+    """The trainer's dataset checks for the base config and every corner of the space, before
+    the first trial: a dataset that cannot feed a trial (under one batch of windows, frames of
+    another size) would otherwise fail every trial alike, each with exit 1."""
+    from memae_dist.data.manifest import load_manifest
+    from memae_dist.train.trainer import check_dataset
+
+    manifest = load_manifest(cfg.data.path, cfg.storage)
+    check_dataset(cfg, manifest)
+    space.check_against(cfg.to_dict(), lambda corner: check_dataset(corner, manifest))
+
+
 def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
     """Connect to (or start) Ray; returns how many trials run at once.
 
@@ -249,7 +268,7 @@ def write_table(sweep: _Sweep) -> list:
                        sweep.cfg.train.epochs, sweep.cfg.storage)
     out = Path(sweep.opts.out)
     res.write_csv(rows, out / res.TABLE)
-    res.plot(rows, sweep.space, sweep.objective, out / "objective_vs_params.png")
+    res.plot(rows, sweep.space, sweep.objective, out / res.PLOT)
     print(res.format_table(rows, sweep.space, sweep.objective))
     return rows
 
@@ -299,24 +318,6 @@ def trial_scale(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
             train[key] = getattr(opts, key)
     train["on_nonfinite"] = "stop"  # a diverging trial must end, not skip batches forever
     return from_dict(ExperimentConfig, tree)
-
-
-def with_val_split(cfg: ExperimentConfig, opts: SweepOptions) -> ExperimentConfig:
-    """The dataset the trials read, with the validation split --val-from-test carves into it."""
-    from memae_dist.tune.valsplit import carve_val_from_test, parse_selection
-
-    if opts.val_from_test:
-        if not cfg.data.path:
-            raise UserError("--val-from-test needs the dataset: pass --data URI")
-        split = cfg.data.val_split or "val"
-        carve_val_from_test(cfg.data.path, parse_selection(opts.val_from_test), split=split,
-                            source=cfg.eval.split, storage_cfg=cfg.storage)
-        tree = cfg.to_dict()
-        tree["data"]["val_split"] = split
-        cfg = from_dict(ExperimentConfig, tree)
-    if not cfg.data.path:
-        raise UserError("data.path is not set: pass --data URI or set data.path in the config")
-    return cfg
 
 
 def keep_best_by(cfg: ExperimentConfig, objective: Objective) -> ExperimentConfig:

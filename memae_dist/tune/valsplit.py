@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data import storage
 from memae_dist.data.manifest import MANIFEST_FILE, Manifest, load_manifest
 from memae_dist.data.storage import StorageConfig
@@ -126,3 +127,25 @@ def _check_same(done: dict, selection, manifest: Manifest, split: str, uri: str)
                         "dataset to start over)")
     manifest.videos(split)  # still present
     return names
+
+
+def val_selection(cfg: ExperimentConfig, opts) -> int | list[str] | None:
+    """The dataset and the --val-from-test choice (``opts``: the ``SweepOptions``), checked
+    before Ray starts: a typo is one line at once, not after a cluster start."""
+    if not cfg.data.path:
+        raise UserError("--val-from-test needs the dataset: pass --data URI" if opts.val_from_test
+                        else "data.path is not set: pass --data URI or set data.path in the "
+                        "config")
+    return parse_selection(opts.val_from_test) if opts.val_from_test else None
+
+
+def with_val_split(cfg: ExperimentConfig, selection: int | list[str] | None) -> ExperimentConfig:
+    """The dataset the trials read, with the validation split --val-from-test carves into it."""
+    if selection is None:
+        return cfg
+    split = cfg.data.val_split or "val"
+    carve_val_from_test(cfg.data.path, selection, split=split, source=cfg.eval.split,
+                        storage_cfg=cfg.storage)
+    tree = cfg.to_dict()
+    tree["data"]["val_split"] = split
+    return from_dict(ExperimentConfig, tree)

@@ -398,3 +398,51 @@ def test_a_result_that_cannot_be_written_is_one_line_naming_it(tmp_path):
     with pytest.raises(UserError, match=f"cannot write {blocked / 'best.json'}: "):
         res.write_summary(blocked, {"sweep": "s"})
     assert blocked.read_text() == ""
+
+
+def test_a_sweep_publishes_its_results_into_an_s3_prefix(tiny_data, tmp_path, s3_bucket,
+                                                         monkeypatch, capsys):
+    # As a Ray job, a local --out lands in the job's throw-away working directory on the head.
+    from memae_dist.data import storage
+
+    monkeypatch.chdir(tmp_path)
+    Path("base.yaml").write_text(yaml.safe_dump(BASE))
+    Path("one.yaml").write_text(yaml.safe_dump(ONE))
+    out = f"{s3_bucket}/sweeps/one"
+    storage.write_bytes_atomic(f"{out}/best.yaml", b"an earlier sweep's, of the same name")
+    storage.write_bytes_atomic(f"{out}/notes.txt", b"not a sweep's file")
+    flags = ["--space", "one.yaml", "--config", "base.yaml", "--data", copy_data(tiny_data,
+             tmp_path), "--scheduler", "fifo", "--set", "train.epochs=1", "--storage", "sweeps",
+             "--no-test", "--out", out]
+    assert main(["tune", "--name", "one", *flags]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert f"table: {out}/trials.csv" in printed and f"-> {out}/best.yaml" in printed
+    assert storage.listdir(out) == ["best.json", "best.yaml", "notes.txt",
+                                    "objective_vs_params.png", "trials.csv"]
+    best = json.loads(storage.read_bytes(f"{out}/best.json"))
+    assert best["sweep"] == str(tmp_path / "sweeps" / "one")
+    assert yaml.safe_load(storage.read_bytes(f"{out}/best.yaml"))["model"]["num_slots"] == 20
+    assert "COMPLETED" in storage.read_bytes(f"{out}/trials.csv").decode()
+    assert sorted(os.listdir(tmp_path)) == ["base.yaml", "data", "one.yaml", "sweeps"]
+    # Another sweep is refused that prefix before it starts, as a local --out is.
+    assert main(["tune", "--name", "other", *flags]) == 2
+    assert last_err_line(capsys) == (
+        f"memae-dist: error: --out {out}: holds the results of sweep {best['sweep']}; pick "
+        "another --out (or remove that folder) so the two sweeps' results do not mix")
+    assert not (tmp_path / "sweeps" / "other").exists()
+
+
+def test_a_dataset_no_trial_could_train_on_is_refused_before_the_first(tiny_data, tmp_path,
+                                                                        capsys):
+    # Before: every trial failed alike inside Tune, each with exit 1, and the sweep went on.
+    space, base = tmp_path / "batch.yaml", tmp_path / "base.yaml"
+    space.write_text(yaml.safe_dump({"name": "batch", "samples": 1,
+                                     "params": {"train.batch_size": {"choice": [8, 128]}}}))
+    base.write_text(yaml.safe_dump(BASE))
+    assert main(["tune", "--space", str(space), "--config", str(base), "--data", tiny_data,
+                 "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "out")]) == 2
+    assert last_err_line(capsys) == (
+        f"memae-dist: error: {space}: at train.batch_size=128: split train of {tiny_data} has "
+        "75 clips (16-frame windows at stride 1), fewer than one batch (train.batch_size=128): "
+        "lower train.batch_size or add training data")
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "out").exists()
