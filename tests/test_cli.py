@@ -140,8 +140,9 @@ def test_usage_errors_are_one_line_too(tmp_path):
         "(see 'memae-dist prepare --help')"]
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()
-    for flag, value, says in [("--cpus-per-worker", "nan", "must be a number > 0, got nan"),
-                              ("--gpus-per-worker", "inf", "must be a number >= 0, got inf")]:
+    for flag, value, says in [
+            ("--cpus-per-worker", "nan", "must be a finite number > 0, got nan"),
+            ("--gpus-per-worker", "inf", "must be a finite number >= 0, got inf")]:
         proc = memae("score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet", flag,
                      value, cwd=tmp_path, timeout=120)
         assert proc.returncode == 2 and proc.stderr.splitlines() == [

@@ -85,7 +85,7 @@ def test_image_net_trains_scores_and_reports(image_set, tmp_path):
     name, frame, png = report.triptychs[0]
     assert f"<figcaption>group {name}, image {frame}</figcaption>" in index
     assert "video" not in index.split("<h2>Groups of images</h2>", 1)[1]
-    assert report.videos[0].parent.name == "groups"
+    assert report.videos[0].parent.name == "groups" and report.images
     assert _png_title(png).startswith(f"group {name}, image {frame}: error ")
     assert _png_title(report.videos[0]).startswith("error histogram of group ")
 

@@ -46,7 +46,7 @@ def float_at_least(low: float, above: bool = False):
         value = float(text)  # a ValueError becomes argparse's "invalid float value"
         if not math.isfinite(value) or value < low or (above and value == low):
             raise argparse.ArgumentTypeError(
-                f"must be a number {'>' if above else '>='} {low:g}, got {text}")
+                f"must be a finite number {'>' if above else '>='} {low:g}, got {text}")
         return value
 
     parse.__name__ = "float"

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         report = build_report(args.scores, out, checkpoint=args.checkpoint, data=args.data,
                               frames=args.frames, top=args.top, slots=args.slots,
                               max_videos=args.max_videos, storage=storage)
-    print(f"{len(report.videos)} video plots, {len(report.triptychs)} triptychs"
+    plots = "group histograms" if report.images else "video plots"
+    print(f"{len(report.videos)} {plots}, {len(report.triptychs)} triptychs"
           + (", ROC" if report.roc else "") + (", memory slots" if report.memory else ""))
     for note in report.notes:
         print(f"  note: {note}")

@@ -39,6 +39,7 @@ class Report:
     triptychs: list[tuple[str, int, Path]] = field(default_factory=list)
     memory: Path | None = None
     notes: list[str] = field(default_factory=list)
+    images: bool = False  # a still-image set: ``videos`` holds its groups' histograms
 
 
 def parse_frames(specs: list[str] | None) -> list[tuple[str, int]]:
@@ -89,7 +90,7 @@ def build_report(scores_uri: str, out_dir: Path, *, checkpoint: str | None = Non
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
         clear_previous(out_dir)
-    images = meta.get("content") == "images"
+    images = report.images = meta.get("content") == "images"
     scored = [v for v in videos if v.name in labelled]
     if scored:
         report.metrics = evaluate_videos(scored)

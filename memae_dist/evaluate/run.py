@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from memae_dist.data.storage import StorageConfig, same_file
+from memae_dist.data.storage import StorageConfig, absolute, same_file
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import (
     ScoreConfig,
@@ -105,7 +105,8 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
         n_unlabelled_videos=n_all - len(videos),
         checkpoint=meta.get("checkpoint"), data=meta.get("data"), split=meta.get("split"),
         error=meta.get("error"), variant=meta.get("variant"), content=meta.get("content"),
-        scores=scores_uri or str(out_dir / SCORES_FILE),
+        # Absolute: the file is found from wherever metrics.json is read.
+        scores=absolute(scores_uri) if scores_uri else str((out_dir / SCORES_FILE).absolute()),
     )
     with writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """``memae-dist evaluate``: the AUC it prints equals one computed independently from the Parquet."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys
     assert "--data, --error, --batch-size: only with --checkpoint" in capsys.readouterr().err
 
 
-def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
+def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys, monkeypatch):
     scores = write_scores_file(tmp_path / "scores.parquet")
     out = tmp_path / "eval"
     (out / "metrics.json").mkdir(parents=True)  # root-proof: no file can replace a folder
@@ -150,6 +151,10 @@ def test_evaluate_into_an_unwritable_folder_says_which_file(tmp_path, capsys):
     # The same file into a writable folder: the failures above were the folder's alone.
     assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ok")]) == 0
     assert json.loads((tmp_path / "ok" / "metrics.json").read_text())["scores"] == scores
+    # Given relative, recorded absolute: metrics.json is read from other folders than this.
+    monkeypatch.chdir(tmp_path)
+    assert main(["evaluate", "--scores", os.path.relpath(scores), "--out", "rel"]) == 0
+    assert json.loads((tmp_path / "rel" / "metrics.json").read_text())["scores"] == scores
 
 
 def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path, capsys):

@@ -78,7 +78,7 @@ def test_cli_prints_and_writes_events_with_label_checks(tmp_path, capsys):
 def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
     scores = _scores_file(tmp_path / "scores.parquet")
     (tmp_path / "folder").mkdir()
-    for extra, why in ((["--threshold", "nan"], "must be a number >= 0, got nan"),
+    for extra, why in ((["--threshold", "nan"], "must be a finite number >= 0, got nan"),
                        (["--threshold", "0.5", "--min-frames", "0"], "must be >= 1, got 0")):
         with pytest.raises(SystemExit) as usage:  # the parser's one line, exit 2
             main(["events", "--scores", scores, *extra])
