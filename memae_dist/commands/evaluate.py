@@ -111,6 +111,10 @@ def print_evaluation(metrics: dict) -> None:
     for v in metrics["per_video"]:
         print(f"  {v['name']:<12} {v['n_frames']:>7} {v['n_abnormal']:>8} {_fmt(v['auc']):>8} "
               f"{_fmt(v['ap']):>8} {_fmt(v['eer']):>8}")
+    unscored = metrics.get("unscored_videos") or []
+    if unscored:
+        print(f"  not scored, shorter than the model's window (in no number above): "
+              f"{', '.join(unscored[:10])}{' ...' if len(unscored) > 10 else ''}")
     print_thresholds(metrics.get("thresholds"), metrics.get("split"))
 
 

@@ -96,13 +96,18 @@ def evaluate_table(table: pa.Table, meta: dict, out_dir: Path, protocol: str | N
             f"no labelled video in split '{meta.get('split')}' of {meta.get('data')}: "
             "there is nothing to evaluate against (use 'memae-dist report' to look at the scores)")
     metrics = evaluate_videos(videos)
-    n_all = len(set(table.column("video").to_pylist()))
+    scored_names = set(table.column("video").to_pylist())
+    n_all = len(scored_names)
+    # Videos shorter than the model's window have no window, so no score: named, not dropped.
+    unscored = [v["name"] for v in meta.get("videos") or []
+                if isinstance(v, dict) and v.get("name") not in scored_names]
     metrics.update(
         headline=headline(metrics, protocol),
         protocol=protocol,
         protocol_meaning=PROTOCOL_HELP[protocol],
         definitions=METRICS,
         n_unlabelled_videos=n_all - len(videos),
+        unscored_videos=unscored,
         checkpoint=meta.get("checkpoint"), data=meta.get("data"), split=meta.get("split"),
         error=meta.get("error"), variant=meta.get("variant"), content=meta.get("content"),
         # Absolute: the file is found from wherever metrics.json is read.

@@ -175,6 +175,20 @@ def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path,
             assert (raw >= point["threshold"]).mean() <= point["target_fpr"]
 
 
+def test_videos_too_short_to_score_are_named_in_the_metrics(tmp_path, capsys):
+    # Before: only a warning at scoring time said a labelled test video was left out of every
+    # number; metrics.json and the printed table showed no trace of it.
+    videos = [{"name": n, "num_frames": 27, "abnormal": [[14, 26]]} for n in ("01", "02")]
+    videos.append({"name": "03", "num_frames": 9, "abnormal": [[0, 8]]})
+    scores = write_scores_file(tmp_path / "scores.parquet", window=16, videos=videos)
+    assert main(["evaluate", "--scores", scores, "--out", str(tmp_path / "ev")]) == 0
+    assert ("  not scored, shorter than the model's window (in no number above): 03"
+            in capsys.readouterr().out.splitlines())
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["unscored_videos"] == ["03"]
+    assert [v["name"] for v in metrics["per_video"]] == ["01", "02"]
+
+
 def test_a_reused_folder_keeps_no_scores_of_another_evaluation(tmp_path):
     out = tmp_path / "ev"
     first = write_scores_file(tmp_path / "a.parquet")
