@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from memae_dist.data.atomic import atomic_local
-from memae_dist.data.storage import StorageConfig
+from memae_dist.data.storage import StorageConfig, absolute
 from memae_dist.errors import UserError
 from memae_dist.evaluate.batch_score import read_scores, video_scores
 from memae_dist.evaluate.definitions import units
@@ -40,6 +40,8 @@ class Report:
     memory: Path | None = None
     notes: list[str] = field(default_factory=list)
     images: bool = False  # a still-image set: ``videos`` holds its groups' histograms
+    # The checkpoint of the reconstructions and memory picture, when not the scoring one.
+    figures_from: str | None = None
 
 
 def parse_frames(specs: list[str] | None) -> list[tuple[str, int]]:
@@ -173,12 +175,18 @@ def _model_sources(report: Report, meta: dict, checkpoint: str | None, data: str
         check_shard_sizes(data_uri, manifest, meta.get("split", "test"), storage)
         # Reconstructions of frames the model cannot take (or at another scale) would mislead.
         check_scorable(manifest, loaded.config, data_uri, loaded.trained_on)
-        return loaded, manifest, data_uri
     except UserError as exc:
         if checkpoint or data:
             raise
         report.notes.append(f"No reconstructions or memory picture: {exc}")
         return None
+    scored_by = meta.get("checkpoint")
+    if scored_by and absolute(loaded.checkpoint_uri) != absolute(scored_by):
+        report.figures_from = absolute(loaded.checkpoint_uri)
+        report.notes.append(f"Reconstructions and the memory picture come from "
+                            f"{report.figures_from}, not from the checkpoint that scored these "
+                            "frames: their errors need not match the scores.")
+    return loaded, manifest, data_uri
 
 
 def _model_figures(report: Report, sources: tuple, meta: dict, videos: list[VideoScores],
@@ -264,6 +272,7 @@ def write_index(report: Report, meta: dict, scores_uri: str, videos: list[VideoS
         "<table>",
     ]
     rows = [("scores", scores_uri), ("checkpoint", meta.get("checkpoint")),
+            *([("figures' checkpoint", report.figures_from)] if report.figures_from else []),
             ("data", meta.get("data")), ("split", meta.get("split")),
             ("window error", meta.get("error")), (f"{unit}s", len(videos)),
             (f"{item}s scored", sum(v.frames.size for v in videos))]

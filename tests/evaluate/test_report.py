@@ -88,6 +88,21 @@ def test_report_with_model_has_every_figure(scores, tmp_path, capsys):
         assert key in text
     assert "Thresholds on the raw error" in text and "best F1" in text
     assert "video 02, frame 20" in text
+    assert "figures' checkpoint" not in text  # the scoring checkpoint drew them
+
+
+def test_figures_of_another_checkpoint_than_the_scores_say_so(scores, segmented_data, tmp_path,
+                                                             capsys):
+    # Before: the page named only the scoring checkpoint above another model's reconstructions.
+    other = make_checkpoint(tmp_path / "other" / "checkpoint_epoch_0001", segmented_data)
+    out = tmp_path / "report"
+    assert main(["report", "--scores", str(scores), "--out", str(out), "--top", "1",
+                 "--slots", "4", "--checkpoint", other]) == 0
+    printed = capsys.readouterr().out
+    assert f"note: Reconstructions and the memory picture come from {other}, not from the " \
+           "checkpoint that scored these frames" in printed
+    text = " ".join(parse(out / "index.html").text)
+    assert "figures' checkpoint" in text and other in text
 
 
 def test_report_refuses_bad_input_before_writing(scores, tiny_checkpoint, segmented_data,
