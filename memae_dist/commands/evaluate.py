@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from memae_dist.commands.common import storage_config
 from memae_dist.commands.score import add_scoring_flags, score_config
@@ -141,6 +142,11 @@ def print_thresholds(thresholds: dict | None, split: str | None) -> None:
           f"'{split}'; flag score >= threshold:")
     for p in thresholds["at_fpr"]:
         budget = f"  false positives <= {p['target_fpr']:.1%}:"
+        normal = p.get("normal_frames")
+        if p["threshold"] is None and normal and normal * p["target_fpr"] < 1:
+            print(f"{budget} none (this split has {normal} normal frames: a budget under one "
+                  f"of them needs at least {math.ceil(1 / p['target_fpr'])})")
+            continue
         if p["threshold"] is None:  # the highest errors of this split are normal frames'
             print(f"{budget} none (no threshold flags a frame within this budget)")
             continue

@@ -32,11 +32,15 @@ def deployment_thresholds(labels, scores) -> dict[str, Any] | None:
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if labels.all():
         return None
+    normal = int((~labels).sum())
     if not labels.any():
-        return {"at_fpr": [normal_only_at_fpr(scores, t) for t in TARGET_FPRS], "best_f1": None}
-    curve = roc_curve(labels, scores, drop_intermediate=False)
-    return {"at_fpr": [at_fpr(curve, t) for t in TARGET_FPRS],
-            "best_f1": best_f1(labels, scores)}
+        points = [normal_only_at_fpr(scores, t) for t in TARGET_FPRS]
+        best = None
+    else:
+        curve = roc_curve(labels, scores, drop_intermediate=False)
+        points, best = [at_fpr(curve, t) for t in TARGET_FPRS], best_f1(labels, scores)
+    # A budget under one frame in ``normal`` cannot be read off this split (no threshold).
+    return {"at_fpr": [{**p, "normal_frames": normal} for p in points], "best_f1": best}
 
 
 def normal_only_at_fpr(scores: np.ndarray, target: float) -> dict[str, Any]:

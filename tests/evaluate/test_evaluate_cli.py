@@ -166,6 +166,9 @@ def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path,
     assert ("(no scored frame of split 'val' is abnormal: AUC, AP and EER need anomalies; the "
             "false-positive thresholds below need normal frames only)") in out
     assert "false positives <= 5.0%: threshold" in out and "recall -)" in out
+    # 24 normal frames cannot measure a budget of 0.1%: the line says so, not "no threshold".
+    assert ("  false positives <= 0.1%: none (this split has 24 normal frames: a budget under one "
+            "of them needs at least 1000)") in out.splitlines()
     assert "best F1: - (no abnormal frame in this split" in out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["auc_paper"] is None and metrics["thresholds"]["best_f1"] is None
