@@ -217,8 +217,11 @@ def check_model_input(manifest, model, data_uri: str) -> None:
             raise UserError(f"dataset {data_uri} has {height}x{width} frames; the video model "
                             "needs multiples of 16 (prepare it again with --size)")
     elif model.arch == "image" and (height, width) != (28, 28):
+        # 'prepare' stores video at multiples of 16: 28x28 frames come from 'prepare images'.
+        fix = ("prepare it again with --size 28 28" if manifest.content == "images" else
+               "video frames; use model.arch=video, or 'prepare images --size 28 28'")
         raise UserError(f"model.arch=image takes 28x28 images; dataset {data_uri} stores "
-                        f"{height}x{width} (prepare it again with --size 28 28)")
+                        f"{height}x{width} ({fix})")
     elif model.arch == "mlp" and height * width != model.input_dim:
         raise UserError(f"model.input_dim={model.input_dim} does not fit dataset {data_uri}: "
                         f"its {height}x{width} images are {height * width} values each")

@@ -162,6 +162,10 @@ def test_content_defaults_to_video_and_is_checked(tmp_path):
         ("video", (24, 32), {}, "has 24x32 frames; the video model needs multiples of 16"),
         ("images", (32, 32), {"arch": "image"}, "model.arch=image takes 28x28 images; "
                                                 "dataset DS stores 32x32"),
+        # Not "--size 28 28": video sets take multiples of 16.
+        ("video", (32, 32), {"arch": "image"}, "dataset DS stores 32x32 (video frames; use "
+                                               "model.arch=video, or 'prepare images --size 28 "
+                                               "28')"),
         ("images", (28, 28), {"arch": "mlp", "input_dim": 100},
          "model.input_dim=100 does not fit dataset DS: its 28x28 images are 784 values each"),
     ],
