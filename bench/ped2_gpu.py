@@ -15,10 +15,12 @@ split is cut on the GPU from frames kept there (read from the prepared store), i
 each epoch like the official code's DataLoader, instead of Ray Data's streamed windows and local
 shuffle buffer; and nothing goes to object storage.
 
-Training stops after ``train.epochs`` or when the next epoch and a last evaluation would pass
-``--budget-s`` (counted from the start, evaluations included), so a run fits a time-boxed node;
-the checkpoints at every ``--eval-every`` epochs and the last are evaluated. Progress is
-rewritten to ``--json`` after every epoch, so a run cut off at its limit still reports.
+The trainer's dataset checks and the evaluation's (a labelled split to score) run first, so a
+time-boxed node never trains what cannot report. Training stops after ``train.epochs`` or when
+the next epoch and a last evaluation would pass ``--budget-s`` (counted from the start,
+evaluations included); the checkpoints at every ``--eval-every`` epochs and the last are
+evaluated (a budget that allows no epoch evaluates nothing, exit 1). Progress is rewritten to
+``--json`` after every epoch, so a run cut off at its limit still reports.
 
 Usage: python bench/ped2_gpu.py --data PREPARED_256 --json OUT.json [--variant memae]
        [--seed 0] [--budget-s 420] [--eval-every 10] [--work DIR] [--set KEY=VALUE ...]
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -41,10 +44,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from memae_dist.commands.common import int_at_least  # noqa: E402
 from memae_dist.config import load_config  # noqa: E402
 from memae_dist.data.manifest import load_manifest  # noqa: E402
 from memae_dist.data.shards import read_video_frames  # noqa: E402
 from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
+from memae_dist.errors import UserError  # noqa: E402
+from memae_dist.evaluate.batch_score import scorable_videos  # noqa: E402
 from memae_dist.evaluate.run import evaluate_checkpoint  # noqa: E402
 from memae_dist.train.checkpoint import (  # noqa: E402
     TrainState,
@@ -52,6 +58,7 @@ from memae_dist.train.checkpoint import (  # noqa: E402
     save_checkpoint,
 )
 from memae_dist.train.step import new_worker, run_epoch  # noqa: E402
+from memae_dist.train.trainer import check_dataset  # noqa: E402
 
 HISTORY_KEYS = ("epoch", "step", "loss", "recon", "entropy", "clips_per_s", "epoch_s",
                 "data_wait_frac", "slots_used", "slot_usage_perplexity", "top_slot_share",
@@ -101,7 +108,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="wall-clock budget for training and evaluation together")
-    p.add_argument("--eval-every", type=int, default=10, help="also evaluate every N epochs")
+    p.add_argument("--eval-every", type=int_at_least(1), default=10,
+                   help="also evaluate every N epochs")
     p.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "ped2_gpu",
                    help="checkpoints and evaluation folders")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -110,7 +118,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_windows(data: str, cfg, device: torch.device) -> DeviceWindows:
+    """The training split on the device, once the trainer's own dataset checks and the
+    evaluation's (a labelled split to score) have passed: nothing trains that cannot report."""
     manifest = load_manifest(data)
+    check_dataset(cfg, manifest)
+    scorable_videos(manifest, data, cfg.eval.split, cfg.data.window, need_labels=True)
     videos = [read_video_frames(manifest.shard_uri(data, v))[0]
               for v in manifest.videos(cfg.data.train_split)]
     return DeviceWindows(videos, cfg.data.window, cfg.data.stride, device)
@@ -137,7 +149,18 @@ def evaluate(w, state: TrainState, args, size: list[int]) -> dict:
 
 
 def write(path: Path, result: dict) -> None:
-    write_bytes_atomic(str(path), (json.dumps(result, indent=1) + "\n").encode())
+    write_bytes_atomic(str(path), (json.dumps(plain(result), indent=1) + "\n").encode())
+
+
+def plain(value):
+    """JSON without NaN/Infinity literals (not JSON, and many readers refuse them): null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
 
 
 def describe(device: torch.device) -> str:
@@ -148,8 +171,8 @@ def describe(device: torch.device) -> str:
 
 def train(args: argparse.Namespace, result: dict) -> None:
     t_start = time.perf_counter()
-    cfg = load_config(args.recipe, [f"model.variant={args.variant}",
-                                    f"train.seed={args.seed}", *args.overrides])
+    cfg = load_config(args.recipe, [f"model.variant={args.variant}", f"train.seed={args.seed}",
+                                    f"data.path={json.dumps(args.data)}", *args.overrides])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     windows = load_windows(args.data, cfg, device)
     w, state = new_worker(cfg, device), TrainState(starts=1)
@@ -174,7 +197,7 @@ def train(args: argparse.Namespace, result: dict) -> None:
             eval_s = result["evals"][-1]["eval_s"]
         result["wall_s"] = round(time.perf_counter() - t_start, 1)
         write(args.json, result)
-    if not result["evals"] or result["evals"][-1]["epoch"] != state.epoch:
+    if state.epoch and (not result["evals"] or result["evals"][-1]["epoch"] != state.epoch):
         result["evals"].append(evaluate(w, state, args, size))
     # The first epoch pays for cuDNN's algorithm search; later ones show the steady rate.
     rates = [h["clips_per_s"] for h in result["history"][1:] or result["history"]] or [0.0]
@@ -186,8 +209,16 @@ def main() -> int:
     args = parse_args()
     result: dict = {"command": "python bench/ped2_gpu.py " + " ".join(sys.argv[1:]),
                     "variant": args.variant, "seed": args.seed, "history": [], "evals": []}
-    train(args, result)
+    try:
+        train(args, result)
+    except UserError as exc:  # a bad dataset or setting: one line, before any training
+        print(f"ped2_gpu.py: error: {exc}", file=sys.stderr)
+        return 2
     write(args.json, result)
+    if not result["evals"]:
+        print(f"ped2_gpu.py: {result['stopped']}: nothing trained, nothing evaluated "
+              "(raise --budget-s)", file=sys.stderr)
+        return 1
     best = max(result["evals"], key=lambda e: e["auc_paper_mae"])
     print(f"{result['epochs_done']} epochs in {result['wall_s']} s, "
           f"{result['clips_per_s_median']} clips/s; last auc_paper (MAE) "

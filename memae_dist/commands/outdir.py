@@ -38,8 +38,24 @@ def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
         raise UserError(f"{flag} {value}: is a file; give a folder (a prefix) for the results")
     with tempfile.TemporaryDirectory(prefix="memae-out-") as tmp:
         yield Path(tmp)
-        with signals_deferred():  # seconds: a stop lands before the publishing or after it
-            upload(Path(tmp), value, storage, commit=commit, owned=owned)
+        try:
+            with signals_deferred():  # seconds: a stop lands before the publishing or after it
+                upload(Path(tmp), value, storage, commit=commit, owned=owned)
+        except UserError as exc:
+            raise UserError(f"{exc}; the results were not published to {value}: rerun the "
+                            "same command to publish them") from None
+
+
+def fetch(prefix: str, folder: Path, storage: st.StorageConfig | None,
+          owned: Sequence[str]) -> list[str]:
+    """Copy the ``owned`` files already under ``prefix`` into ``folder`` (a staging folder a
+    rerun continues from, as it would a local one); returns their names."""
+    names = _owned_files(prefix, storage, owned)
+    for name in names:
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(st.read_bytes(st.join(prefix, name), storage))
+    return names
 
 
 @contextmanager

@@ -10,12 +10,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memae_dist.data import storage
 from memae_dist.errors import UserError
 from memae_dist.layout import MANIFEST_FILE
+
+if TYPE_CHECKING:
+    from memae_dist.data.config import DataConfig
 
 FORMAT_NAME = "memae-dist-frames"
 FORMAT_VERSION = 1
@@ -225,6 +229,35 @@ def check_model_input(manifest, model, data_uri: str) -> None:
     elif model.arch == "mlp" and height * width != model.input_dim:
         raise UserError(f"model.input_dim={model.input_dim} does not fit dataset {data_uri}: "
                         f"its {height}x{width} images are {height * width} values each")
+
+
+def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
+    if cfg.window > manifest.segment_overlap + 1:
+        raise UserError(
+            f"data.window={cfg.window} is longer than the dataset {data_uri} supports "
+            f"(segments overlap by {manifest.segment_overlap} frames: window <= "
+            f"{manifest.segment_overlap + 1}, the window length it was prepared for); set "
+            f"data.window to at most {manifest.segment_overlap + 1}"
+        )
+    shortest = min(v.num_frames for v in manifest.videos(cfg.train_split))
+    if cfg.window > shortest:
+        raise UserError(
+            f"data.window={cfg.window} is longer than the shortest training video "
+            f"({shortest} frames) in {data_uri}"
+        )
+
+
+def check_enough_windows(manifest, cfg: DataConfig, batch_size: int, data_uri: str) -> None:
+    """Every epoch drops its last partial batch (DDP workers step together): a training split
+    smaller than one batch would train nothing, and end in a 0/0 loss."""
+    check_window(manifest, cfg, data_uri)  # windows no video holds: say so, not "0 clips"
+    n = manifest.n_windows(cfg.train_split, cfg.window, cfg.stride)
+    if n < batch_size:
+        what = ("images" if manifest.content == "images" else
+                f"clips ({cfg.window}-frame windows at stride {cfg.stride})")
+        raise UserError(f"split {cfg.train_split} of {data_uri} has {n} {what}, fewer than one "
+                        f"batch (train.batch_size={batch_size}): lower train.batch_size or add "
+                        "training data")
 
 
 def save_manifest(

@@ -21,7 +21,7 @@ import pyarrow as pa
 from ray.data.datasource import FileShuffleConfig
 
 from memae_dist.data.config import DataConfig
-from memae_dist.data.manifest import load_manifest
+from memae_dist.data.manifest import check_window, load_manifest
 from memae_dist.data.shards import damage_reported, open_shard, owned_window_starts
 from memae_dist.data.storage import StorageConfig, is_remote, join, portable_fs, pyarrow_fs
 from memae_dist.errors import UserError
@@ -122,35 +122,6 @@ def shard_uris(data_uri: str, split: str,
     if not videos:
         raise UserError(f"{join(data_uri, 'manifest.json')}: split '{split}' has no videos")
     return [manifest.shard_uri(data_uri, v) for v in videos], manifest
-
-
-def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
-    if cfg.window > manifest.segment_overlap + 1:
-        raise UserError(
-            f"data.window={cfg.window} is longer than the dataset {data_uri} supports "
-            f"(segments overlap by {manifest.segment_overlap} frames: window <= "
-            f"{manifest.segment_overlap + 1}, the window length it was prepared for); set "
-            f"data.window to at most {manifest.segment_overlap + 1}"
-        )
-    shortest = min(v.num_frames for v in manifest.videos(cfg.train_split))
-    if cfg.window > shortest:
-        raise UserError(
-            f"data.window={cfg.window} is longer than the shortest training video "
-            f"({shortest} frames) in {data_uri}"
-        )
-
-
-def check_enough_windows(manifest, cfg: DataConfig, batch_size: int, data_uri: str) -> None:
-    """Every epoch drops its last partial batch (DDP workers step together): a training split
-    smaller than one batch would train nothing, and end in a 0/0 loss."""
-    check_window(manifest, cfg, data_uri)  # windows no video holds: say so, not "0 clips"
-    n = manifest.n_windows(cfg.train_split, cfg.window, cfg.stride)
-    if n < batch_size:
-        what = ("images" if manifest.content == "images" else
-                f"clips ({cfg.window}-frame windows at stride {cfg.stride})")
-        raise UserError(f"split {cfg.train_split} of {data_uri} has {n} {what}, fewer than one "
-                        f"batch (train.batch_size={batch_size}): lower train.batch_size or add "
-                        "training data")
 
 
 def window_dataset(

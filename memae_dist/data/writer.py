@@ -350,7 +350,11 @@ def _run_tasks(todo: list[VideoSpec], job: _Job, workers: int | None, skip_bad: 
                progress: bool, total: int) -> dict:
     if workers == 0:
         return _run_here(todo, job, skip_bad, progress, total)
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise UserError("Ray cannot be imported here: pass --workers 0 to import the videos in "
+                        "this process") from None
     from tqdm import tqdm
 
     from memae_dist.runtime import ensure_ray

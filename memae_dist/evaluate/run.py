@@ -56,14 +56,17 @@ def evaluate_checkpoint(
     protocol: str | None = None,
     address: str | None = None,
     progress: bool = False,
+    scores_uri: str | None = None,
 ) -> dict:
-    """Score ``split`` with ``checkpoint`` (``workers=0``: in this process; N: N Ray actors)."""
+    """Score ``split`` with ``checkpoint`` (``workers=0``: in this process; N: N Ray actors).
+    ``scores_uri``: where ``out_dir/scores.parquet`` is published to, for metrics.json."""
     cfg = ScoreConfig(split=split, error=error, batch_size=batch_size, workers=workers,
                       gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                       progress=progress)
     result = score_dataset(checkpoint, data_uri, None, cfg, storage=storage, address=address,
                            need_labels=True)
-    return evaluate_table(result.table, result.meta, Path(out_dir), protocol, scored=True)
+    return evaluate_table(result.table, result.meta, Path(out_dir), protocol,
+                          scores_uri=scores_uri, scored=True)
 
 
 def evaluate_scores(scores_uri: str, out_dir: Path, protocol: str | None = None,

@@ -240,15 +240,16 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
         return finished(run, cfg, metrics)
 
 
-def check_dataset(cfg: ExperimentConfig, manifest) -> None:
-    """The dataset suits the run: the model's input size, at least one batch of windows, a
-    usable validation split (driver-side, before any worker starts)."""
-    from memae_dist.data.stream import check_enough_windows
+def check_dataset(cfg: ExperimentConfig, manifest, val: bool = True) -> None:
+    """The dataset suits the run: the model's input size, at least one batch of windows and
+    (``val``) a usable validation split; driver-side, before any worker starts."""
+    from memae_dist.data.manifest import check_enough_windows
     from memae_dist.train.validate import check_val_split
 
     check_model_input(manifest, cfg.model, cfg.data.path)
     check_enough_windows(manifest, cfg.data, cfg.train.batch_size, cfg.data.path)
-    check_val_split(cfg, manifest)
+    if val:
+        check_val_split(cfg, manifest)
 
 
 def training_split_warnings(cfg: ExperimentConfig, manifest) -> list[str]:

@@ -22,10 +22,12 @@ def space_fingerprint(space: SearchSpace) -> dict:
     return json.loads(json.dumps(asdict(space), default=str)) | {"source": None}
 
 
-def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path) -> dict | None:
-    """Test metrics of the best checkpoint; reused when this checkpoint was already scored."""
+def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path,
+                    published: str | None = None) -> dict | None:
+    """Test metrics of the best checkpoint; reused when this checkpoint was already scored.
+    ``published``: the prefix ``out`` is published to, where its scores file will be."""
     from memae_dist.data.manifest import load_manifest
-    from memae_dist.evaluate.run import evaluate_checkpoint
+    from memae_dist.evaluate.run import SCORES_FILE, evaluate_checkpoint
 
     previous = _previous_score(out / "metrics.json")
     if previous is not None and previous.get("checkpoint") == checkpoint:
@@ -37,7 +39,8 @@ def score_test_once(checkpoint: str, cfg: ExperimentConfig, out: Path) -> dict |
         log.warning("no labelled '%s' split in %s: skipping the test score", split, cfg.data.path)
         return None
     return evaluate_checkpoint(checkpoint, cfg.data.path, out, split=split, error=cfg.eval.error,
-                               batch_size=cfg.eval.batch_size, storage=cfg.storage)
+                               batch_size=cfg.eval.batch_size, storage=cfg.storage,
+                               scores_uri=join(published, SCORES_FILE) if published else None)
 
 
 def _previous_score(path: Path) -> dict | None:

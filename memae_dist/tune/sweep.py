@@ -21,6 +21,7 @@ from memae_dist.config import ExperimentConfig, check_folder_name, from_dict
 from memae_dist.data.storage import absolute, join, portable_fs
 from memae_dist.errors import UserError
 from memae_dist.train.runlock import RunLock
+from memae_dist.train.validate import check_val_split
 from memae_dist.tune import cleanup
 from memae_dist.tune import results as res
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
@@ -107,12 +108,13 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     # the dataset uncarved and no sweep record, so the corrected command is still this sweep.
     selection = val_selection(cfg, opts)
     concurrent = start_ray(cfg, opts, (opts.samples or space.samples) * space.grid_size)
+    preflight_sweep(cfg, *_Sweep.where(space, cfg, opts), opts.address)
+    check_trial_data(space, cfg)  # also before the carve: a refusal leaves the data as it was
     cfg = with_val_split(cfg, selection)
     objective = resolve_objective(space.objective, cfg)
     cfg = keep_best_by(cfg, objective)
     sweep = _Sweep.plan(space, cfg, opts, objective)
-    preflight_sweep(cfg, sweep.storage, sweep.name, opts.address)
-    check_trial_data(space, cfg)
+    check_val_split(cfg)
     with RunLock(sweep.uri, cfg.storage, cfg.run.lock_ttl_s, what="sweep"):
         check_same_sweep(sweep.uri, cfg, {"space": space_fingerprint(space), "config": sweep.base,
                                           "samples": sweep.samples, "search": opts.search,
@@ -171,10 +173,15 @@ class _Sweep:
     def total(self) -> int:
         return self.samples * self.space.grid_size
 
+    @staticmethod
+    def where(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> tuple[str, str]:
+        """(storage, name) of the sweep."""
+        return absolute(opts.storage or cfg.run.storage), opts.name or space.name
+
     @classmethod
     def plan(cls, space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions,
              objective: Objective) -> _Sweep:
-        storage, name = absolute(opts.storage or cfg.run.storage), opts.name or space.name
+        storage, name = cls.where(space, cfg, opts)
         uri = sweep_uri(space, cfg, opts)
         fs, fs_path = portable_fs(uri, cfg.storage)
         return cls(space, cfg, opts, objective, opts.samples or space.samples, storage, name,
@@ -229,13 +236,14 @@ def preflight_sweep(cfg: ExperimentConfig, storage: str, name: str,
 def check_trial_data(space: SearchSpace, cfg: ExperimentConfig) -> None:
     """The trainer's dataset checks for the base config and every corner of the space, before
     the first trial: a dataset that cannot feed a trial (under one batch of windows, frames of
-    another size) would otherwise fail every trial alike, each with exit 1."""
+    another size) would otherwise fail every trial alike, each with exit 1. The validation
+    split is checked apart (``check_val_split``), once --val-from-test has carved it."""
     from memae_dist.data.manifest import load_manifest
     from memae_dist.train.trainer import check_dataset
 
     manifest = load_manifest(cfg.data.path, cfg.storage)
-    check_dataset(cfg, manifest)
-    space.check_against(cfg.to_dict(), lambda corner: check_dataset(corner, manifest))
+    check_dataset(cfg, manifest, val=False)
+    space.check_against(cfg.to_dict(), lambda corner: check_dataset(corner, manifest, val=False))
 
 
 def start_ray(cfg: ExperimentConfig, opts: SweepOptions, total: int) -> int:
@@ -286,7 +294,9 @@ def finish(sweep: _Sweep) -> SweepResult:
         checkpoint = res.best_checkpoint(best, cfg.storage)
         res.write_best(out, best, space, base, sweep.name, objective, checkpoint)
         if opts.test and checkpoint:
-            test_metrics = score_test_once(checkpoint, cfg, out / res.TEST_DIR)
+            test_metrics = score_test_once(
+                checkpoint, cfg, out / res.TEST_DIR,
+                join(opts.published, res.TEST_DIR) if opts.published else None)
         res.write_summary(out, {
             "sweep": sweep.uri, "objective": asdict(objective), "trial": best.trial_id,
             "value": best.objective, "epoch": best.best_epoch, "params": best.params,

@@ -15,10 +15,10 @@ WITHOUT_RAY = ("import runpy, sys; sys.modules['ray'] = None; script = sys.argv.
                "sys.argv[0] = script; runpy.run_path(script, run_name='__main__')")
 
 
-def without_ray(*argv: str) -> subprocess.CompletedProcess:
+def without_ray(*argv: str, code: int = 0) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-c", WITHOUT_RAY, *argv], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stderr[-3000:]
     return proc
 
 
@@ -49,14 +49,26 @@ def test_trains_the_recipe_through_the_product_step_and_evaluates_without_ray(tm
     assert torch.load(ckpt / "state.pt", weights_only=False)["step"] == 4
 
 
-def test_a_spent_time_budget_still_evaluates_what_was_trained(tmp_path):
+def test_what_cannot_train_or_report_is_refused_before_training(tmp_path):
     data, out = tmp_path / "data", tmp_path / "ped2_gpu.json"
     without_ray("memae_dist/cli.py", "prepare", "synthetic", "--dst", str(data),
                 "--workers", "0", "--no-progress")
-    without_ray("bench/ped2_gpu.py", "--data", str(data), "--json", str(out),
-                "--work", str(tmp_path / "work"), "--budget-s", "0",
-                "--set", "model.num_slots=40")
+    run = ["bench/ped2_gpu.py", "--data", str(data), "--json", str(out), "--work",
+           str(tmp_path / "work"), "--set", "model.num_slots=40"]
+    # The trainer's own check: not one batch of windows. One line, nothing trained or written.
+    proc = without_ray(*run, "--set", "train.batch_size=100000", code=2)
+    assert proc.stderr.splitlines() == [
+        f"ped2_gpu.py: error: split train of {data} has {8 * 81} clips (16-frame windows at "
+        "stride 1), fewer than one batch (train.batch_size=100000): lower train.batch_size or "
+        "add training data"]
+    # The evaluation's: no such split to score.
+    proc = without_ray(*run, "--set", "eval.split=val", code=2)
+    assert proc.stderr.startswith("ped2_gpu.py: error: ") and "'val'" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and not out.exists()
+    # A budget that allows no epoch evaluates nothing, and says so.
+    proc = without_ray(*run, "--budget-s", "0", code=1)
+    assert proc.stderr.splitlines() == [
+        "ped2_gpu.py: time budget (0 s) after epoch 0: nothing trained, nothing evaluated "
+        "(raise --budget-s)"]
     result = json.loads(out.read_text())
-    assert result["stopped"] == "time budget (0 s) after epoch 0"
-    assert result["epochs_done"] == 0 and result["history"] == []
-    assert [e["epoch"] for e in result["evals"]] == [0]
+    assert result["history"] == [] and result["evals"] == [] and result["epochs_done"] == 0

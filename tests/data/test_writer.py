@@ -224,6 +224,11 @@ try:
                   name="toy", source="unit", workers=0, progress=False)
 except UserError as exc:
     print(exc)
+try:  # the default, Ray's tasks, says what to do instead
+    write_dataset(_specs(), sys.argv[2] + "-ray", SIZE, name="toy", source="unit",
+                  progress=False)
+except UserError as exc:
+    print(exc)
 """
 
 
@@ -241,6 +246,8 @@ def test_workers_0_writes_the_same_shards_in_this_process_without_ray(tmp_path, 
     assert here.splits == by_ray.splits
     # A video that cannot be imported stops it as it stops Ray's tasks: named, no manifest.
     assert "test/mixed" in proc.stdout and "mixed sizes" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == (
+        "Ray cannot be imported here: pass --workers 0 to import the videos in this process")
     assert not (tmp_path / "bad" / "manifest.json").exists()
 
 

@@ -412,15 +412,23 @@ def test_a_sweep_publishes_its_results_into_an_s3_prefix(tiny_data, tmp_path, s3
     storage.write_bytes_atomic(f"{out}/best.yaml", b"an earlier sweep's, of the same name")
     storage.write_bytes_atomic(f"{out}/notes.txt", b"not a sweep's file")
     flags = ["--space", "one.yaml", "--config", "base.yaml", "--data", copy_data(tiny_data,
-             tmp_path), "--scheduler", "fifo", "--set", "train.epochs=1", "--storage", "sweeps",
-             "--no-test", "--out", out]
+             tmp_path), "--val-from-test", "1", "--scheduler", "fifo", "--set",
+             "train.epochs=1", "--storage", "sweeps", "--out", out]
     assert main(["tune", "--name", "one", *flags]) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert f"table: {out}/trials.csv" in printed and f"-> {out}/best.yaml" in printed
     assert storage.listdir(out) == ["best.json", "best.yaml", "notes.txt",
-                                    "objective_vs_params.png", "trials.csv"]
+                                    "objective_vs_params.png", "test", "trials.csv"]
     best = json.loads(storage.read_bytes(f"{out}/best.json"))
     assert best["sweep"] == str(tmp_path / "sweeps" / "one")
+    # The test score names its file where it was published, not the staging folder.
+    assert best["test"]["scores"] == f"{out}/test/scores.parquet"
+    scores = storage.read_bytes(f"{out}/test/scores.parquet")
+    # The rerun of the finished sweep continues from the published results: the same test
+    # score is reused (scoring again would write another file: its timing differs).
+    assert main(["tune", "--name", "one", *flags]) == 0, capsys.readouterr().err
+    assert storage.read_bytes(f"{out}/test/scores.parquet") == scores
+    assert json.loads(storage.read_bytes(f"{out}/best.json")) == best
     assert yaml.safe_load(storage.read_bytes(f"{out}/best.yaml"))["model"]["num_slots"] == 20
     assert "COMPLETED" in storage.read_bytes(f"{out}/trials.csv").decode()
     assert sorted(os.listdir(tmp_path)) == ["base.yaml", "data", "one.yaml", "sweeps"]
@@ -439,10 +447,15 @@ def test_a_dataset_no_trial_could_train_on_is_refused_before_the_first(tiny_data
     space.write_text(yaml.safe_dump({"name": "batch", "samples": 1,
                                      "params": {"train.batch_size": {"choice": [8, 128]}}}))
     base.write_text(yaml.safe_dump(BASE))
-    assert main(["tune", "--space", str(space), "--config", str(base), "--data", tiny_data,
-                 "--storage", str(tmp_path / "sweeps"), "--out", str(tmp_path / "out")]) == 2
+    data = copy_data(tiny_data, tmp_path)
+    manifest = (tmp_path / "data" / "manifest.json").read_bytes()
+    assert main(["tune", "--space", str(space), "--config", str(base), "--data", data,
+                 "--val-from-test", "1", "--storage", str(tmp_path / "sweeps"), "--out",
+                 str(tmp_path / "out")]) == 2
     assert last_err_line(capsys) == (
-        f"memae-dist: error: {space}: at train.batch_size=128: split train of {tiny_data} has "
+        f"memae-dist: error: {space}: at train.batch_size=128: split train of {data} has "
         "75 clips (16-frame windows at stride 1), fewer than one batch (train.batch_size=128): "
         "lower train.batch_size or add training data")
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "out").exists()
+    # Nor was the validation split carved: the corrected command chooses it afresh.
+    assert (tmp_path / "data" / "manifest.json").read_bytes() == manifest
