@@ -47,15 +47,13 @@ def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
 
 
 def fetch(prefix: str, folder: Path, storage: st.StorageConfig | None,
-          owned: Sequence[str]) -> list[str]:
-    """Copy the ``owned`` files already under ``prefix`` into ``folder`` (a staging folder a
-    rerun continues from, as it would a local one); returns their names."""
-    names = _owned_files(prefix, storage, owned)
-    for name in names:
+          owned: Sequence[str]) -> None:
+    """Copy the ``owned`` files already under ``prefix`` into ``folder``: a staging folder a
+    rerun continues from (and is checked against), as it would a local one."""
+    for name in _owned_files(prefix, storage, owned):
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(st.read_bytes(st.join(prefix, name), storage))
-    return names
 
 
 @contextmanager

@@ -5,7 +5,7 @@ Outputs in ``--out DIR``: ``trials.csv``, ``objective_vs_params.png``, ``best.ya
 metrics) and ``test/`` (the best checkpoint scored on the test split). Each file is written
 whole or not at all, and the folder only ever holds one sweep's results. An ``s3://`` --out is
 written in a local staging folder and published when the sweep command ends
-(``commands.outdir``); its owner is read from the prefix.
+(``commands.outdir``), after the files already published there were fetched into it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import yaml
 
 from memae_dist.data.atomic import atomic_local
 from memae_dist.data.redact import error_reason
-from memae_dist.data.storage import StorageConfig, exists, join, read_bytes
+from memae_dist.data.storage import StorageConfig, exists, join
 from memae_dist.errors import UserError
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective
 from memae_dist.tune.space import SearchSpace
@@ -169,11 +169,10 @@ TEST_FILES = ("metrics.json", "frames.csv", "scores.parquet", "scores.png", "roc
 OUT_FILES = (TABLE, PLOT, BEST_YAML, BEST_JSON, *(f"{TEST_DIR}/{n}" for n in TEST_FILES))
 
 
-def check_out(value: Path, sweep_uri: str, published: str | None = None,
-              storage: StorageConfig | None = None) -> Path:
+def check_out(value: Path, sweep_uri: str, published: str | None = None) -> Path:
     """``--out``, before any trial: a folder this process can write, holding no other sweep's
     results (a table of one sweep beside the best config of another would mislead).
-    ``published``: the S3 prefix ``value`` (a staging folder) is uploaded to; its owner counts."""
+    ``published``: the S3 prefix ``value`` stages for; its files were fetched into it."""
     from memae_dist.commands.common import local_folder
 
     shown = published or value
@@ -184,33 +183,24 @@ def check_out(value: Path, sweep_uri: str, published: str | None = None,
             pass
     except OSError as exc:
         raise UserError(f"--out {shown}: cannot write there: {_reason(exc)}") from None
-    owner = published_owner(published, storage) if published else out_owner(out)
+    owner = out_owner(out, shown)
     if owner is not None and owner != sweep_uri:
         raise UserError(f"--out {shown}: holds the results of sweep {owner}; pick another --out "
                         "(or remove that folder) so the two sweeps' results do not mix")
     return out
 
 
-def out_owner(out: Path) -> str | None:
-    """The sweep whose results ``out`` holds (from best.json, else trials.csv), None if none."""
+def out_owner(out: Path, shown=None) -> str | None:
+    """The sweep whose results ``out`` holds (from best.json, else trials.csv), None if none;
+    ``shown``: how errors name the folder (default ``out``)."""
     summary, table = out / BEST_JSON, out / TABLE
     try:
         return owner_of(summary.read_text() if summary.exists() else None,
-                        table.read_text() if table.exists() else None, out)
+                        table.read_text() if table.exists() else None, shown or out)
     except (OSError, ValueError):  # a folder of that name, bytes that are not text
         name = BEST_JSON if summary.exists() else TABLE
-        raise UserError(f"--out {out}: {name} there is not a sweep's result (unreadable, or "
-                        "written by something else); pick another --out") from None
-
-
-def published_owner(prefix: str, storage: StorageConfig | None) -> str | None:
-    """``out_owner`` for the results published under an S3 prefix."""
-    texts = []
-    for name in (BEST_JSON, TABLE):
-        uri = join(prefix, name)
-        texts.append(read_bytes(uri, storage).decode(errors="replace")
-                     if exists(uri, storage) else None)
-    return owner_of(*texts, prefix)
+        raise UserError(f"--out {shown or out}: {name} there is not a sweep's result "
+                        "(unreadable, or written by something else); pick another --out") from None
 
 
 def owner_of(summary: str | None, table: str | None, shown) -> str | None:

@@ -58,7 +58,7 @@ class SweepOptions:
     name: str | None = None
     # Local folder for trials.csv, the plot, best.yaml and the test metrics.
     out: Path = Path("tune_out")
-    # The S3 prefix ``out`` (then a staging folder) is published to, for the owner check.
+    # The S3 prefix ``out`` (then a staging folder) is published to, for messages and files.
     published: str | None = None
     # Seed of the search algorithm.
     seed: int = 0
@@ -103,7 +103,7 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
     # --val-from-test writes into the dataset.
     space.check_against(cfg.to_dict())
     check_search(opts, space)
-    res.check_out(opts.out, sweep_uri(space, cfg, opts), opts.published, cfg.storage)
+    res.check_out(opts.out, sweep_uri(space, cfg, opts), opts.published)
     # Ray, and the GPUs the trials ask for, before anything is written: a refused start leaves
     # the dataset uncarved and no sweep record, so the corrected command is still this sweep.
     selection = val_selection(cfg, opts)
