@@ -25,7 +25,7 @@ the official recipe at 256x256 (``--size 256 --batch 14 --precision fp32 bf16``)
 
 Usage: python bench/train_throughput.py [--device cpu|cuda] [--size 32] [--batch 8]
        [--steps 20] [--epochs 3] [--reps 3] [--cpus-per-worker 1] [--skip-cluster] [--json OUT]
-       [--plain-only --precision auto|fp32|bf16 ...]
+       [--plain-only --precision auto|fp32|bf16 ... --cudnn-benchmark off|on ...]
 """
 
 from __future__ import annotations
@@ -87,12 +87,15 @@ def windows_in_memory(data: str, window: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(clips))
 
 
-def plain_loop(cfg: ExperimentConfig, clips: torch.Tensor, args) -> float:
+def plain_loop(cfg: ExperimentConfig, clips: torch.Tensor, args,
+               cudnn_benchmark: bool = False) -> float:
     """clips/s of a textbook single-process loop over in-memory data."""
     from memae_dist.models import build_model, memae_loss
     from memae_dist.train.precision import Precision, memory_format
 
     device = torch.device(args.device)
+    # cuDNN autotunes each convolution shape on its first call; the warm-up steps absorb it.
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     torch.set_num_threads(max(1, int(args.cpus_per_worker)))
     torch.manual_seed(0)
     fmt = memory_format(cfg.train, cfg.model.arch, device)
@@ -171,17 +174,19 @@ def cluster_section(args, data: str, runs: str) -> dict:
 
 
 def plain_only(args) -> dict:
-    """Plain-loop clips/s per precision, alternating, on random uint8 clips."""
+    """Plain-loop clips/s per precision (and cuDNN autotuning), alternating, on random clips."""
     clips = torch.randint(0, 256, (max(4 * args.batch, 64), 16, args.size, args.size),
                           dtype=torch.uint8)
-    res: dict[str, list[float]] = {p: [] for p in args.precision}
+    variants = [(p, c == "on") for p in args.precision for c in args.cudnn_benchmark]
+    res: dict[str, list[float]] = {}
     for _ in range(args.reps):
-        for precision in args.precision:
+        for precision, bench in variants:
+            name = precision + (" cudnn.benchmark" if bench else "")
             cfg = experiment(args, "unused", "unused", "plain", 0, precision)
-            res[precision].append(plain_loop(cfg, clips, args))
-            print(f"plain {precision}: {res[precision][-1]:.1f} clips/s", flush=True)
-    for precision, rates in res.items():
-        print(f"median {precision}: {median_of(rates):.1f} clips/s (size {args.size}, "
+            res.setdefault(name, []).append(plain_loop(cfg, clips, args, bench))
+            print(f"plain {name}: {res[name][-1]:.1f} clips/s", flush=True)
+    for name, rates in res.items():
+        print(f"median {name}: {median_of(rates):.1f} clips/s (size {args.size}, "
               f"batch {args.batch}, {args.steps} steps, device {args.device})")
     return res
 
@@ -219,6 +224,8 @@ def main() -> None:
                    help="only the plain loop, on random clips, without Ray")
     p.add_argument("--precision", nargs="+", default=["auto"],
                    choices=("auto", "fp32", "bf16"), help="with --plain-only")
+    p.add_argument("--cudnn-benchmark", nargs="+", default=["off"], choices=("off", "on"),
+                   help="with --plain-only on cuda: torch.backends.cudnn.benchmark, alternated")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU")
