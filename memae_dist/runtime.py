@@ -46,7 +46,8 @@ def ensure_ray(cpus_needed: float = 0.0, address: str | None = None,
                     int(os.environ.get("MEMAE_OBJECT_STORE_BYTES", DEFAULT_OBJECT_STORE_BYTES)))
     have = float(ray.cluster_resources().get("GPU", 0))
     if gpus_needed > have:
-        raise UserError(f"--gpus-per-worker asks for {gpus_needed:g} GPUs at once, and this "
+        gpus = f"{gpus_needed:g} GPU" + ("" if gpus_needed == 1 else "s")
+        raise UserError(f"--gpus-per-worker asks for {gpus} at once, and this "
                         f"machine has {have:g} that Ray can use: drop --gpus-per-worker to run "
                         "on its CPUs, or pass --address of a cluster with GPUs")
 

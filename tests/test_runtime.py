@@ -60,7 +60,7 @@ def test_gpus_a_local_ray_cannot_have_are_refused_not_waited_for(tiny_data, tmp_
         proc = memae(*verb, "--gpus-per-worker", "1", cwd=tmp_path, timeout=300)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines()[-1] == (
-            "memae-dist: error: --gpus-per-worker asks for 1 GPUs at once, and this machine "
+            "memae-dist: error: --gpus-per-worker asks for 1 GPU at once, and this machine "
             "has 0 that Ray can use: drop --gpus-per-worker to run on its CPUs, or pass "
             "--address of a cluster with GPUs")
 

@@ -68,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
     for split, info in prepare.summarize(manifest).items():
         print(f"  {split}: {info['videos']} {units[0]}, {info['frames']} {units[1]}, "
               f"{info['abnormal']} abnormal")
+    # An image set skips single images, each reason naming its file; the group stays.
+    lead = "left out of group" if manifest.get("content") == "images" else "skipped"
     for item in manifest.get("skipped", []):
-        print(f"  skipped {item['split']}/{item['video']}: {item['reason']}")
+        print(f"  {lead} {item['split']}/{item['video']}: {item['reason']}")
     return 0
 
 

@@ -192,7 +192,8 @@ def test_unreadable_images_stop_the_import_or_are_skipped_one_by_one(mvtec, tmp_
     assert "train: 1 groups, 5 images, 0 abnormal" in out  # 28x28 without --size
     assert "test: 3 groups, 7 images, 5 abnormal" in out
     for name in ("img2.png", "img3.png", "img4.png: broken symbolic link"):
-        assert f"skipped test/scratch-0000: cannot read image {mvtec}/test/scratch/{name}" in out
+        assert (f"left out of group test/scratch-0000: cannot read image "
+                f"{mvtec}/test/scratch/{name}") in out
     m = load_manifest(str(dst))
     assert m.size == SIZE and len(m.skipped) == 3
     assert {(s["split"], s["video"]) for s in m.skipped} == {("test", "scratch-0000")}
@@ -205,7 +206,7 @@ def test_unreadable_images_stop_the_import_or_are_skipped_one_by_one(mvtec, tmp_
     shard = dst / "test" / "scratch-0000.parquet"
     mtime = shard.stat().st_mtime_ns
     assert main([*argv, "--skip-bad"]) == 0
-    assert capsys.readouterr().out.count("skipped test/scratch-0000") == 3
+    assert capsys.readouterr().out.count("left out of group test/scratch-0000") == 3
     assert shard.stat().st_mtime_ns == mtime
     assert main(["data", "info", str(dst)]) == 0
     info = capsys.readouterr().out
@@ -223,9 +224,10 @@ def test_a_group_of_only_bad_images_is_listed_once_per_image(tmp_path, ray_local
     argv = ["prepare", "images", "--src", str(src), "--dst", str(tmp_path / "store"),
             "--no-progress", "--skip-bad"]
     assert main(argv) == 0
-    skipped = [line for line in capsys.readouterr().out.splitlines() if "skipped" in line]
-    assert skipped == [f"  skipped train/lost-0000: cannot read image {src}/train/lost/b.png: "
-                       f"cannot identify image file '{src}/train/lost/b.png'"]
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "left out" in line]
+    assert skipped == [f"  left out of group train/lost-0000: cannot read image "
+                       f"{src}/train/lost/b.png: cannot identify image file "
+                       f"'{src}/train/lost/b.png'"]
     (src / "train" / "good" / "a.png").write_text("not an image either")
     assert main(argv) == 2
     assert "every image was skipped, so no dataset was written" in capsys.readouterr().err
