@@ -108,18 +108,32 @@ def run(args: argparse.Namespace) -> int:
                                          workers=args.workers or None, progress=cfg.progress,
                                          storage=storage)
         _note_other_splits(manifest, args.split)
+        _check_long_enough(manifest, args.split, int(config["data"]["window"]), args.videos)
     elif args.labels or args.size or args.prepared:
         raise UserError("--labels, --size and --prepared go with --videos")
     result = score_dataset(args.checkpoint, data, args.out, cfg, storage=storage,
                            address=args.address)
     videos = len(set(result.table.column("video").to_pylist()))
-    print(f"scored {result.table.num_rows} frames of {videos} videos in {result.seconds:.1f} s "
-          f"({result.frames_per_s:.1f} frames/s)")
+    print(f"scored {result.table.num_rows} frames of {videos} video{'' if videos == 1 else 's'} "
+          f"in {result.seconds:.1f} s ({result.frames_per_s:.1f} frames/s)")
     print(f"checkpoint: {result.meta['checkpoint']}")  # the one a run URI resolved to
     if args.videos:
         print(f"prepared frames: {data}")
     print(f"scores: {args.out}")
     return 0
+
+
+def _check_long_enough(manifest: dict, split: str, window: int, source: str) -> None:
+    """Refuses --videos none of which fills one window, naming them rather than the manifest
+    of the frames staged from them."""
+    from memae_dist.errors import UserError
+
+    videos = (manifest.get("splits", {}).get(split) or {}).get("videos", [])
+    if videos and all(v["num_frames"] < window for v in videos):
+        listed = ", ".join(f"{v['name']} ({v['num_frames']} frames)" for v in videos[:5])
+        more = f" and {len(videos) - 5} more" if len(videos) > 5 else ""
+        raise UserError(f"--videos {source}: no video is as long as the model's {window}-frame "
+                        f"window, so there is nothing to score: {listed}{more}")
 
 
 def _note_other_splits(manifest: dict, split: str) -> None:

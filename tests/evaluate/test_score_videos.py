@@ -109,9 +109,16 @@ def test_videos_shorter_than_the_window_are_named_not_dropped_silently(tiny_chec
     write_video(cams / "blip.mp4", 8, codec="libx264")
     assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams), "--out",
                  str(tmp_path / "s.parquet"), "--workers", "0", "--no-progress"]) == 0
-    assert "scored 5 frames of 1 videos" in capsys.readouterr().out
+    assert "scored 5 frames of 1 video" in capsys.readouterr().out
     assert ("1 video(s) of split 'test' are shorter than the model's 16-frame window and get "
             "no scores: blip") in caplog.text
+    # Only short footage: named as the user gave it, not as the manifest of its staged frames.
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(cams / "blip.mp4"),
+                 "--out", str(tmp_path / "b.parquet"), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"memae-dist: error: --videos {cams / 'blip.mp4'}: no video is as long as the "
+                   "model's 16-frame window, so there is nothing to score: blip (8 frames)\n")
+    assert not (tmp_path / "b.parquet").exists()
 
 
 def test_videos_of_another_split_are_named_not_left_out_silently(tiny_checkpoint, ray_local,
@@ -124,4 +131,4 @@ def test_videos_of_another_split_are_named_not_left_out_silently(tiny_checkpoint
                  "--out", str(tmp_path / "s.parquet"), "--workers", "0", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "note: 1 video(s) under train/ are not scored (--split train scores them)" in printed
-    assert "scored 5 frames of 1 videos" in printed
+    assert "scored 5 frames of 1 video" in printed
