@@ -25,7 +25,8 @@ the official recipe at 256x256 (``--size 256 --batch 14 --precision fp32 bf16``)
 
 Usage: python bench/train_throughput.py [--device cpu|cuda] [--size 32] [--batch 8]
        [--steps 20] [--epochs 3] [--reps 3] [--cpus-per-worker 1] [--skip-cluster] [--json OUT]
-       [--plain-only --precision auto|fp32|bf16 ... --cudnn-benchmark off|on ...]
+       [--plain-only --precision auto|fp32|bf16 ... --cudnn-benchmark off|on ...
+        --compile off|on ...]
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def windows_in_memory(data: str, window: int) -> torch.Tensor:
 
 
 def plain_loop(cfg: ExperimentConfig, clips: torch.Tensor, args,
-               cudnn_benchmark: bool = False) -> float:
+               cudnn_benchmark: bool = False, compiled: bool = False) -> float:
     """clips/s of a textbook single-process loop over in-memory data."""
     from memae_dist.models import build_model, memae_loss
     from memae_dist.train.precision import Precision, memory_format
@@ -101,6 +102,7 @@ def plain_loop(cfg: ExperimentConfig, clips: torch.Tensor, args,
     fmt = memory_format(cfg.train, cfg.model.arch, device)
     model = build_model(cfg.model).to(device, memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    net = torch.compile(model) if compiled else model  # compiled in the warm-up steps
     precision = Precision(cfg.train, device)
     order = torch.randperm(len(clips))
     b = cfg.train.batch_size
@@ -110,7 +112,7 @@ def plain_loop(cfg: ExperimentConfig, clips: torch.Tensor, args,
         x = clips[idx].to(device).float().div_(127.5).sub_(1.0).unsqueeze(1)
         x = x.contiguous(memory_format=fmt)
         with precision.autocast():
-            loss, _ = memae_loss(model(x), x, cfg.model.effective_entropy_weight)
+            loss, _ = memae_loss(net(x), x, cfg.model.effective_entropy_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -177,13 +179,15 @@ def plain_only(args) -> dict:
     """Plain-loop clips/s per precision (and cuDNN autotuning), alternating, on random clips."""
     clips = torch.randint(0, 256, (max(4 * args.batch, 64), 16, args.size, args.size),
                           dtype=torch.uint8)
-    variants = [(p, c == "on") for p in args.precision for c in args.cudnn_benchmark]
+    variants = [(p, c == "on", k == "on") for p in args.precision
+                for c in args.cudnn_benchmark for k in args.compile]
     res: dict[str, list[float]] = {}
     for _ in range(args.reps):
-        for precision, bench in variants:
-            name = precision + (" cudnn.benchmark" if bench else "")
+        for precision, bench, compiled in variants:
+            name = precision + (" cudnn.benchmark" if bench else "") + (" compile" if compiled
+                                                                         else "")
             cfg = experiment(args, "unused", "unused", "plain", 0, precision)
-            res.setdefault(name, []).append(plain_loop(cfg, clips, args, bench))
+            res.setdefault(name, []).append(plain_loop(cfg, clips, args, bench, compiled))
             print(f"plain {name}: {res[name][-1]:.1f} clips/s", flush=True)
     for name, rates in res.items():
         print(f"median {name}: {median_of(rates):.1f} clips/s (size {args.size}, "
@@ -226,6 +230,8 @@ def main() -> None:
                    choices=("auto", "fp32", "bf16"), help="with --plain-only")
     p.add_argument("--cudnn-benchmark", nargs="+", default=["off"], choices=("off", "on"),
                    help="with --plain-only on cuda: torch.backends.cudnn.benchmark, alternated")
+    p.add_argument("--compile", nargs="+", default=["off"], choices=("off", "on"),
+                   help="with --plain-only: torch.compile the model (default mode), alternated")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU")
