@@ -1,9 +1,10 @@
-"""The ``--out`` folder of ``evaluate`` and ``report``: a local folder, or an S3 prefix.
+"""The ``--out`` folder of ``evaluate``, ``report`` and ``tune``: a local folder, or an S3 prefix.
 
-Both commands write a folder of tables and figures with local tools (matplotlib, atomic local
+They write a folder of tables and figures with local tools (matplotlib, atomic local
 files). For an ``s3://`` --out they write into a temporary local folder and upload it once the
-command has succeeded: a failed or stopped run uploads nothing, and Ctrl-C or SIGTERM during
-the upload (seconds) takes effect once it is done. The file a reader opens first
+command has succeeded: a failed or stopped run uploads nothing (a stopped sweep publishes its
+table of what ran), and Ctrl-C or SIGTERM during the upload (seconds) takes effect once it is
+done. The file a reader opens first
 (``commit``: ``metrics.json``, ``index.html``) is removed before and uploaded after the rest, and
 the previous result's own files that this one does not have are removed in between, so the
 prefix never shows one result's index over another's figures, as ``report.clear_previous`` does
@@ -27,9 +28,13 @@ from memae_dist.errors import UserError
 
 @contextmanager
 def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
-                  owned: Sequence[str], flag: str = "--out") -> Iterator[Path]:
+                  owned: Sequence[str], flag: str = "--out", resume: bool = False,
+                  publish_interrupted: bool = False) -> Iterator[Path]:
     """Yield the local folder to write into. ``owned``: glob patterns, relative to the folder,
-    of every file the command may write (``videos/*.png``), ``commit`` among them."""
+    of every file the command may write (``videos/*.png``), ``commit`` among them. ``resume``:
+    an S3 prefix's published files are fetched into the folder first, for a rerun to continue
+    from. ``publish_interrupted``: what the folder holds is published on Ctrl-C or SIGTERM too
+    (a stopped sweep's table is its record); an interrupted fetch publishes nothing."""
     if not value.strip() or not st.is_remote(value):
         yield local_folder(value, flag)
         return
@@ -37,13 +42,25 @@ def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
     if st.is_file(value, storage):
         raise UserError(f"{flag} {value}: is a file; give a folder (a prefix) for the results")
     with tempfile.TemporaryDirectory(prefix="memae-out-") as tmp:
-        yield Path(tmp)
+        if resume:
+            fetch(value, Path(tmp), storage, owned)
         try:
-            with signals_deferred():  # seconds: a stop lands before the publishing or after it
-                upload(Path(tmp), value, storage, commit=commit, owned=owned)
-        except UserError as exc:
-            raise UserError(f"{exc}; the results were not published to {value}: rerun the "
-                            "same command to publish them") from None
+            yield Path(tmp)
+        except KeyboardInterrupt:  # the CLI's SIGTERM is one too
+            if publish_interrupted:
+                _publish(Path(tmp), value, storage, commit, owned)
+            raise
+        _publish(Path(tmp), value, storage, commit, owned)
+
+
+def _publish(folder: Path, prefix: str, storage: st.StorageConfig | None, commit: str,
+             owned: Sequence[str]) -> None:
+    try:
+        with signals_deferred():  # seconds: a stop lands before the publishing or after it
+            upload(folder, prefix, storage, commit=commit, owned=owned)
+    except UserError as exc:
+        raise UserError(f"{exc}; the results were not published to {prefix}: rerun the "
+                        "same command to publish them") from None
 
 
 def fetch(prefix: str, folder: Path, storage: st.StorageConfig | None,

@@ -48,7 +48,7 @@ def resolve_space(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from memae_dist.commands.common import local_folder, refuse_twice, resolve_config_path
-    from memae_dist.commands.outdir import fetch, output_folder
+    from memae_dist.commands.outdir import output_folder
     from memae_dist.config import load_config
     from memae_dist.data.storage import is_remote
     from memae_dist.tune.results import BEST_JSON, OUT_FILES
@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
                       labels=[f"--data {args.data}"] if args.data else [])
     # An s3:// --out is staged locally and published when the sweep command ends (also with no
-    # best trial, or interrupted by Tune's Ctrl-C: the table is the record); not on an error.
-    with output_folder(args.out, cfg.storage, commit=BEST_JSON, owned=OUT_FILES) as out:
-        if remote:  # a rerun continues from the published results (the test score is reused)
-            fetch(args.out, out, cfg.storage, OUT_FILES)
+    # best trial, or stopped by Ctrl-C or SIGTERM: the table is the record); not on an error.
+    # A rerun continues from the published results (the test score is reused).
+    with output_folder(args.out, cfg.storage, commit=BEST_JSON, owned=OUT_FILES, resume=True,
+                       publish_interrupted=True) as out:
         result = sweep(args, space, cfg, out, args.out if remote else None)
     return summarise(result, args.out if remote else str(out))
 

@@ -86,12 +86,21 @@ class LocalCluster:
         raise TimeoutError(f"fewer than {n} nodes came up within {timeout} s")
 
     def submit(self, entrypoint: list[str], cwd: Path, *, runtime_env: str,
-               submission_id: str, timeout: float = 420) -> subprocess.CompletedProcess:
-        """``ray job submit --working-dir .`` from ``cwd``; waits, returns the CLI's result."""
+               submission_id: str, timeout: float = 420,
+               wait: bool = True) -> subprocess.CompletedProcess:
+        """``ray job submit --working-dir .`` from ``cwd``; waits for the job unless not
+        ``wait``, returns the CLI's result."""
         cmd = [str(BIN / "ray"), "job", "submit", "--address", self.job_address,
                "--working-dir", ".", "--runtime-env", runtime_env,
-               "--submission-id", submission_id, "--", *entrypoint]
+               "--submission-id", submission_id, *([] if wait else ["--no-wait"]),
+               "--", *entrypoint]
         return subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def stop(self, submission_id: str, timeout: float = 180) -> subprocess.CompletedProcess:
+        """``ray job stop``: returns once the job has stopped."""
+        cmd = [str(BIN / "ray"), "job", "stop", "--address", self.job_address, submission_id]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True,
                               timeout=timeout)
 
     def job(self, submission_id: str) -> dict:

@@ -3,7 +3,8 @@
 One test, one cluster (starting it is the slow part): prepare a dataset in S3 and run the doctor
 as a job, train as a job until SUCCEEDED with checkpoints in the bucket, resubmit under the same
 ``--name`` and watch it resume, then submit with a broken storage URI and see it end FAILED in
-seconds with the doctor's message in the job logs.
+seconds with the doctor's message in the job logs; last, stop a sweep job after its first trial
+and find the table of what ran in the bucket.
 """
 
 from __future__ import annotations
@@ -112,3 +113,33 @@ def test_jobs_train_resume_and_fail_fast_on_a_two_node_cluster(cluster, s3_serve
     assert storage_fix("does not exist", "s3://x") in logs  # the doctor's fix, verbatim
     assert "preflight failed, nothing was started" in logs
     assert DUMMY_SECRET not in logs
+
+    stop_a_sweep_job(cluster, s3_server, bucket, data)
+
+
+def stop_a_sweep_job(cluster: LocalCluster, s3_server: str, bucket: str, data: str) -> None:
+    """`ray job stop` on a sweep after its first trial: the job's runtime env gives the driver
+    time to write and publish the table of what ran (Ray's default is SIGKILL after 3 s)."""
+    out = f"s3://{bucket}/sweep-out"
+    sweep = ["memae-dist", "tune", "--space", "smoke", "--config", "demo", "--data", data,
+             "--val-from-test", "1", "--storage", f"s3://{bucket}/sweeps", "--name", "sweep",
+             "--out", out, "--no-test", "--samples", "3", "--max-concurrent", "1",
+             "--workers-per-trial", "1", "--cpus-per-worker", "0.5", *TINY[2:],
+             "--set", "train.epochs=2", "--set", "train.tensorboard=false"]
+    run = cluster.submit(sweep, REPO, runtime_env=RUNTIME_ENV, submission_id="sweep",
+                         wait=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    deadline = time.monotonic() + 420
+    while "TERMINATED" not in cluster.logs("sweep"):  # Tune's status table: a trial ended
+        assert cluster.job("sweep")["status"] in ("PENDING", "RUNNING"), cluster.logs("sweep")
+        assert time.monotonic() < deadline, "no trial ended within 7 minutes"
+        time.sleep(2)
+    stop = cluster.stop("sweep")
+    assert stop.returncode == 0, stop.stderr[-3000:]
+    logs = cluster.logs("sweep")
+    assert cluster.job("sweep")["status"] == "STOPPED", logs[-3000:]
+    assert "memae-dist: terminated; rerun the same command to resume" in logs, logs[-3000:]
+    assert "sweep-out/trials.csv" in keys(s3_server, bucket, "sweep-out/")
+    s3 = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    table = s3.get_object(Bucket=bucket, Key="sweep-out/trials.csv")["Body"].read().decode()
+    assert "COMPLETED" in table, table

@@ -70,6 +70,7 @@ def test_runtime_envs_are_valid_and_carry_no_secrets(name):
     assert "working_dir" not in env  # given by `--working-dir .`, which would override it
     RuntimeEnv(**env)  # Ray's own validation of every field
     assert env["env_vars"]["PYTHONUNBUFFERED"] == "1"
+    assert env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"  # see test_job_submit.py
     assert not [k for k in env["env_vars"] if SECRET_NAME.search(k) or k.startswith("AWS_")]
     for must in ("/.venv", "/.git", "/runs", "/demo_out", "/data", "*.parquet"):
         assert must in env["excludes"], must
@@ -150,6 +151,7 @@ def test_kuberay_cluster_and_job():
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     RuntimeEnv(**runtime_env)
     assert not [k for k in runtime_env.get("env_vars", {}) if SECRET_NAME.search(k)]
+    assert runtime_env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"
     assert check_entrypoint(job["spec"]["entrypoint"]) == "train"
 
 

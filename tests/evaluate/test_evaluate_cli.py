@@ -287,6 +287,38 @@ def test_ctrl_c_during_the_upload_takes_effect_once_the_prefix_is_whole(s3_bucke
     assert storage.listdir(out) == ["a.txt", "b.txt", "index.html"]
 
 
+def test_a_stopped_command_publishes_only_when_its_partial_folder_is_a_record(s3_bucket):
+    from memae_dist.commands import outdir
+
+    out, owned = f"{s3_bucket}/stopped", ("*.txt", "best.json")
+    # evaluate and report: a stopped run publishes nothing.
+    with pytest.raises(KeyboardInterrupt):
+        with outdir.output_folder(out, None, commit="best.json", owned=owned) as d:
+            (d / "part.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert not storage.file_sizes(out, missing_ok=True)
+    # A sweep: its table is the record of what ran, published on Ctrl-C or SIGTERM too; a
+    # rerun starts from what was published.
+    with pytest.raises(KeyboardInterrupt):
+        with outdir.output_folder(out, None, commit="best.json", owned=owned,
+                                  publish_interrupted=True) as d:
+            (d / "table.txt").write_text("1 trial")
+            raise KeyboardInterrupt
+    assert storage.listdir(out) == ["table.txt"]
+    with outdir.output_folder(out, None, commit="best.json", owned=owned, resume=True) as d:
+        assert (d / "table.txt").read_text() == "1 trial"
+        (d / "table.txt").write_text("3 trials")
+        (d / "best.json").write_text("{}")
+    assert storage.listdir(out) == ["best.json", "table.txt"]
+    # An error is not a stop: nothing is published.
+    with pytest.raises(RuntimeError):
+        with outdir.output_folder(out, None, commit="best.json", owned=owned, resume=True,
+                                  publish_interrupted=True) as d:
+            (d / "table.txt").write_text("broken")
+            raise RuntimeError
+    assert storage.read_bytes(f"{out}/table.txt") == b"3 trials"
+
+
 def test_a_refused_or_cut_off_evaluation_never_mixes_two_results(tmp_path, capsys, monkeypatch):
     from memae_dist.evaluate import run as evaluate_run
     from memae_dist.evaluate.batch_score import read_scores, write_scores
