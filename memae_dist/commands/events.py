@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import PurePosixPath
 
 from memae_dist.commands.common import (
     add_storage_config_flag,
@@ -41,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     storage = storage_config(args)
     if args.out is not None:
         file_target(args.out, "events.csv", storage=storage, inputs=(args.scores,))
+        suffix = PurePosixPath(args.out.rstrip("/")).suffix.lower()
+        if suffix and suffix not in (".csv", ".txt"):
+            raise UserError(f"--out {args.out}: events are written as CSV; name the file *.csv")
     table, meta = read_scores(args.scores, storage)
     if meta.get("content") == "images":
         raise UserError(f"{args.scores} holds scores of still images: an image has no "

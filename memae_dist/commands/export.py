@@ -57,4 +57,5 @@ def run(args: argparse.Namespace) -> int:
     shape = f"{result.window}x{h}x{w} clips" if result.arch == "video" else f"{h}x{w} images"
     print(f"exported {result.format} for {shape} -> {result.path}")
     print(f"max |exported - PyTorch| on random clips: {result.max_abs_diff:.2e}")
+    print(f"checkpoint: {result.checkpoint}")  # the one a run URI resolved to
     return 0

@@ -202,6 +202,8 @@ def storage_fix(message: str, uri: str, driver: bool = False) -> str:
                 "the endpoint (security group, network policy)")
     if "permission denied" in message:
         return "make the folder writable by the user that runs Ray on this node"
+    if "in the way" in message:
+        return "a file stands where the folder would go: point --storage at a folder"
     if "not found" in message and driver and not storage.is_remote(uri):
         return "no folder can be made there (a read-only or virtual filesystem): choose another"
     if "not found" in message and not storage.is_remote(uri):
@@ -217,4 +219,7 @@ def _manifest_fix(message: str) -> str:
     if "no manifest.json" in message:
         return ("prepare the dataset first (`memae-dist prepare KIND --src SRC --dst URI`) and "
                 "pass the folder holding manifest.json as --data")
+    if "format_version" in message or "manifest (format=" in message:
+        return ("prepare the dataset again with this memae-dist (`memae-dist prepare KIND --src "
+                "SRC --dst URI`), or run the memae-dist version that wrote it")
     return storage_fix(message, "s3://" if "s3://" in message else "")

@@ -59,6 +59,7 @@ class ExportResult:
     window: int
     max_abs_diff: float  # largest |exported - PyTorch| over both outputs of the check clips
     seconds: float
+    checkpoint: str = ""  # the checkpoint a run URI resolved to
 
 
 INPUTS = {"video": "clip: float32 (B, 1, L, H, W) = uint8 / 127.5 - 1",
@@ -123,7 +124,8 @@ def export_model(checkpoint: str, fmt: str, out: str, *, size: tuple[int, int] |
             raise RuntimeError(f"exported {fmt} model differs from PyTorch by {diff:.3g} "
                                f"(tolerance {tol:g}); not writing {out}")
         write_bytes_atomic(out, path.read_bytes(), storage)
-    return ExportResult(out, fmt, tuple(size), arch, window, diff, time.perf_counter() - t0)
+    return ExportResult(out, fmt, tuple(size), arch, window, diff, time.perf_counter() - t0,
+                        loaded.checkpoint_uri)
 
 
 def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict):

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from hashlib import sha256
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from memae_dist.data.manifest import load_manifest
 from memae_dist.data.storage import StorageConfig, fsspec_fs, is_remote, local_path
@@ -102,6 +102,7 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[P
         if fs.isdir(path):
             _download(fs, path.rstrip("/"), dest)
             return dest, src.rstrip("/")
+        _check_single_file(src)
         _download(fs, path, dest, single=True)
         return dest, src.rsplit("/", 1)[0]
     local = Path(local_path(src))
@@ -109,6 +110,7 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[P
         return local, str(local)
     if not local.is_file():
         raise UserError(f"--videos: no such file or folder: {src}")
+    _check_single_file(src)
     dest = tmp / "videos"
     dest.mkdir()
     try:
@@ -116,6 +118,17 @@ def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[P
     except OSError:  # file systems without symlinks
         shutil.copy2(local, dest / local.name)
     return dest, str(local.parent)
+
+
+def _check_single_file(src: str) -> None:
+    """A named file that is no video is refused by its name: staged alone, the importer would
+    find no video in its folder and name that folder instead."""
+    from memae_dist.data.importers.video_io import VIDEO_EXTS
+
+    suffix = PurePosixPath(src.rstrip("/")).suffix.lower()
+    if suffix not in VIDEO_EXTS:
+        raise UserError(f"--videos {src}: not a video file (by its extension; videos end in "
+                        f"{', '.join(sorted(VIDEO_EXTS))}); give a video, or a folder of them")
 
 
 def _download(fs, path: str, dest: Path, single: bool = False) -> None:

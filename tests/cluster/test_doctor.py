@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -94,6 +95,18 @@ def test_doctor_failures_name_their_fix(ray_local, s3_server, s3_bucket, tmp_pat
     assert virtual.status == FAIL and "not shared" not in virtual.fix
     assert virtual.fix == ("no folder can be made there (a read-only or virtual filesystem): "
                            "choose another")
+    # A file where the run folder would go, and a dataset of another format version.
+    (tmp_path / "a.parquet").write_text("scores")
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "manifest.json").write_text(json.dumps({"format": "memae-dist-frames",
+                                                     "format_version": 99}))
+    checks = run_doctor(config(tmp_path / "a.parquet" / "runs", str(newer)))
+    assert rows(checks, "storage")[0].fix == ("a file stands where the folder would go: point "
+                                              "--storage at a folder")
+    manifest = rows(checks, "manifest")[0]
+    assert "unsupported format_version 99" in manifest.detail
+    assert manifest.fix.startswith("prepare the dataset again with this memae-dist")
 
 
 def test_preflight_fails_in_seconds_before_any_worker(ray_local, tiny_data, s3_server,

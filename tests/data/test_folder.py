@@ -213,6 +213,36 @@ def test_a_decompression_bomb_is_an_unreadable_image(tmp_path, monkeypatch):
             video_io.load_frame_folder(folder, SIZE)
 
 
+def test_a_video_damaged_in_the_middle_or_cut_short_is_refused_not_renumbered(tmp_path,
+                                                                              capsys):
+    # FFmpeg decodes such files to fewer frames, numbered as if none were lost: every label
+    # and alarm after the gap would point at the wrong frame.
+    src = tmp_path / "src"
+    src.mkdir()
+    data = bytearray(write_video(tmp_path / "whole.avi", 30, "mjpeg").read_bytes())
+    (src / "good.avi").write_bytes(bytes(data))
+    (src / "cut.avi").write_bytes(bytes(data[: len(data) * 2 // 3]))
+    middle = len(data) // 2
+    data[middle:middle + 3000] = bytes((b * 7 + 13) % 256 for b in data[middle:middle + 3000])
+    (src / "mid.avi").write_bytes(bytes(data))
+    for name in ("cut", "mid"):
+        with pytest.raises(UserError, match=rf"cannot read video .*{name}\.avi: \d+ of the 30 "
+                                            r"frames its container declares decode.*: the file "
+                                            r"is damaged or cut short"):
+            video_io.decode_video(src / f"{name}.avi", SIZE)
+    assert video_io.decode_video(src / "good.avi", SIZE).shape == (30, *SIZE)
+    argv = ["prepare", "folder", "--src", str(src), "--dst", str(tmp_path / "store"),
+            "--size", "32", "32", "--workers", "0", "--no-progress"]
+    assert main(argv) == 2
+    assert "cannot read video" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    assert main([*argv, "--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped train/cut: cannot read video" in out and "skipped train/mid:" in out
+    [video] = load_manifest(str(tmp_path / "store")).videos("train")
+    assert (video.name, video.num_frames) == ("good", 30)
+
+
 def test_broken_links_are_bad_sources_not_ignored(tmp_path, ray_local, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -88,6 +88,10 @@ def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
     assert "is a folder; give the file's name" in capsys.readouterr().err
     assert main(["events", "--scores", str(tmp_path / "none.parquet"), "--threshold", "1"]) == 2
     assert "none.parquet" in capsys.readouterr().err
+    assert main(["events", "--scores", scores, "--threshold", "0.5", "--out",
+                 str(tmp_path / "events.parquet")]) == 2  # a CSV under another format's name
+    assert "events are written as CSV; name the file *.csv" in capsys.readouterr().err
+    assert not (tmp_path / "events.parquet").exists()
     # The input itself (however spelled), no name, a folder-to-be: each refused, not written.
     for out, why in ((scores, "is the input file"),
                      (str(tmp_path / "folder" / ".." / "scores.parquet"), "is the input file"),

@@ -188,7 +188,8 @@ def test_image_and_mlp_checkpoints_export_with_their_input_shape(arch, shape, tm
     size = [] if arch == "image" else ["--size", "28", "28"]
     assert main(["export", "--checkpoint", ckpt, "--format", "pt2", "--out", str(out),
                  *size]) == 0
-    assert "exported pt2 for 28x28 images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "exported pt2 for 28x28 images" in printed and f"checkpoint: {ckpt}\n" in printed
     program = torch.export.load(str(out)).module()
     clips = random_clips(3, 1, (28, 28), seed=5, arch=arch)
     assert clips.shape == shape

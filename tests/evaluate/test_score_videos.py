@@ -91,6 +91,15 @@ def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_lo
     assert f"cannot open video {broken}: Invalid data found" in err
     assert "memae-videos-" not in err and "Errno" not in err
     assert not (tmp_path / "out").exists()  # nor the frames' folder it would have made
+    # A file that is no video is named, not the folder it lies in (which holds a.mp4).
+    notes = tmp_path / "footage" / "notes.txt"
+    notes.write_text("camera 3 moved")
+    assert main(["score", "--checkpoint", tiny_checkpoint, "--videos", str(notes), "--out",
+                 str(out), "--workers", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"memae-dist: error: --videos {notes}: not a video file (by its "
+                          "extension; videos end in .3gp, ")
+    assert not (tmp_path / "out").exists()
     # A frame size the model was not trained on is refused before any video is read.
     recorded = make_checkpoint(tmp_path / "run" / "checkpoint_epoch_0001", str(tmp_path / "gone"),
                                trained_on={"size": [32, 32]})

@@ -162,23 +162,55 @@ def _open(path: Path):
 def iter_video_frames(path: str | Path):
     """Yield decoded ``av.VideoFrame``s of the first video stream.
 
-    Like the ``ffmpeg`` tool, a damaged packet is skipped rather than ending the video, so the
-    frames (and their count) are those FFmpeg itself reports for the file.
+    A file damaged in the middle or cut short decodes, as the ``ffmpeg`` tool decodes it, to
+    fewer frames than its container declares, the later ones numbered as if none were lost:
+    labels and alarms would then point at the wrong frames. So once the stream ends, damaged
+    packets, or frames missing against the declared count, are an error naming the file.
     """
     import av
 
     path = Path(path)
     container, stream = _open(path)
+    expected, decoded, damaged = _declared_frames(container, stream), 0, 0
     try:
         for packet in container.demux(stream):
             try:
-                yield from packet.decode()  # an empty packet at the end flushes the decoder
+                for frame in packet.decode():  # an empty packet at the end flushes the decoder
+                    decoded += 1
+                    yield frame
             except av.error.InvalidDataError:
-                continue
+                damaged += 1
+        # A little slack: an edit list may hide a frame or two of a whole file.
+        if damaged or (expected and expected - decoded > max(2, expected // 50)):
+            raise damaged_video(path, decoded, expected, damaged)
     except av.error.FFmpegError as exc:
         raise UserError(f"cannot decode video {path}: {exc}") from None
     finally:
         container.close()
+
+
+def _declared_frames(container, stream) -> int | None:
+    """The frame count the container declares: stored (AVI, MP4), else duration x rate; None
+    where unknown, or where the duration may be another stream's (Matroska with audio)."""
+    if stream.frames:
+        return int(stream.frames)
+    rate = stream.average_rate
+    if not rate:
+        return None
+    if stream.duration and stream.time_base:
+        return round(float(stream.duration * stream.time_base * rate))
+    if container.duration and len(container.streams) == 1:
+        return round(container.duration / 1_000_000 * float(rate))
+    return None
+
+
+def damaged_video(path: Path, decoded: int, expected: int | None, damaged: int) -> UserError:
+    lost = f"{decoded} of the {expected} frames its container declares decode" if expected \
+        else f"{decoded} frames decode"
+    bad = f" ({damaged} damaged packet(s))" if damaged else ""
+    return UserError(f"cannot read video {path}: {lost}{bad}: the file is damaged or cut short, "
+                     "and frames after a gap would be numbered wrongly against labels and "
+                     "time: repair or re-encode it, or leave it out")
 
 
 def count_frames(path: str | Path) -> int:
