@@ -162,55 +162,40 @@ def _open(path: Path):
 def iter_video_frames(path: str | Path):
     """Yield decoded ``av.VideoFrame``s of the first video stream.
 
-    A file damaged in the middle or cut short decodes, as the ``ffmpeg`` tool decodes it, to
-    fewer frames than its container declares, the later ones numbered as if none were lost:
-    labels and alarms would then point at the wrong frames. So once the stream ends, damaged
-    packets, or frames missing against the declared count, are an error naming the file.
+    Packets the decoder rejects before the first frame (a stream cut between key frames) are
+    passed over, as the ``ffmpeg`` tool and players do: no frame is numbered yet. One rejected
+    after it means frames lost in the middle or at a cut-off end, the later ones numbered as if
+    none were: labels and alarms would point at the wrong frames, so that is an error naming
+    the file. (Damage the decoder conceals, or a demuxer skips without a word, goes unseen: a
+    container's declared frame count is no test, as edit lists, variable frame rates and
+    start offsets make healthy files fall short of it.)
     """
     import av
 
     path = Path(path)
     container, stream = _open(path)
-    expected, decoded, damaged = _declared_frames(container, stream), 0, 0
+    decoded = 0
     try:
         for packet in container.demux(stream):
             try:
                 for frame in packet.decode():  # an empty packet at the end flushes the decoder
                     decoded += 1
                     yield frame
-            except av.error.InvalidDataError:
-                damaged += 1
-        # A little slack: an edit list may hide a frame or two of a whole file.
-        if damaged or (expected and expected - decoded > max(2, expected // 50)):
-            raise damaged_video(path, decoded, expected, damaged)
+            except av.error.InvalidDataError as exc:
+                if decoded:
+                    raise damaged_video(path, decoded, exc) from None
     except av.error.FFmpegError as exc:
         raise UserError(f"cannot decode video {path}: {exc}") from None
     finally:
         container.close()
 
 
-def _declared_frames(container, stream) -> int | None:
-    """The frame count the container declares: stored (AVI, MP4), else duration x rate; None
-    where unknown, or where the duration may be another stream's (Matroska with audio)."""
-    if stream.frames:
-        return int(stream.frames)
-    rate = stream.average_rate
-    if not rate:
-        return None
-    if stream.duration and stream.time_base:
-        return round(float(stream.duration * stream.time_base * rate))
-    if container.duration and len(container.streams) == 1:
-        return round(container.duration / 1_000_000 * float(rate))
-    return None
-
-
-def damaged_video(path: Path, decoded: int, expected: int | None, damaged: int) -> UserError:
-    lost = f"{decoded} of the {expected} frames its container declares decode" if expected \
-        else f"{decoded} frames decode"
-    bad = f" ({damaged} damaged packet(s))" if damaged else ""
-    return UserError(f"cannot read video {path}: {lost}{bad}: the file is damaged or cut short, "
-                     "and frames after a gap would be numbered wrongly against labels and "
-                     "time: repair or re-encode it, or leave it out")
+def damaged_video(path: Path, decoded: int, exc: Exception) -> UserError:
+    why = getattr(exc, "strerror", None) or exc
+    return UserError(f"cannot read video {path}: damaged data after frame {decoded - 1} ({why}): "
+                     "the file is damaged or cut short, and frames after the damage would be "
+                     "numbered wrongly against labels and time: repair or re-encode it, or "
+                     "leave it out")
 
 
 def count_frames(path: str | Path) -> int:
