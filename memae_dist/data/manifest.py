@@ -8,6 +8,7 @@ escape it.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -192,9 +193,13 @@ def load_manifest(dataset_uri: str, cfg: storage.StorageConfig | None = None) ->
     uri = storage.join(dataset_uri, MANIFEST_FILE)
     storage.check_bucket(dataset_uri, cfg)  # a missing bucket gets its own, clearer error
     if not storage.exists(uri, cfg):
-        why = ("give the dataset's folder, not its manifest file"
-               if dataset_uri.rstrip("/").endswith(MANIFEST_FILE)
-               else "not imported yet, or the import did not finish")
+        if dataset_uri.rstrip("/").endswith(MANIFEST_FILE):
+            why = "give the dataset's folder, not its manifest file"
+        elif not storage.is_remote(dataset_uri) and not os.path.exists(
+                storage.local_path(dataset_uri)):
+            why = "no such folder"
+        else:
+            why = "not imported yet, or the import did not finish"
         raise UserError(
             f"no {MANIFEST_FILE} in dataset {storage.describe(dataset_uri, cfg)} ({why})")
     raw = storage.read_bytes(uri, cfg)

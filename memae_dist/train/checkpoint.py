@@ -149,7 +149,9 @@ def torch_load(source) -> Any:
 def unreadable_state(path, exc: Exception) -> UserError:
     """One line for a state file torch cannot load: truncated, foreign or not a checkpoint."""
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    if first.startswith("Weights only load failed"):  # torch's advice would be to unpickle it
+    if isinstance(exc, EOFError):  # torch's message for a file of no bytes is the class alone
+        first = "the file is empty (a write that was cut off?)"
+    elif first.startswith("Weights only load failed"):  # torch's advice would be to unpickle it
         first = "damaged, or not written by memae-dist"
     elif first.startswith("PytorchStreamReader failed"):  # then four sentences of advice
         first = first.split(". ", 1)[0] + " (truncated or damaged)"

@@ -49,6 +49,8 @@ def test_info_reads_the_manifest_only(tiny_data, tmp_path, capsys):
     assert f"WARNING: 1 shard(s) missing: {m.shards[0].path}" in text
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "no manifest.json in dataset" in capsys.readouterr().err
+    assert main(["data", "info", str(tmp_path / "typo")]) == 2
+    assert capsys.readouterr().err.endswith("typo (no such folder)\n")
 
 
 def ramp_video(n: int, ranges):

@@ -74,6 +74,10 @@ def test_state_loads_with_weights_only_and_bad_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="cannot read checkpoint") as err:
         load_state(tmp_path / "bad")
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    (tmp_path / "bad" / "state.pt").write_bytes(b"")
+    with pytest.raises(UserError, match=r"state\.pt: the file is empty \(a write that was cut "
+                                        r"off\?\)$"):
+        load_state(tmp_path / "bad")
 
 
 def test_latest_skips_incomplete_uploads_and_restore_point_is_the_newest_whole(tmp_path):
