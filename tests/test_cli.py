@@ -34,7 +34,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["train", "--config", "demo", "--epochs", "0"],
          "error: --epochs 0: train.epochs must be >= 1, got 0"),
         # Flag values stay whole strings: YAML would cut this path at " #".
-        (["train", "--config", "demo", "--data", "no #such"], "in dataset no #such (not"),
+        (["train", "--config", "demo", "--data", "no #such"],
+         "in dataset no #such (no such folder)"),
         (["prepare", "nonsense", "--dst", "out"], "unknown dataset kind 'nonsense'"),
         (["prepare", "ucsd-ped2", "--src", "no/such/dir", "--dst", "out"], "no/such/dir"),
         (["evaluate", "--checkpoint", "no/such/run", "--data", "d", "--out", "o"],
