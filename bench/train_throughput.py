@@ -26,7 +26,7 @@ the official recipe at 256x256 (``--size 256 --batch 14 --precision fp32 bf16``)
 Usage: python bench/train_throughput.py [--device cpu|cuda] [--size 32] [--batch 8]
        [--steps 20] [--epochs 3] [--reps 3] [--cpus-per-worker 1] [--skip-cluster] [--json OUT]
        [--plain-only --precision auto|fp32|bf16 ... --cudnn-benchmark off|on ...
-        --compile off|on ...]
+        --compile off|on ... --grid-step 16|8|4 ...]
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ from memae_dist.data.storage import write_bytes_atomic  # noqa: E402
 
 
 def experiment(args, data: str, runs: str, name: str, workers: int,
-               precision: str = "auto") -> ExperimentConfig:
+               precision: str = "auto", grid_step: int = 16) -> ExperimentConfig:
     gpus = 1 if args.device == "cuda" else 0
     return load_config(ROOT / "configs" / "ped2_lite.yaml", [
         f"data.path={data}", f"run.storage={runs}", f"run.name={name}", "data.stride=1",
-        f"train.precision={precision}",
+        f"train.precision={precision}", f"model.grid_step={grid_step}",
         f"train.batch_size={args.batch}", f"train.workers={workers}",
         f"train.cpus_per_worker={args.cpus_per_worker}", f"train.gpus_per_worker={gpus}",
         f"train.epochs={args.epochs}", f"train.max_steps_per_epoch={args.steps}",
@@ -179,14 +179,14 @@ def plain_only(args) -> dict:
     """Plain-loop clips/s per precision (and cuDNN autotuning), alternating, on random clips."""
     clips = torch.randint(0, 256, (max(4 * args.batch, 64), 16, args.size, args.size),
                           dtype=torch.uint8)
-    variants = [(p, c == "on", k == "on") for p in args.precision
-                for c in args.cudnn_benchmark for k in args.compile]
+    variants = [(p, c == "on", k == "on", g) for p in args.precision
+                for c in args.cudnn_benchmark for k in args.compile for g in args.grid_step]
     res: dict[str, list[float]] = {}
     for _ in range(args.reps):
-        for precision, bench, compiled in variants:
-            name = precision + (" cudnn.benchmark" if bench else "") + (" compile" if compiled
-                                                                         else "")
-            cfg = experiment(args, "unused", "unused", "plain", 0, precision)
+        for precision, bench, compiled, grid in variants:
+            name = (precision + (" cudnn.benchmark" if bench else "")
+                    + (" compile" if compiled else "") + (f" grid {grid}" if grid != 16 else ""))
+            cfg = experiment(args, "unused", "unused", "plain", 0, precision, grid)
             res.setdefault(name, []).append(plain_loop(cfg, clips, args, bench, compiled))
             print(f"plain {name}: {res[name][-1]:.1f} clips/s", flush=True)
     for name, rates in res.items():
@@ -232,6 +232,9 @@ def main() -> None:
                    help="with --plain-only on cuda: torch.backends.cudnn.benchmark, alternated")
     p.add_argument("--compile", nargs="+", default=["off"], choices=("off", "on"),
                    help="with --plain-only: torch.compile the model (default mode), alternated")
+    p.add_argument("--grid-step", nargs="+", type=int, default=[16], choices=(16, 8, 4),
+                   help="with --plain-only: model.grid_step (frame pixels per memory query), "
+                        "alternated")
     args = p.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: torch sees no GPU")

@@ -46,8 +46,8 @@ class MemAE(nn.Module):
 def build_model(cfg: ModelConfig) -> MemAE:
     """Fresh, initialised network for ``cfg`` (variant memae_nonsparse gets lambda = 0)."""
     if cfg.arch == "video":
-        encoder = video.video_encoder(cfg.in_channels)
-        decoder = video.video_decoder(cfg.in_channels)
+        encoder = video.video_encoder(cfg.in_channels, cfg.grid_step)
+        decoder = video.video_decoder(cfg.in_channels, cfg.grid_step)
         features = video.FEATURES
     elif cfg.arch == "image":
         encoder = image.image_encoder(cfg.in_channels)

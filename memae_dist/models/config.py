@@ -35,6 +35,11 @@ class ModelConfig:
     # prototype image code (image arch only; how image reimplementations reach the paper's
     # MNIST numbers). Same for the mlp arch, whose code is a vector anyway.
     memory_query: str = "position"
+    # video arch only: frame pixels per memory query along each side. 16 = the paper's net (a
+    # 256x256 frame is addressed at 16x16 positions); 8 or 4 skip the spatial halving of the
+    # last one or two encoder layers, so small frames keep a fine grid (64x64: 8x8 at 8, 4x4
+    # at 16). Same weights; at 64x64 a CPU training step at 8 costs what it does at 16.
+    grid_step: int = 16
     # Channels of a frame / image: 1, as prepared datasets store grey frames.
     in_channels: int = 1
     # mlp only: length of the input vector.
@@ -50,6 +55,12 @@ class ModelConfig:
         if self.memory_query == "flatten" and self.arch == "video":
             raise UserError("model.memory_query=flatten is for arch image or mlp; the video "
                             "net's encoding size depends on the frame size")
+        _check_int("model.grid_step", self.grid_step)
+        if self.grid_step not in (16, 8, 4):
+            raise UserError(f"model.grid_step must be 16, 8 or 4, got {self.grid_step}")
+        if self.grid_step != 16 and self.arch != "video":
+            raise UserError("model.grid_step is for arch video; the image and mlp nets have a "
+                            "fixed code size")
         _check_int("model.num_slots", self.num_slots)
         _check_int("model.in_channels", self.in_channels)
         _check_int("model.input_dim", self.input_dim)

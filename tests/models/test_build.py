@@ -36,6 +36,9 @@ from memae_dist.models import (
         ({"mlp_hidden": []}, "model.mlp_hidden"),
         ({"mlp_hidden": [64, 0]}, "model.mlp_hidden"),
         ({"mlp_hidden": 64}, "model.mlp_hidden"),
+        ({"grid_step": 2}, "model.grid_step must be 16, 8 or 4, got 2"),
+        ({"grid_step": 8.0}, "model.grid_step"),
+        ({"arch": "image", "grid_step": 8}, "model.grid_step is for arch video"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, message):

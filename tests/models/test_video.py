@@ -116,3 +116,24 @@ def test_decoder_bias_added_apart_is_the_stock_layer():
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), stock.eval()(x))
     assert [n for n, _ in ours.named_parameters()] == ["weight", "bias"]
+
+
+@pytest.mark.parametrize(("grid_step", "strides"), [
+    (8, [(1, 2, 2), (2, 2, 2), (2, 2, 2), (2, 1, 1)]),
+    (4, [(1, 2, 2), (2, 2, 2), (2, 1, 1), (2, 1, 1)]),
+])
+def test_a_finer_grid_skips_the_last_spatial_halvings(grid_step, strides):
+    """grid_step 8 / 4: the same layers and parameters as the paper's net, one memory query per
+    8x8 / 4x4 pixels, and the decoder mirrors the encoder back to the input's shape."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="video", num_slots=2000, grid_step=grid_step)).eval()
+    assert sum(p.numel() for p in model.parameters()) == VIDEO_PARAMS_N2000
+    convs = [m for m in model.encoder if isinstance(m, nn.Conv3d)]
+    assert [c.stride for c in convs] == strides
+    deconvs = [m for m in model.decoder if isinstance(m, nn.ConvTranspose3d)]
+    assert [d.stride for d in deconvs][:3] == [(2, s[1], s[2]) for s in strides[:0:-1]]
+    x = torch.randn(2, 1, 16, 64, 48)
+    with torch.no_grad():
+        out = model(x)
+    assert out.recon.shape == x.shape
+    assert out.attention.shape == (2, 2000, 2, 64 // grid_step, 48 // grid_step)
