@@ -11,6 +11,7 @@ ARCHS = ("video", "image", "mlp")
 VARIANTS = ("memae", "memae_nonsparse", "ae")
 ADDRESSING = ("dot", "cosine")
 QUERIES = ("position", "flatten")
+GRID_STEPS = (16, 8, 4)  # frame pixels per memory query of the video net (16: the paper's)
 
 
 @dataclass
@@ -56,7 +57,7 @@ class ModelConfig:
             raise UserError("model.memory_query=flatten is for arch image or mlp; the video "
                             "net's encoding size depends on the frame size")
         _check_int("model.grid_step", self.grid_step)
-        if self.grid_step not in (16, 8, 4):
+        if self.grid_step not in GRID_STEPS:
             raise UserError(f"model.grid_step must be 16, 8 or 4, got {self.grid_step}")
         if self.grid_step != 16 and self.arch != "video":
             raise UserError("model.grid_step is for arch video; the image and mlp nets have a "

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from memae_dist.models.config import GRID_STEPS
 from memae_dist.models.init import init_weights
 
 FEATURES = 256  # channels of the encoding, i.e. the memory slot size C
 _WIDTHS = (96, 128, 256, FEATURES)  # encoder output channels, first layer first
-GRID_STEPS = (16, 8, 4)
 
 
 def _spatial_strides(grid_step: int) -> list[int]:
