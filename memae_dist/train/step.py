@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from memae_dist.models.build import model_input
 from memae_dist.models.memory import slot_mass
 from memae_dist.train.checkpoint import TrainState
 from memae_dist.train.history import EpochStats, epoch_metrics
+from memae_dist.train.precise_bn import RecentBatches, recompute_batchnorm
 from memae_dist.train.precision import Precision, memory_format
 from memae_dist.train.syncbn import convert_batchnorm
 
@@ -47,6 +48,8 @@ class Worker:
     memory_format: torch.memory_format
     rank: int = 0
     world: int = 1
+    # The epoch's last micro-batches, for train.precise_bn_batches.
+    recent: RecentBatches = field(default_factory=lambda: RecentBatches(0))
 
 
 def new_worker(cfg: ExperimentConfig, device: torch.device, rank: int = 0,
@@ -65,7 +68,7 @@ def new_worker(cfg: ExperimentConfig, device: torch.device, rank: int = 0,
                                  weight_decay=cfg.train.weight_decay, fused=True)
     return Worker(cfg=cfg, model=model, net=model, optimizer=optimizer,
                   precision=Precision(cfg.train, device), device=device, memory_format=fmt,
-                  rank=rank, world=world)
+                  rank=rank, world=world, recent=RecentBatches(cfg.train.precise_bn_batches))
 
 
 def run_epoch(w: Worker, shard, epoch: int, state: TrainState) -> dict:
@@ -82,6 +85,12 @@ def run_epoch(w: Worker, shard, epoch: int, state: TrainState) -> dict:
                             min_used_slots=cfg.train.min_used_slots,
                             cosine=cfg.model.addressing == "cosine")
     metrics["lr"] = lr
+    if cfg.train.precise_bn_batches:
+        used, seconds = recompute_batchnorm(
+            w.model, w.recent, arch=cfg.model.arch, device=w.device,
+            memory_format=w.memory_format, autocast=w.precision.autocast, world=w.world)
+        w.recent.clear()
+        metrics.update(precise_bn_batches=used, precise_bn_s=seconds)
     return metrics
 
 
@@ -145,6 +154,7 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
     """One pass over this worker's shard; returns the worker's (un-reduced) statistics."""
     cfg = w.cfg
     stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
+    w.recent.clear()
     gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
     w.net.train()
     w.optimizer.zero_grad(set_to_none=True)
@@ -171,6 +181,7 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
                 pending = 0
                 continue
             stats.add(len(x), *result)
+            w.recent.add(batch["clip"], flip)
             pending += 1
             if pending == accum:
                 w.precision.step(w.optimizer)

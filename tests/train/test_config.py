@@ -19,6 +19,7 @@ from memae_dist.train.precision import Precision, memory_format
     ("train.max_failures=-2", "train.max_failures must be >= -1"),
     ("train.on_nonfinite=ignore", "train.on_nonfinite"),
     ("train.lr_schedule=linear", "train.lr_schedule must be one of constant, cosine"),
+    ("train.precise_bn_batches=-1", "train.precise_bn_batches must be >= 0, got -1"),
 ])
 def test_bad_settings_name_the_key(override, message):
     with pytest.raises(UserError, match=message):

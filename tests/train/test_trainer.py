@@ -125,7 +125,7 @@ def test_two_ddp_workers_report_one_history(tiny_data, tmp_path):
 def test_resume_continues_exactly(tiny_data, tmp_path):
     """2 epochs in one go == 1 epoch, stop, rerun the same command for 2 epochs."""
     common = ["train.workers=1", "train.deterministic=true", "train.max_steps_per_epoch=3",
-              "data.augment=true", "train.lr_schedule=cosine"]
+              "data.augment=true", "train.lr_schedule=cosine", "train.precise_bn_batches=2"]
     straight = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=2",
                                "run.name=straight"))
     fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=1", "run.name=resumed"))
@@ -140,6 +140,11 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     # The cosine schedule is a function of the epoch: the rerun picks up the same curve.
     assert [row["lr"] for row in resumed.history] == [row["lr"] for row in straight.history]
     assert [row["lr"] for row in straight.history] == [1e-3, 5e-4]
+    # BatchNorm statistics saved are those of the epoch's last 2 batches, not the running
+    # average of its 3 steps (or of all 6).
+    assert [row["precise_bn_batches"] for row in straight.history] == [2, 2]
+    tracked = {int(v) for k, v in a.items() if k.endswith("num_batches_tracked")}
+    assert tracked == {2}
     # Cut off before Ray wrote its record of the checkpoint (an early Ctrl-C), or started in
     # debug mode: Ray restores nothing, the workers fetch the checkpoint themselves.
     fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=1", "run.name=unrecorded"))
