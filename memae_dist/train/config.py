@@ -81,8 +81,8 @@ class TrainConfig:
     # After each epoch, forward this many of the epoch's last micro-batches again with its
     # final weights and save the average of their BatchNorm statistics instead of the running
     # average (0: keep the running average, as the paper's code does). Steadier evaluation with
-    # small batches; costs about a third of a training step per batch, and host memory to hold
-    # them (batches x clips x frame bytes).
+    # small batches; costs about a quarter of a training step per batch, and host memory to
+    # hold them (batches x clips x frame bytes).
     precise_bn_batches: int = 0
     # Also write the per-epoch metrics as TensorBoard events (RUN/tensorboard) when a writer
     # (tensorboard or tensorboardX) is installed.
