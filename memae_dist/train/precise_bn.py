@@ -52,12 +52,13 @@ def batch_norms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
 
 
-def common_count(count: int, world: int) -> int:
+def common_count(count: int, world: int, device: torch.device) -> int:
     """The fewest batches any worker holds: with global BatchNorm every forward is a collective,
-    so all workers must make the same number of them."""
+    so all workers must make the same number of them. (On ``device``: NCCL reduces device
+    tensors only.)"""
     if world == 1:
         return count
-    n = torch.tensor([count], dtype=torch.int64)
+    n = torch.tensor([count], dtype=torch.int64, device=device)
     dist.all_reduce(n, op=dist.ReduceOp.MIN)
     return int(n.item())
 
@@ -73,7 +74,7 @@ def recompute_batchnorm(model: nn.Module, batches: RecentBatches, *, arch: str,
     used, seconds). With no BatchNorm or no batches the statistics are left as they are.
     """
     norms = batch_norms(model)
-    count = common_count(len(batches), world) if norms else 0
+    count = common_count(len(batches), world, device) if norms else 0
     if count == 0:
         return 0, 0.0
     t0 = time.perf_counter()
