@@ -154,7 +154,6 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
     """One pass over this worker's shard; returns the worker's (un-reduced) statistics."""
     cfg = w.cfg
     stats = EpochStats.zeros(cfg.model.num_slots if cfg.model.uses_memory else 0, w.device)
-    w.recent.clear()
     gen = torch.Generator().manual_seed(seed_for(cfg.train.seed, epoch, w.rank))
     w.net.train()
     w.optimizer.zero_grad(set_to_none=True)
