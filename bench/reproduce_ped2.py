@@ -24,6 +24,8 @@ Profiles:
 A finished (variant, seed) is not re-run: its evaluation's ``metrics.json`` is reused, so an
 interrupted reproduction continues where it stopped (training itself resumes by run name). With
 ``--only``, the results file still lists every finished run of the plan in the work folder.
+Ctrl-C or SIGTERM (to this script alone, too) is passed on to the running step, which stops
+cleanly; the same command then continues.
 
 ``--tabulate FILE ...`` reads the runs of earlier results files instead of training (a run
 named twice, by variant and seed, counts once) and prints, or writes to ``--json``, their
@@ -40,6 +42,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,10 +81,28 @@ def run(cmd: list[str], log: Path) -> float:
     with log.open("a") as out:
         out.write("$ " + " ".join(cmd[2:]) + "\n")
         out.flush()
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-    if proc.returncode != 0:
-        sys.exit(f"step failed (exit {proc.returncode}): {' '.join(cmd[2:])}; see {log}")
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            # A step started in its own session (setsid, a job runner) does not get the
+            # terminal's SIGINT: pass it on and let the CLI stop cleanly (a training run then
+            # resumes from its last checkpoint) instead of leaving it running or killing it.
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+            sys.exit(f"interrupted: {' '.join(cmd[2:])}; the same command continues")
+    if code != 0:
+        sys.exit(f"step failed (exit {code}): {' '.join(cmd[2:])}; see {log}")
     return time.perf_counter() - t0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def forward_termination() -> None:
+    """SIGTERM (a job runner's stop) is handled like Ctrl-C: passed on to the running step."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def prepare(args, size: int, log: Path) -> str:
@@ -281,6 +302,7 @@ def main() -> None:
     parser.add_argument("--tabulate", type=Path, nargs="+", metavar="RESULTS",
                         help="summarise earlier results files instead of training")
     args = parser.parse_args()
+    forward_termination()
     if args.tabulate:
         result = tabulate(args.tabulate)
         if args.json:

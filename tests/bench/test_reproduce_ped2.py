@@ -2,6 +2,10 @@
 
 import importlib.util
 import json
+import signal
+import subprocess
+import sys
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -147,3 +151,40 @@ def test_tabulating_a_file_that_is_not_a_results_file_names_it(reproduce, tmp_pa
     stray.write_text(json.dumps({"auc_paper": 0.9}))
     with pytest.raises(SystemExit, match="metrics.json is not a results file"):
         reproduce.tabulate([stray])
+
+
+# A step that reports when it starts and how it was stopped, in place of a training run.
+STEP = """
+import pathlib, sys, time
+marks = pathlib.Path(sys.argv[1])
+(marks / "started").touch()
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    (marks / "stopped cleanly").touch()
+    sys.exit(130)
+"""
+
+
+def test_a_stop_is_passed_on_to_the_running_step(tmp_path):
+    """Started in its own session, the script alone gets SIGTERM (or SIGINT): the step it runs
+    must be asked to stop cleanly, not left running or killed."""
+    (tmp_path / "step.py").write_text(STEP)
+    driver = (f"import importlib.util, sys, pathlib\n"
+              f"spec = importlib.util.spec_from_file_location('r', {str(SCRIPT)!r})\n"
+              f"r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
+              f"r.forward_termination()\n"
+              f"r.run([sys.executable, {str(tmp_path / 'step.py')!r}, {str(tmp_path)!r}],"
+              f" pathlib.Path({str(tmp_path / 'log')!r}))\n")
+    proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=SCRIPT.parents[1])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert (tmp_path / "started").exists(), proc.stderr.read() if proc.poll() is not None else ""
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert (tmp_path / "stopped cleanly").exists()
+    assert "interrupted:" in stderr and "the same command continues" in stderr
+    assert "Traceback" not in stderr
