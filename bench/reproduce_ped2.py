@@ -81,28 +81,48 @@ def run(cmd: list[str], log: Path) -> float:
     with log.open("a") as out:
         out.write("$ " + " ".join(cmd[2:]) + "\n")
         out.flush()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = None
         try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
             code = proc.wait()
         except KeyboardInterrupt:
-            # A step started in its own session (setsid, a job runner) does not get the
-            # terminal's SIGINT: pass it on and let the CLI stop cleanly (a training run then
-            # resumes from its last checkpoint) instead of leaving it running or killing it.
-            proc.send_signal(signal.SIGINT)
-            proc.wait()
+            if proc is not None:
+                if not _step_got_it():
+                    # SIGTERM, which the CLI always handles (a training run then resumes from
+                    # its last checkpoint): a shell starts background jobs with SIGINT
+                    # ignored, and their children inherit that.
+                    proc.send_signal(signal.SIGTERM)
+                proc.wait()
             sys.exit(f"interrupted: {' '.join(cmd[2:])}; the same command continues")
     if code != 0:
         sys.exit(f"step failed (exit {code}): {' '.join(cmd[2:])}; see {log}")
     return time.perf_counter() - t0
 
 
-def _interrupt(signum, frame) -> None:
+_STOPS: list[int] = []
+
+
+def _stop(signum, frame) -> None:
+    _STOPS.append(signum)
     raise KeyboardInterrupt
 
 
-def forward_termination() -> None:
-    """SIGTERM (a job runner's stop) is handled like Ctrl-C: passed on to the running step."""
-    signal.signal(signal.SIGTERM, _interrupt)
+def forward_stops() -> None:
+    """Ctrl-C, and SIGINT or SIGTERM sent to this script alone (setsid, a job runner), stop
+    the running step cleanly rather than leave it running or kill it."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop)
+
+
+def _step_got_it() -> bool:
+    """A Ctrl-C at the terminal reaches the whole foreground process group, the step included;
+    a second signal would cut its clean stop short."""
+    if not _STOPS or _STOPS[-1] != signal.SIGINT:
+        return False
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except OSError:  # no terminal: the signal was sent to this script alone
+        return False
 
 
 def prepare(args, size: int, log: Path) -> str:
@@ -302,7 +322,7 @@ def main() -> None:
     parser.add_argument("--tabulate", type=Path, nargs="+", metavar="RESULTS",
                         help="summarise earlier results files instead of training")
     args = parser.parse_args()
-    forward_termination()
+    forward_stops()
     if args.tabulate:
         result = tabulate(args.tabulate)
         if args.json:

@@ -155,10 +155,13 @@ def test_tabulating_a_file_that_is_not_a_results_file_names_it(reproduce, tmp_pa
 
 # A step that reports when it starts and how it was stopped, in place of a training run.
 STEP = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
+def stop(signum, frame):  # as the CLI handles SIGTERM
+    raise KeyboardInterrupt
+signal.signal(signal.SIGTERM, stop)
 marks = pathlib.Path(sys.argv[1])
-(marks / "started").touch()
 try:
+    (marks / "started").touch()
     time.sleep(60)
 except KeyboardInterrupt:
     (marks / "stopped cleanly").touch()
@@ -166,14 +169,15 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_stop_is_passed_on_to_the_running_step(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_is_passed_on_to_the_running_step(tmp_path, sig):
     """Started in its own session, the script alone gets SIGTERM (or SIGINT): the step it runs
     must be asked to stop cleanly, not left running or killed."""
     (tmp_path / "step.py").write_text(STEP)
     driver = (f"import importlib.util, sys, pathlib\n"
               f"spec = importlib.util.spec_from_file_location('r', {str(SCRIPT)!r})\n"
               f"r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)\n"
-              f"r.forward_termination()\n"
+              f"r.forward_stops()\n"
               f"r.run([sys.executable, {str(tmp_path / 'step.py')!r}, {str(tmp_path)!r}],"
               f" pathlib.Path({str(tmp_path / 'log')!r}))\n")
     proc = subprocess.Popen([sys.executable, "-c", driver], stderr=subprocess.PIPE, text=True,
@@ -182,7 +186,7 @@ def test_a_stop_is_passed_on_to_the_running_step(tmp_path):
     while not (tmp_path / "started").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert (tmp_path / "started").exists(), proc.stderr.read() if proc.poll() is not None else ""
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1
     assert (tmp_path / "stopped cleanly").exists()
