@@ -121,7 +121,7 @@ def _step_got_it() -> bool:
         return False
     try:
         return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
-    except OSError:  # no terminal: the signal was sent to this script alone
+    except (AttributeError, OSError, ValueError):  # no terminal: sent to this script alone
         return False
 
 
