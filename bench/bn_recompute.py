@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from memae_dist.data.shards import read_video_frames
+from memae_dist.data.shards import owned_window_starts, read_video_frames
+from memae_dist.data.storage import write_bytes_atomic
 from memae_dist.evaluate.score import model_from_state
 from memae_dist.train.checkpoint import CONFIG_FILE, STATE_FILE, load_state
 from memae_dist.train.precise_bn import RecentBatches, recompute_batchnorm
@@ -52,7 +53,9 @@ def training_batches(data: Path, window: int, stride: int, batch: int, keep: int
     clips = []
     for shard in sorted((data / "train").glob("*.parquet")):
         frames, _ = read_video_frames(str(shard))
-        clips += [frames[s:s + window] for s in range(0, len(frames) - window + 1, stride)]
+        n = len(frames)  # one whole video: the windows its segments own together
+        clips += [frames[s:s + window]
+                  for s in owned_window_starts(0, n, n, n, 0, window, stride)]
     random.Random(seed).shuffle(clips)
     full = len(clips) // batch
     recent = RecentBatches(keep or full)
@@ -109,7 +112,7 @@ def main() -> None:
     print(json.dumps(row))
     if args.json:
         rows = json.loads(args.json.read_text()) if args.json.exists() else []
-        args.json.write_text(json.dumps(rows + [row], indent=1))
+        write_bytes_atomic(str(args.json), json.dumps(rows + [row], indent=1).encode())
 
 
 if __name__ == "__main__":
