@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
                             "size) is not reachable from here")
         data = ingest.prepared_uri(args.out, args.prepared)
         manifest = ingest.prepare_videos(args.videos, data, size, labels=args.labels,
-                                         workers=args.workers or None, progress=cfg.progress,
+                                         # 0: the import stays in this process too, no Ray
+                                         workers=args.workers, progress=cfg.progress,
                                          storage=storage)
         _note_other_splits(manifest, args.split)
         _check_long_enough(manifest, args.split, int(config["data"]["window"]), args.videos)

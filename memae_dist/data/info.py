@@ -19,6 +19,7 @@ def dataset_info(uri: str, window: int | None = None, stride: int = 1,
     manifest = load_manifest(uri, cfg)
     window = window or (1 if manifest.content == "images" else 16)
     height, width = manifest.size
+    sizes = storage.file_sizes(uri, cfg)
     splits = {}
     for split in manifest.split_names:
         videos = manifest.videos(split)
@@ -28,9 +29,10 @@ def dataset_info(uri: str, window: int | None = None, stride: int = 1,
             "windows": manifest.n_windows(split, window, stride),
             "abnormal": sum(int(manifest.frame_labels(v).sum()) for v in videos),
             "labelled_videos": sum(v.labelled for v in videos),
+            "bytes_stored": sum(sizes.get(s.path, 0) for s in manifest.shards
+                                if s.split == split),
         }
     frames = sum(s["frames"] for s in splits.values())
-    sizes = storage.file_sizes(uri, cfg)
     shard_paths = [s.path for s in manifest.shards]
     stored = sum(sizes.get(p, 0) for p in shard_paths)
     raw = frames * height * width
@@ -93,12 +95,12 @@ def format_info(info: dict) -> str:
         f"{info['format_version']}), {'still images' if images else 'frames'}"
         f" {h}x{w}, segments of {info['segment_frames']} "
         f"overlapping by {info['segment_overlap']}",
-        f"  {'split':<6} {unit:>7} {'frames':>9} {'windows':>9} {'abnormal':>9}"
+        f"  {'split':<6} {unit:>7} {'frames':>9} {'windows':>9} {'abnormal':>9} {'stored':>11}"
         f"   (windows of {info['window']}, stride {info['stride']})",
     ]
     for split, s in info["splits"].items():
         lines.append(f"  {split:<6} {s['videos']:>7,} {s['frames']:>9,} {s['windows']:>9,} "
-                     f"{s['abnormal']:>9,}")
+                     f"{s['abnormal']:>9,} {_mb(s['bytes_stored']):>11}")
     ratio = info["stored_over_raw"] or 0.0
     lines.append(
         f"  stored: {_mb(info['bytes_stored'])} in {info['shards']} shards "

@@ -115,6 +115,24 @@ def test_what_the_layout_leaves_out_is_said(tmp_path, caplog):
             "are not imported (loose0.png, loose1.png)") in caplog.text
     assert (f"{seq}: a folder of frames is one video; the videos and folders inside it are not "
             "imported (inner.avi)") in caplog.text
+    # A stray image in a split folder is named and left out; the split's videos stay a split.
+    split = tmp_path / "split"
+    for name in ("train", "test"):
+        (split / name).mkdir(parents=True)
+    write_video(video_path(split / "train", "a", "mpeg4"), 3, "mpeg4")
+    write_frames(split / "train", 1, pattern="thumb{}")
+    write_video(video_path(split / "test", "b", "mpeg4"), 3, "mpeg4")
+    with caplog.at_level(logging.WARNING, "memae_dist.data"):
+        assert [(s.split, s.name) for s in discover(split)] == [("train", "a"), ("test", "b")]
+    assert (f"{split / 'train'}: a video's frames go in a folder of their own; the images beside "
+            "videos are not imported (thumb0.png)") in caplog.text
+    # A split-named folder of frames and nothing else is still one video of that name.
+    only = tmp_path / "only"
+    write_frames(only / "train", 3)
+    assert [(s.split, s.name) for s in discover(only, "test")] == [("test", "train")]
+    (split / "training").mkdir()
+    with pytest.raises(UserError, match=r"two folders for the same split \(train, training\)"):
+        discover(split)
     # Given a frame folder itself, the import names the folder to give instead.
     with pytest.raises(UserError, match=rf"{tmp_path / 'one'} holds frames itself, so it is one "
                                         rf"video: give the folder that holds it \({tmp_path}\)"):

@@ -19,11 +19,13 @@ def test_info_reads_the_manifest_only(tiny_data, tmp_path, capsys):
     info = dataset_info(str(data))
     abnormal = sum(int(m.frame_labels(v).sum()) for v in m.videos("test"))
     assert abnormal > 0
+    stored = {split: sum(s.bytes for s in m.shards if s.split == split)
+              for split in ("train", "test")}
     assert info["splits"] == {
         "train": {"videos": 3, "frames": 120, "windows": 3 * 25, "abnormal": 0,
-                  "labelled_videos": 0},
+                  "labelled_videos": 0, "bytes_stored": stored["train"]},
         "test": {"videos": 2, "frames": 80, "windows": 2 * 25, "abnormal": abnormal,
-                 "labelled_videos": 2},
+                 "labelled_videos": 2, "bytes_stored": stored["test"]},
     }
     assert (info["videos"], info["frames"], info["shards"]) == (5, 200, 5)
     assert info["bytes_stored"] == info["bytes_manifest"] == sum(s.bytes for s in m.shards)
@@ -46,6 +48,9 @@ def test_info_reads_the_manifest_only(tiny_data, tmp_path, capsys):
     assert main(["data", "info", str(data), "--window", "8", "--stride", "4"]) == 0
     text = capsys.readouterr().out
     assert "(windows of 8, stride 4)" in text and "train        3       120        27" in text
+    # The missing shard's bytes are not counted: the split column shows what is there.
+    train_mb = (stored["train"] - (m.shards[0].bytes if m.shards[0].split == "train" else 0))
+    assert f"{train_mb / 1e6:,.2f} MB" in text.splitlines()[2]
     assert f"WARNING: 1 shard(s) missing: {m.shards[0].path}" in text
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "no manifest.json in dataset" in capsys.readouterr().err
@@ -69,8 +74,11 @@ def test_info_on_s3_with_a_storage_section(s3_server, s3_bucket, ray_local, tmp_
     config.write_text(f"storage:\n  endpoint_url: {s3_server}\n")
     assert main(["data", "info", s3_bucket, "--json", "--config", str(config)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["splits"]["train"] == {"videos": 1, "frames": 50, "windows": 35, "abnormal": 0,
-                                       "labelled_videos": 0}
+    train = info["splits"]["train"]
+    assert train == {"videos": 1, "frames": 50, "windows": 35, "abnormal": 0,
+                     "labelled_videos": 0, "bytes_stored": train["bytes_stored"]}
+    assert 0 < train["bytes_stored"] < info["bytes_stored"] == sum(
+        s["bytes_stored"] for s in info["splits"].values())
     assert info["splits"]["test"]["abnormal"] == 7 and info["shards"] == 2
     assert info["bytes_stored"] == info["bytes_manifest"] > 0
     assert info["bytes_all_objects"] > info["bytes_stored"]  # + manifest and markers

@@ -1,6 +1,9 @@
 """``memae-dist score --videos``: a folder of raw .mp4 files scored in one command."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -77,6 +80,20 @@ def test_a_rerun_on_one_local_file_reuses_its_prepared_frames(tiny_checkpoint, r
     write_video(tmp_path / "gate.mp4", 24, codec="libx264")  # new footage under the same name
     assert main(argv) == 0
     assert load_manifest(str(tmp_path / "s_frames")).videos("test")[0].num_frames == 24
+
+
+def test_workers_0_imports_and_scores_footage_without_ray(tiny_checkpoint, tmp_path):
+    """README: with --workers 0 no Ray at all. A Ray address nothing listens on would stop any
+    command that reaches for Ray with "cannot reach 127.0.0.1:1"."""
+    write_video(tmp_path / "gate.mp4", 20, codec="libx264")
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "memae_dist.cli", "score", "--checkpoint", tiny_checkpoint,
+         "--videos", str(tmp_path / "gate.mp4"), "--out", str(tmp_path / "s.parquet"),
+         "--workers", "0", "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "scored 5 frames of 1 video" in done.stdout
+    assert "Ray" not in done.stderr
 
 
 def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_local, tmp_path,

@@ -133,13 +133,13 @@ def _split_roots(src: Path, default_split: str) -> list[tuple[str, Path]]:
     if default_split not in ("train", "test", "val"):
         raise UserError(f"--split must be train, test or val, got {default_split!r}")
     split_dirs = [(SPLIT_DIRS[p.name.lower()], p) for p in sorted(src.iterdir())
-                  if p.name.lower() in SPLIT_DIRS and p.is_dir()
-                  and not video_io.is_frame_folder(p)]
+                  if p.name.lower() in SPLIT_DIRS and _is_split_folder(p)]
     if not split_dirs:
         return [(default_split, src)]
     splits = [s for s, _ in split_dirs]
-    if len(set(splits)) != len(splits):
-        raise UserError(f"{src}: two folders for the same split ({', '.join(splits)})")
+    twice = sorted(d.name for s, d in split_dirs if splits.count(s) > 1)
+    if twice:
+        raise UserError(f"{src}: two folders for the same split ({', '.join(twice)})")
     loose = [p.name for p in src.iterdir() if p not in {d for _, d in split_dirs}
              and (video_io.is_video_file(p) or video_io.is_frame_folder(p))]
     if loose:
@@ -147,6 +147,18 @@ def _split_roots(src: Path, default_split: str) -> list[tuple[str, Path]]:
                         f"({', '.join(sorted(loose)[:3])}); move them into a split folder")
     order = ("train", "test", "val")
     return sorted(split_dirs, key=lambda item: order.index(item[0]))
+
+
+def _is_split_folder(path: Path) -> bool:
+    """A top-level ``train``/``test``/... folder splits the source unless it holds frames and
+    nothing else, which makes it one video: a stray image beside the split's videos must not
+    turn the whole split into a one-frame video (the walk warns about the image instead)."""
+    if not path.is_dir():
+        return False
+    if not video_io.is_frame_folder(path):
+        return True
+    return any(not video_io.is_hidden(q) and (video_io.is_video_file(q) or q.is_dir())
+               for q in path.iterdir())
 
 
 def _walk(folder: Path, root: Path, split: str, seen: set[Path] | None = None) -> list[Source]:
