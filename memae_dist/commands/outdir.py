@@ -4,7 +4,8 @@ They write a folder of tables and figures with local tools (matplotlib, atomic l
 files). For an ``s3://`` --out they write into a temporary local folder and upload it once the
 command has succeeded: a failed or stopped run uploads nothing (a stopped sweep publishes its
 table of what ran), and Ctrl-C or SIGTERM during the upload (seconds) takes effect once it is
-done. The file a reader opens first
+done. A local --out folder that a failed or stopped run made is removed again. The file a
+reader opens first
 (``commit``: ``metrics.json``, ``index.html``) is removed before and uploaded after the rest, and
 the previous result's own files that this one does not have are removed in between, so the
 prefix never shows one result's index over another's figures, as ``report.clear_previous`` does
@@ -14,6 +15,7 @@ for a local folder. Other objects under the prefix are left alone.
 from __future__ import annotations
 
 import fnmatch
+import shutil
 import signal
 import tempfile
 import threading
@@ -36,7 +38,16 @@ def output_folder(value: str, storage: st.StorageConfig | None, *, commit: str,
     from. ``publish_interrupted``: what the folder holds is published on Ctrl-C or SIGTERM too
     (a stopped sweep's table is its record); an interrupted fetch publishes nothing."""
     if not value.strip() or not st.is_remote(value):
-        yield local_folder(value, flag)
+        folder = local_folder(value, flag)
+        made = None if publish_interrupted else st.first_missing_folder(str(folder))
+        try:
+            yield folder
+        except BaseException:
+            # As nothing is uploaded for an S3 --out: a failed or stopped run leaves no folder
+            # of its own making, only whole ones (an existing folder lacks its commit file).
+            if made:
+                shutil.rmtree(made, ignore_errors=True)
+            raise
         return
     st.check_bucket(value, storage)  # before any work, like the local checks
     if st.is_file(value, storage):

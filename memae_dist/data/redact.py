@@ -71,9 +71,12 @@ def redact_text(text: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return parts._replace(netloc=netloc).geturl()
+    try:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+            return parts._replace(netloc=netloc).geturl()
+    except ValueError:  # a bad port or IPv6 host: still no credentials in the message
+        return re.sub(r"//[^/@]*@", "//***@", url)
     return url

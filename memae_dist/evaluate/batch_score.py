@@ -328,6 +328,11 @@ def read_scores(uri: str, storage: StorageConfig | None = None) -> tuple[pa.Tabl
             raise UserError(f"{uri}: column '{expected.name}' has missing values")
     if not table.num_rows:  # score never writes one: a file cut down by another tool
         raise UserError(f"{uri} holds no scores (0 rows)")
+    labels = table.column("label").drop_null().to_numpy(zero_copy_only=False)
+    bad = labels[(labels != 0) & (labels != 1)]
+    if bad.size:  # a 5 or a -1 would reach the metrics as a third class
+        raise UserError(f"{uri}: column 'label' holds {bad[0]}; labels are 0 (normal), "
+                        "1 (abnormal) or missing (unlabelled)")
     return _in_frame_order(uri, table.replace_schema_metadata(None)), meta
 
 
@@ -372,7 +377,14 @@ def _scores_meta(uri: str, raw: bytes | None) -> dict:
     if version > SCORES_VERSION:
         raise UserError(f"{uri} was written by a newer memae-dist (scores format_version "
                         f"{version}; this one reads up to {SCORES_VERSION}): upgrade memae-dist")
+    for key in _META_TEXT:
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise UserError(f"{uri}: its '{META_KEY.decode()}' metadata is damaged ({key!r} is "
+                            f"{type(meta[key]).__name__}, not text)")
     return meta
+
+
+_META_TEXT = ("checkpoint", "data", "split", "error", "content", "variant")
 
 
 def video_scores(table: pa.Table, labelled_only: bool = False) -> list[VideoScores]:

@@ -37,6 +37,15 @@ def test_storage_config_validation():
     assert "hunter22" not in str(err.value)
     with pytest.raises(UserError, match="storage.region"):
         storage.StorageConfig(region="US East")
+    # Ports that are no port and broken IPv6 hosts are refused as settings, not tracebacks
+    # later, and a password beside them is still not repeated.
+    for bad in ("http://host:abc", "http://host:99999", "http://host:0", "http://[::1",
+                "http://key:hunter22@[::1", "http://key:hunter22@host:abc"):
+        with pytest.raises(UserError, match=r"^storage.endpoint_url must look like "
+                                            r"http\(s\)://host\[:port\]") as err:
+            storage.StorageConfig(endpoint_url=bad)
+        assert "hunter22" not in str(err.value)
+    assert storage.StorageConfig(endpoint_url="http://[::1]:9000").endpoint_url
 
 
 def test_storage_config_resolves_environment(monkeypatch):

@@ -124,6 +124,13 @@ def test_label_mismatches_name_the_label_file(trees):
     np.save(frames_root / "frame_labels_ped2.npy", np.zeros((1, 2 * N + 1), np.int64))
     with pytest.raises(UserError, match=r"frame_labels_ped2\.npy.*41 frame labels"):
         ucsd_videos(frames_root)
+    # A value that is no 0/1 label is refused, not counted as abnormal (the other importers'
+    # dataset-wide label files go through the same reader).
+    for value in (0.5, -1, 255, np.nan):
+        np.save(frames_root / "frame_labels_ped2.npy", np.full((1, 2 * N), value))
+        with pytest.raises(UserError, match=r"frame_labels_ped2\.npy: frame labels must be 0 or "
+                                            r"1, got .* at frame 0"):
+            ucsd_videos(frames_root)
     # A stray broken link among a test video's frames: the count names it, not only the labels.
     link = frames_root / "testing" / "frames" / "01" / "999.jpg"
     link.symlink_to(frames_root / "gone.jpg")

@@ -166,6 +166,12 @@ def test_malformed_scores_files_are_refused_in_one_line(tmp_path, capsys):
         "newer": (with_meta(format_version=99), "written by a newer memae-dist (scores "
                   "format_version 99; this one reads up to 1): upgrade memae-dist"),
         "no_version": (with_meta(format_version=None), "unknown scores format_version None"),
+        "numeric_checkpoint": (with_meta(checkpoint=5), "metadata is damaged ('checkpoint' is "
+                               "int, not text)"),
+        "label_5": (table.set_column(table.column_names.index("label"), "label",
+                                     pa.array([5] + table.column("label").to_pylist()[1:],
+                                              table.schema.field("label").type)),
+                    "column 'label' holds 5; labels are 0 (normal), 1 (abnormal) or missing"),
     }
     out = tmp_path / "out"
     for name, (bad, why) in cases.items():

@@ -319,6 +319,36 @@ def test_a_stopped_command_publishes_only_when_its_partial_folder_is_a_record(s3
     assert storage.read_bytes(f"{out}/table.txt") == b"3 trials"
 
 
+def test_a_stopped_or_failed_command_leaves_no_local_folder_it_made(tmp_path):
+    from memae_dist.commands import outdir
+
+    out, owned = tmp_path / "new" / "eval", ("*.txt", "metrics.json")
+    for stop in (KeyboardInterrupt, RuntimeError):
+        with pytest.raises(stop):
+            with outdir.output_folder(str(out), None, commit="metrics.json", owned=owned) as d:
+                d.mkdir(parents=True)
+                (d / "part.txt").write_text("half")
+                raise stop
+        assert not (tmp_path / "new").exists()  # nor the parent it made on the way
+    # A folder that was there keeps what it had; the run's commit file is what is missing.
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("kept")
+    with pytest.raises(KeyboardInterrupt):
+        with outdir.output_folder(str(out), None, commit="metrics.json", owned=owned) as d:
+            (d / "part.txt").write_text("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "part.txt"]
+    # A sweep's table is its record: kept on a stop.
+    sweep = tmp_path / "sweep"
+    with pytest.raises(KeyboardInterrupt):
+        with outdir.output_folder(str(sweep), None, commit="metrics.json", owned=owned,
+                                  publish_interrupted=True) as d:
+            d.mkdir()
+            (d / "table.txt").write_text("1 trial")
+            raise KeyboardInterrupt
+    assert (sweep / "table.txt").read_text() == "1 trial"
+
+
 def test_a_refused_or_cut_off_evaluation_never_mixes_two_results(tmp_path, capsys, monkeypatch):
     from memae_dist.evaluate import run as evaluate_run
     from memae_dist.evaluate.batch_score import read_scores, write_scores

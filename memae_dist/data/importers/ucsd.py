@@ -25,10 +25,10 @@ import numpy as np
 from memae_dist.data.importers.video_io import (
     LabelCountError,
     is_broken_link,
-    load_label_array,
     mixed_sizes,
     naming_broken_links,
     open_image,
+    read_frame_labels,
 )
 from memae_dist.data.storage import StorageConfig
 from memae_dist.data.writer import VideoSpec, ranges_from_labels, to_gray8, write_dataset
@@ -175,7 +175,7 @@ def _frame_numbers(cell, path: Path, index: int) -> np.ndarray:
 
 def npy_ranges(path: Path, counts: list[int]) -> list[list[list[int]]]:
     """Per test video, ranges from one array of frame labels (test videos concatenated)."""
-    labels = load_label_array(path)
+    labels = read_frame_labels(path)  # 0/1 only: a 0.5 or a 255 is no label, not "abnormal"
     if len(labels) != sum(counts):
         raise LabelCountError(
             f"{path}: {len(labels)} frame labels, but the test videos have {sum(counts)} frames"
