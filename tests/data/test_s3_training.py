@@ -53,9 +53,10 @@ def test_ped2_subset_on_s3(shared_ped2, s3_bucket, ray_local, tmp_path, capsys):
                  "--size", "32", "32", "--workers", "2", "--no-progress"]) == 0
     assert "test: 2 videos, 360 frames" in capsys.readouterr().out
     info = _info(s3_bucket, capsys)
-    assert info["splits"]["train"] == {"videos": 3, "frames": 120 + 150 + 150,
-                                       "windows": 105 + 135 + 135, "abnormal": 0,
-                                       "labelled_videos": 0}
+    train = info["splits"]["train"]
+    assert train == {"videos": 3, "frames": 120 + 150 + 150, "windows": 105 + 135 + 135,
+                     "abnormal": 0, "labelled_videos": 0, "bytes_stored": train["bytes_stored"]}
+    assert 0 < train["bytes_stored"] < info["bytes_stored"]
     assert info["splits"]["test"]["abnormal"] == int(labels.sum())
     assert info["stored_over_raw"] <= 1.2
     _train_from_bucket(s3_bucket, "ped2-s3")
