@@ -59,10 +59,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# Storage clients whose debug records hold each request's signed headers (the access key id,
+# a session token): -v leaves them at INFO.
+HTTP_CLIENT_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec",
+                       "urllib3")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     from memae_dist.data.endpoint import enable_endpoint_probe
 
     enable_endpoint_probe()
@@ -106,6 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _Redacting) for f in handler.filters):
+            handler.addFilter(_Redacting())
+
+
+class _Redacting(logging.Filter):
+    """What any library logs passes the redaction of error lines: no AWS secret, no URL's
+    user:password reaches the terminal or a log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from memae_dist.data.redact import redact_text
+
+        text = record.getMessage()
+        clean = redact_text(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
 
 
 class Terminated(KeyboardInterrupt):

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from memae_dist.data.config import DataConfig
+from memae_dist.data.redact import redact_url
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.config import EvalConfig
@@ -243,7 +244,8 @@ def load_config(
 
 def _overrides_named(message: str, overrides, labels) -> str:
     """The overrides (as the user wrote them) whose key the error message names."""
-    labels = [*(labels or ()), *(f"--set {a}" for a in overrides[len(labels or ()):])]
+    labels = [*(labels or ()),
+              *(f"--set {redact_url(a)}" for a in overrides[len(labels or ()):])]
     named = [label for assignment, label in zip(overrides, labels)
              if _names_key(message, assignment.split("=", 1)[0].strip())]
     return ", ".join(dict.fromkeys(named))

@@ -67,6 +67,14 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert main(["config", "--config", str(mine), "--out", str(mine)]) == 2
     assert "is the input file" in capsys.readouterr().err
     assert mine.read_text() == "train:\n  epochs: 2\n" and sorted(tmp_path.iterdir()) == [mine]
+    # Credentials in a URI or an endpoint are refused unseen, never written into a recipe.
+    for flags in (["--storage", "s3://KEY:HUN/TER2@bucket/runs"],
+                  ["--data", "s3://KEY:HUNTER2@bucket/data"],
+                  ["--set", "storage.endpoint_url=http://KEY:HUN TER2@host:9000"]):
+        out = tmp_path / "leak.yaml"
+        assert main(["config", "--config", "demo", *flags, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "credentials" in err and "TER2" not in err and not out.exists()
     # A folder that cannot be written (here: not a folder at all): one line, not a traceback.
     assert main(["config", "--config", "demo", "--out", "/proc/no-such-recipe.yaml"]) == 2
     assert capsys.readouterr().err == ("memae-dist: error: --out /proc/no-such-recipe.yaml: "

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
                             "reads one on this machine)")
         file_target(args.out, "recipe.yaml", inputs=(args.config,))
     cfg = experiment_config(args)
+    for uri in (cfg.data.path, cfg.run.storage):
+        if uri:  # as train would: an s3:// URI holding user:password is refused, unseen
+            is_remote(uri)
     given = [*given_flags(args).values(), *(f"--set {item}" for item in args.set or [])]
     header = [f"memae-dist experiment config: {args.config or 'the built-in defaults'}"
               + (f", with {' '.join(given)}" if given else ""),

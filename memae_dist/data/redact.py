@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from urllib.parse import urlsplit
 
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
@@ -48,11 +47,17 @@ def scrub_secrets(text: str) -> str:
         value = os.environ.get(var)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
+    # The key id names the key rather than being it, yet it is half of a credential and has
+    # no place in a log; only a real one (AKIA... and 16+ characters) is looked for.
+    key_id = os.environ.get("AWS_ACCESS_KEY_ID")
+    if key_id and len(key_id) >= 16:
+        text = text.replace(key_id, "***")
     return text
 
 
 # The user:password part of any URL in a text (scheme://user:password@host).
-_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+# A '/' may sit in it too (AWS secret keys hold them), so up to the token's last '@'.
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)[^\s]*@")
 
 
 # The value of an assignment whose key names a secret (``--set storage.secret_key=...``, a
@@ -71,12 +76,10 @@ def redact_text(text: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-        if parts.username or parts.password:
-            host = parts.hostname or ""
-            netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-            return parts._replace(netloc=netloc).geturl()
-    except ValueError:  # a bad port or IPv6 host: still no credentials in the message
-        return re.sub(r"//[^/@]*@", "//***@", url)
-    return url
+    """One URL (a setting's value, not a text) without its user:password. Not by urlsplit: a
+    password with a '/' in it ends the netloc early, a '[' or a bad port makes it raise; and a
+    value is one word even with a space in it, so up to its last '@'."""
+    return _VALUE_USERINFO.sub(r"\1***@", url)
+
+
+_VALUE_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://).*@")

@@ -76,17 +76,17 @@ class StorageConfig:
 def _check_endpoint(url: str | None, name: str) -> str | None:
     if url is None:
         return None
+    if "@" in url:  # user:password@, whatever it holds ('/' ends urlsplit's netloc early)
+        # Credentials belong in the environment, never in a config that gets logged.
+        raise UserError(f"{name} must not contain credentials; "
+                        "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
     try:
         parts = urlsplit(url)
         port_ok = parts.port is None or parts.port > 0  # a port that is no number raises
     except ValueError:  # a broken IPv6 host, a port out of range or not a number
         parts, port_ok = None, False
     if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UserError(f"{name} must look like http(s)://host[:port], got {redact_url(url)!r}")
-    if parts.username or parts.password:
-        # Credentials belong in the environment, never in a config that gets logged.
-        raise UserError(f"{name} must not contain credentials; "
-                        "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        raise UserError(f"{name} must look like http(s)://host[:port], got {url!r}")
     return url
 
 

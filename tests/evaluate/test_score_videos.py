@@ -96,6 +96,26 @@ def test_workers_0_imports_and_scores_footage_without_ray(tiny_checkpoint, tmp_p
     assert "Ray" not in done.stderr
 
 
+def test_debug_logging_shows_no_credentials(tiny_checkpoint, s3_bucket, tmp_path):
+    """-v logs what the libraries log, but the storage clients' request dumps (signed headers:
+    the key id, a session token) stay out, and whatever else is logged passes the redaction."""
+    from memae_dist.data.storage import write_bytes_atomic
+
+    write_bytes_atomic(f"{s3_bucket}/footage/gate.mp4",
+                       write_video(tmp_path / "gate.mp4", 20, codec="libx264").read_bytes())
+    key_id, token = "AKIAMARKER0123456789", "TOKENMARKERxyz987abc"
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SESSION_TOKEN": token}
+    done = subprocess.run(
+        [sys.executable, "-m", "memae_dist.cli", "-v", "score", "--checkpoint", tiny_checkpoint,
+         "--videos", f"{s3_bucket}/footage/", "--out", f"{s3_bucket}/s.parquet", "--size", "16",
+         "16", "--workers", "0", "--no-progress"], env=env, capture_output=True, text=True,
+        timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert " DEBUG " in done.stderr  # -v took effect
+    for secret in (key_id, token, env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in done.stderr + done.stdout
+
+
 def test_a_broken_video_is_named_where_the_user_keeps_it(tiny_checkpoint, ray_local, tmp_path,
                                                          capsys):
     broken = tmp_path / "footage" / "a.mp4"
