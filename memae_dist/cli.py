@@ -7,12 +7,14 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import os
 import re
 import signal
 import sys
+import threading
 
 from memae_dist.errors import UserError
 
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     global _SIGTERM_SEEN
     _SIGTERM_SEEN = False
     previous = signal.signal(signal.SIGTERM, _terminated)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_stop_lost_in_a_finalizer, previous_hook)
     try:
         code = args.func(args)
         sys.stdout.flush()  # a pipe's reader that left is found here, not at exit
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
 
 
 def setup_logging(verbose: bool) -> None:
@@ -147,8 +152,27 @@ _SIGTERM_SEEN = False
 
 def _terminated(signum, frame) -> None:
     global _SIGTERM_SEEN
+    if _SIGTERM_SEEN:
+        # `timeout` and CI runners signal the command, then its whole group: the second one
+        # must not cut the first one's cleanup short (or land in main's `finally`).
+        return
     _SIGTERM_SEEN = True
     raise Terminated
+
+
+def _stop_lost_in_a_finalizer(fallback, unraisable) -> None:
+    """A stop raised while Python runs a finalizer or weakref callback (a garbage collection
+    can start anywhere) is printed and dropped there, and the command would run on to exit 0:
+    it is sent again, to land in the command's own code."""
+    global _SIGTERM_SEEN
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        fallback(unraisable)
+        return
+    signum = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+    if signum == signal.SIGTERM:
+        _SIGTERM_SEEN = False
+    # From another thread: sent from here it would be handled inside this finalizer again.
+    threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
 
 
 def _not_while_a_user_error_propagates(record: logging.LogRecord) -> bool:

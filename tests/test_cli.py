@@ -203,6 +203,49 @@ def test_sigterm_ends_a_command_like_ctrl_c_and_the_rerun_finishes(tmp_path):
     assert (tmp_path / "ds" / "manifest.json").exists()
 
 
+# A command whose work is this: `run` of the `config` verb replaced before the parser is built.
+_STOPPED_COMMAND = """
+import signal, sys, time
+from memae_dist import cli
+from memae_dist.commands import config
+
+class Garbage:
+    def __del__(self):  # a finalizer, where Python prints and drops what is raised
+        signal.raise_signal(signal.SIGTERM)
+        sum(range(10000))
+
+def work(args):
+    try:
+        if sys.argv[1] == "finalizer":
+            Garbage()
+        else:
+            signal.raise_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("ran on")
+        return 0
+    finally:
+        signal.raise_signal(signal.SIGTERM)  # the group's copy, during the cleanup
+        sum(range(10000))
+        print("cleaned up")
+
+config.run = work
+sys.exit(cli.main(["config"]))
+"""
+
+
+@pytest.mark.parametrize("where", ["finalizer", "code"])
+def test_a_stop_is_not_lost_in_a_finalizer_nor_cut_short_by_a_second_one(where):
+    """A SIGTERM that lands in a finalizer (a garbage collection) is not dropped, and the
+    second SIGTERM `timeout` sends (to the group) does not interrupt the cleanup."""
+    done = subprocess.run([sys.executable, "-c", _STOPPED_COMMAND, where], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 143, done.stderr
+    assert done.stdout == "cleaned up\n"
+    assert done.stderr == "memae-dist: terminated\n"
+
+
 def test_output_cut_short_by_its_reader_is_no_error(tiny_data, tmp_path):
     """`memae-dist data info DS | head -1`: the reader leaves, the command ends quietly."""
     proc = subprocess.Popen([sys.executable, "-m", "memae_dist.cli", "data", "info", tiny_data],
