@@ -68,7 +68,11 @@ HTTP_CLIENT_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs",
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
+    try:
+        args = parse(argv)  # half a second of imports: a Ctrl-C there is a stop as well
+    except KeyboardInterrupt:
+        print("memae-dist: interrupted", file=sys.stderr)
+        return 130
     setup_logging(args.verbose)
     from memae_dist.data.endpoint import enable_endpoint_probe
 

@@ -246,6 +246,19 @@ def test_a_stop_is_not_lost_in_a_finalizer_nor_cut_short_by_a_second_one(where):
     assert done.stderr == "memae-dist: terminated\n"
 
 
+def test_ctrl_c_while_the_verbs_load_is_one_line():
+    """Building the parser imports every verb (half a second): Ctrl-C there, too, is one line."""
+    code = ("import importlib, sys\n"
+            "def stopped(*args, **kwargs):\n"
+            "    raise KeyboardInterrupt\n"
+            "importlib.import_module = stopped\n"
+            "from memae_dist import cli\n"
+            "sys.exit(cli.main(['config']))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stderr) == (130, "memae-dist: interrupted\n")
+
+
 def test_output_cut_short_by_its_reader_is_no_error(tiny_data, tmp_path):
     """`memae-dist data info DS | head -1`: the reader leaves, the command ends quietly."""
     proc = subprocess.Popen([sys.executable, "-m", "memae_dist.cli", "data", "info", tiny_data],
