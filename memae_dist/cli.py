@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 
+from memae_dist.data.redact import redact_text
 from memae_dist.errors import UserError
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
@@ -111,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         user = find_user_error(exc)
         if user is None:
             raise
-        from memae_dist.data.redact import redact_text
-
         # One line: Ray Data appends its retry advice to the message of an error it relays.
         # Redacted: a message may echo what the user typed, an endpoint's password included.
         print(f"memae-dist: error: {redact_text(str(user).splitlines()[0])}", file=sys.stderr)
@@ -137,8 +136,6 @@ class _Redacting(logging.Filter):
     user:password reaches the terminal or a log file."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from memae_dist.data.redact import redact_text
-
         text = record.getMessage()
         clean = redact_text(text)
         if clean != text:
