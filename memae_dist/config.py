@@ -70,6 +70,11 @@ class ExperimentConfig:
         if self.model.arch != "video" and self.data.window != 1:
             raise UserError(f"model.arch={self.model.arch} reconstructs one image at a time: "
                             f"set data.window=1 (got {self.data.window})")
+        if self.model.arch == "video" and self.data.window % 8:
+            # The encoder halves time three times and the decoder doubles it back: any other
+            # length comes back a different length and the loss cannot compare the two.
+            raise UserError(f"model.arch=video takes windows of a multiple of 8 frames "
+                            f"(the paper: 16): data.window={self.data.window}")
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)

@@ -62,6 +62,8 @@ def test_overrides_parse_yaml_values():
         ("train.epochs=ten", "train.epochs must be an integer"),
         ("train.lr=fast", "train.lr must be a number"),
         ("data.window=0", "data.window"),
+        # The video net halves time three times: a 12-frame clip would come back 16 long.
+        ("data.window=12", "multiple of 8 frames (the paper: 16): data.window=12"),
         ("train.batch_size=15", "train.batch_size (15) must be divisible"),
         ("eval.error=huber", "eval.error"),
         ("train.precision=fp8", "train.precision"),
