@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def print_events(events: list, summary: dict, threshold: float, error: str | None) -> None:
     # The error named: a threshold read off scores of the other error flags nonsense.
     kind = f" ({error} window error)" if error else ""
-    print(f"{summary['events']} event(s) at score >= {threshold:g}{kind} in "
+    print(f"{summary['events']} event(s) at score >= {threshold!r}{kind} in "
           f"{summary['videos_with_events']} of {summary['videos']} video(s)")
     if "anomalies" in summary:
         print(f"  labelled anomalies detected: {summary['anomalies_detected']} of "

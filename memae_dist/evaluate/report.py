@@ -238,9 +238,10 @@ def _fmt(value) -> str:
                                                             else html.escape(str(value)))
 
 
-def _sig(value) -> str:
-    # Errors can be 1e-4 small: significant digits, not a fixed count of decimals.
-    return _fmt(None) if value is None else f"{value:.6g}"
+def _threshold(value) -> str:
+    # In full, as `evaluate` prints it: each is a frame's score, and a copy rounded up would
+    # no longer flag that frame, so the FPR beside it would not be the one it gives.
+    return _fmt(None) if value is None else repr(float(value))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -320,12 +321,12 @@ def _thresholds_section(thresholds: dict | None, split: str | None) -> list[str]
              "<th>recall</th><th>precision</th></tr>"]
     for p in thresholds["at_fpr"]:
         parts.append(f'<tr><td class="l">false positives &le; {p["target_fpr"]:.1%}</td>'
-                     f'<td>{_sig(p["threshold"])}</td><td>{_fmt(p["fpr"])}</td>'
+                     f'<td>{_threshold(p["threshold"])}</td><td>{_fmt(p["fpr"])}</td>'
                      f'<td>{_fmt(p["tpr"])}</td><td>{_fmt(None)}</td></tr>')
     f1 = thresholds["best_f1"]
     if f1 is None:  # normal frames only: no recall, no F1
         return [*parts, "</table>"]
-    parts.append(f'<tr><td class="l">best F1 ({f1["f1"]:.4f})</td><td>{_sig(f1["threshold"])}'
+    parts.append(f'<tr><td class="l">best F1 ({f1["f1"]:.4f})</td><td>{_threshold(f1["threshold"])}'
                  f'</td><td>{_fmt(None)}</td><td>{_fmt(f1["recall"])}</td>'
                  f'<td>{_fmt(f1["precision"])}</td></tr>')
     return [*parts, "</table>"]

@@ -206,6 +206,10 @@ def test_thresholds_of_a_normal_only_split_show_budgets_without_recall():
     html_rows = "".join(_thresholds_section(deployment_thresholds(np.zeros(2000), scores), "val"))
     assert html_rows.count("false positives &le;") == 3 and "best F1" not in html_rows
     assert "<td>1.9</td>" in html_rows  # 5%: the lowest of the top 100 of 2,000
+    # In full: 0.1000019 shown as 0.100002 would flag 99 frames, not the FPR's 100.
+    scores = 0.1 + np.arange(2000) * 1e-9
+    html_rows = "".join(_thresholds_section(deployment_thresholds(np.zeros(2000), scores), "val"))
+    assert f"<td>{float(scores[1900])!r}</td>" in html_rows
 
 
 def test_a_still_image_set_is_reported_by_groups_of_images(tmp_path):
