@@ -23,7 +23,7 @@ import ast
 import itertools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +148,7 @@ class SearchSpace:
         Ranges are checked at both ends and choices at every value, so a space that can reach a
         config the components reject fails before the first trial starts, not in trial 17.
         ``check``: a further test of each corner's config (the dataset suits it)."""
-        corners = [p.corners() for p in self.params]
-        for combo in itertools.islice(itertools.product(*corners), 512):
+        for combo in _corner_combos([p.corners() for p in self.params]):
             sample = {p.name: v for p, v in zip(self.params, combo)}
             try:
                 cfg = from_dict(ExperimentConfig, self.apply(base, sample))
@@ -161,6 +160,20 @@ class SearchSpace:
                     check(cfg)
             except UserError as exc:
                 raise UserError(f"{self.source}: at {_short(sample)}: {exc}") from None
+
+
+MAX_CORNERS = 4096  # configs built one by one in well under a minute
+
+
+def _corner_combos(corners: list[tuple]) -> Iterator[tuple]:
+    """Every combination of the parameters' corners; past MAX_CORNERS, every corner of each
+    parameter still, cycled against the others' (a choice of 600 values is one list, not a
+    product to cut short)."""
+    if math.prod(len(c) for c in corners) <= MAX_CORNERS:
+        yield from itertools.product(*corners)
+        return
+    for i in range(max(len(c) for c in corners)):
+        yield tuple(c[i % len(c)] for c in corners)
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -159,6 +159,23 @@ def test_a_space_reaching_an_invalid_config_is_refused_before_any_trial():
         space.check_against(BASE)
 
 
+def test_every_corner_is_checked_however_many_there_are():
+    # The bad value last in a long list: the check once stopped after 512 combinations.
+    space = parse_space({"params": {"model.num_slots": {"choice": [*range(1, 600), 0]}}},
+                        "many.yaml")
+    with pytest.raises(UserError, match=r"many.yaml: .*model.num_slots must be >= 1, got 0"):
+        space.check_against(BASE)
+    # Past 4,096 combinations each corner is still built once, cycled against the others.
+    eight = [1, 2, 3, 4, 5, 6, 7, 8]
+    params = {"train.lr": {"choice": [v * 1e-4 for v in eight]},
+              "model.entropy_weight": {"choice": [v * 1e-4 for v in eight]},
+              "model.shrink_threshold": {"choice": [v * 1e-3 for v in eight]},
+              "data.stride": {"choice": eight}}
+    params["model.num_slots"] = {"choice": [*range(1, 20), 0]}
+    with pytest.raises(UserError, match=r"model.num_slots must be >= 1, got 0"):
+        parse_space({"params": params}, "wide.yaml").check_against(BASE)
+
+
 def test_cli_refuses_a_bad_space_file_with_one_line(tmp_path, capsys):
     from memae_dist.cli import main
 
