@@ -17,7 +17,7 @@ import sys
 import threading
 
 from memae_dist.data.redact import redact_text
-from memae_dist.errors import UserError
+from memae_dist.errors import Terminated, UserError
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
 COMMANDS = ("demo", "prepare", "data", "config", "train", "tune", "evaluate", "score", "events",
@@ -141,11 +141,6 @@ class _Redacting(logging.Filter):
         if clean != text:
             record.msg, record.args = clean, None
         return True
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `kill`, a container stop) ends a command the way Ctrl-C does: its
-    cleanup runs, nothing half-written stays, and the same command resumes."""
 
 
 _SIGTERM_SEEN = False

@@ -7,3 +7,8 @@ and exits non-zero without a traceback. Everything else is a bug and keeps its t
 
 class UserError(Exception):
     """Bad input from the user; the message names the offending file, URI or setting."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stop) ends a command the way Ctrl-C does: its
+    cleanup runs, nothing half-written stays, and the same command resumes."""

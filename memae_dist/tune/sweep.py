@@ -19,7 +19,7 @@ from typing import Any
 
 from memae_dist.config import ExperimentConfig, check_folder_name, from_dict
 from memae_dist.data.storage import absolute, join, portable_fs
-from memae_dist.errors import UserError
+from memae_dist.errors import Terminated, UserError
 from memae_dist.train.runlock import RunLock
 from memae_dist.train.validate import check_val_split
 from memae_dist.tune import cleanup
@@ -27,6 +27,7 @@ from memae_dist.tune import results as res
 from memae_dist.tune.objective import DIVERGED, OBJECTIVE, Objective, resolve_objective
 from memae_dist.tune.record import check_same_sweep, score_test_once, space_fingerprint
 from memae_dist.tune.space import SearchSpace
+from memae_dist.tune.stop import orderly_sigterm
 from memae_dist.tune.trainable import keep_credentials_out_of_trials, run_trial
 from memae_dist.tune.valsplit import val_selection, with_val_split
 
@@ -131,22 +132,26 @@ def run_sweep(space: SearchSpace, cfg: ExperimentConfig, opts: SweepOptions) -> 
         )
         keep_credentials_out_of_trials()
         tuner = make_tuner(sweep, trainable, concurrent, registry_name)
-        try:
-            tuner.fit()
-        except KeyboardInterrupt:
-            # Tune turns Ctrl-C into an orderly stop; SIGTERM (`ray job stop`, a pod deletion)
-            # arrives as this. Either way the partial table is written, then the exit code.
-            # No call to Ray from here: a SIGTERM sent to the whole process group (`timeout`,
-            # systemd, a CI cancel) has stopped the local Ray too, and a call would wait a
-            # minute for it, then abort the process with the run's lock still held. The groups
-            # go with the driver's job.
-            with suppress(Exception):
-                write_table(sweep)
-            raise
-        except BaseException:
+        with orderly_sigterm() as stop:
+            try:
+                tuner.fit()
+            except KeyboardInterrupt:
+                # Tune turns Ctrl-C, and a SIGTERM (`ray job stop`, `kill`), into an orderly
+                # stop; a SIGTERM that stopped the local Ray too (sent to the whole process
+                # group: `timeout`, systemd, a CI cancel) arrives as this. The partial table is
+                # written, then the exit code. No call to Ray from here: it would wait a
+                # minute for the Ray that is gone, then abort the process with the run's lock
+                # still held. The groups go with the driver's job.
+                with suppress(Exception):
+                    write_table(sweep)
+                raise
+            except BaseException:
+                cleanup.release_all(registry)
+                raise
             cleanup.release_all(registry)
-            raise
-        cleanup.release_all(registry)
+            if stop.requested:  # Tune has saved its state: the table, then SIGTERM's exit
+                write_table(sweep)
+                raise Terminated
         return finish(sweep)
 
 

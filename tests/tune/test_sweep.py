@@ -239,24 +239,53 @@ FAILING = {"name": "fails", "samples": 1, "params": {"k": {"uniform": [1, 3]}},
            "derived": {"model.shrink_threshold": "5 if 1 < k < 3 else 0.01"}}
 
 
-def test_a_terminated_sweep_writes_its_partial_table(tiny_data, tmp_path):
-    """SIGTERM (`ray job stop`, a pod deletion) stops a sweep as the CLI's handler does, by
-    raising out of Tune: the table of what ran is written all the same."""
+class TerminateAfterFirstTrial(tune.Callback):
+    """SIGTERM to this process once the first trial has finished, as `kill` or `ray job stop`
+    would send it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not os.path.exists(self.marker):
+            Path(self.marker).write_text(trial.trial_id)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_terminated_sweep_keeps_what_finished_and_resumes_the_rest(tiny_data, tmp_path):
+    """SIGTERM takes Tune's orderly stop, as Ctrl-C does: the partial table and the resume see
+    the trial that finished before it (they once read a state saved before that trial ended,
+    and the rerun trained it again)."""
     cfg = load_config(None, [f"data.path={copy_data(tiny_data, tmp_path)}",
                              f"run.storage={tmp_path / 'runs'}"], base=copy.deepcopy(BASE))
+    space = parse_space({"name": "two", "samples": 1,
+                         "params": {"model.num_slots": {"grid": [20, 30]}}}, "two.yaml")
     marker = str(tmp_path / "terminated")
+
+    def sweep():
+        return run_sweep(space, cfg, SweepOptions(
+            storage=str(tmp_path / "sweeps"), name="term", out=tmp_path / "out",
+            scheduler="fifo", max_concurrent=1, val_from_test="1",
+            callbacks=[TerminateAfterFirstTrial(marker)]))
+
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         with pytest.raises(Terminated):
-            run_sweep(parse_space(ONE, "one.yaml"), cfg, SweepOptions(
-                storage=str(tmp_path / "sweeps"), name="term", out=tmp_path / "out",
-                scheduler="fifo", val_from_test="1",
-                callbacks=[InterruptOnce(marker, signal.SIGTERM)]))
+            sweep()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    rows = read_rows(tmp_path / "out" / "trials.csv")
-    assert [r["trial_id"] for r in rows] == [Path(marker).read_text()]
+    first = Path(marker).read_text()
+    rows = {r["trial_id"]: r for r in read_rows(tmp_path / "out" / "trials.csv")}
+    assert (rows[first]["status"], rows[first]["epochs"]) == ("COMPLETED", "2")
     assert not (tmp_path / "out" / "best.yaml").exists()
+
+    second = sweep()  # the same call again: resumes
+    assert not second.interrupted
+    assert {r.trial_id: r.status for r in second.rows} == \
+        {r.trial_id: "COMPLETED" for r in second.rows}
+    history = tmp_path / "sweeps" / "term" / "runs" / first / "history.json"
+    assert [(r["epoch"], r["run_starts"]) for r in json.loads(history.read_text())] == \
+        [(1, 1), (2, 1)]  # not trained again
 
 
 def test_a_sigterm_to_the_whole_process_group_ends_the_sweep_at_once(tiny_data, tmp_path):
