@@ -118,7 +118,11 @@ RECIPE_KEYS = {"train": ("batch_size", "lr", "lr_schedule", "weight_decay", "gra
 def _warn_changed_recipe(run: str, saved: dict, cfg: ExperimentConfig) -> None:
     train = saved.get("train") or {}
     before = (train.get("checkpoint_metric", ""), train.get("checkpoint_mode", "auto"))
-    if before != (cfg.train.checkpoint_metric, cfg.train.checkpoint_mode) and before[0]:
+    if before[0] and not cfg.train.checkpoint_metric:
+        log.warning("%s resumes without train.checkpoint_metric (was %r): its best checkpoint "
+                    "(RUN/best) stays as that metric chose it, and is no longer updated",
+                    run, before[0])
+    elif before != (cfg.train.checkpoint_metric, cfg.train.checkpoint_mode) and before[0]:
         log.warning("%s resumes with train.checkpoint_metric=%r, checkpoint_mode=%r (was %r, "
                     "%r): its best checkpoint (RUN/best) is chosen afresh from the next epoch",
                     run, cfg.train.checkpoint_metric, cfg.train.checkpoint_mode, *before)
@@ -358,7 +362,8 @@ def finished(run: str, cfg: ExperimentConfig, metrics: dict) -> TrainResult:
     if done < cfg.train.epochs:
         log.warning("%s stopped after epoch %d of %d; rerun the same command to resume", run,
                     done, cfg.train.epochs)
-    return TrainResult(run, latest, metrics, history, best_checkpoint(run, cfg.storage),
+    best = best_checkpoint(run, cfg.storage) if cfg.train.checkpoint_metric else None
+    return TrainResult(run, latest, metrics, history, best,
                        completed=done >= cfg.train.epochs, epochs_done=done)
 
 

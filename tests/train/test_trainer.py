@@ -231,6 +231,15 @@ def test_a_new_checkpoint_metric_on_resume_chooses_the_best_afresh(tiny_data, tm
     best = min(result.history[2:], key=lambda row: row["val_recon"])["epoch"]
     assert (pointer["metric"], pointer["epoch"]) == ("val_recon", best)
     assert result.best_checkpoint_uri.endswith(f"best/checkpoint_epoch_{best:04d}")
+    # Turned off: RUN/best is left as it was, and is no longer the run's best.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="memae_dist.train"):
+        result = fit(tiny_config(tiny_data, tmp_path, *common, "train.epochs=5",
+                                 "train.checkpoint_metric="))
+    assert "resumes without train.checkpoint_metric (was 'val_recon'): its best checkpoint " \
+           "(RUN/best) stays as that metric chose it, and is no longer updated" in caplog.text
+    assert "chosen afresh" not in caplog.text and result.best_checkpoint_uri is None
+    assert json.loads((tmp_path / "metric" / "best.json").read_text()) == pointer
 
 
 def test_a_damaged_checkpoint_is_named_before_any_worker_restores_it(tiny_data, tmp_path):
