@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from memae_dist.data import storage
 from memae_dist.data.manifest import load_manifest
+from memae_dist.errors import UserError
 
 
 def dataset_info(uri: str, window: int | None = None, stride: int = 1,
@@ -17,7 +18,15 @@ def dataset_info(uri: str, window: int | None = None, stride: int = 1,
     ``window`` defaults to the paper's 16 frames, and to 1 for a set of still images.
     """
     manifest = load_manifest(uri, cfg)
-    window = window or (1 if manifest.content == "images" else 16)
+    # Segments overlap by L - 1 frames, so a window longer than that lies in no one segment:
+    # training refuses it (manifest.check_window), and it is not counted here either.
+    longest = manifest.segment_overlap + 1
+    if window is None:
+        window = 1 if manifest.content == "images" else min(16, longest)
+    elif window > longest:
+        raise UserError(f"--window {window} is longer than the dataset {uri} supports "
+                        f"(segments overlap by {manifest.segment_overlap} frames: window <= "
+                        f"{longest}, the window length it was prepared for)")
     height, width = manifest.size
     sizes = storage.file_sizes(uri, cfg)
     splits = {}

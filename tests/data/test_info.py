@@ -52,6 +52,11 @@ def test_info_reads_the_manifest_only(tiny_data, tmp_path, capsys):
     train_mb = (stored["train"] - (m.shards[0].bytes if m.shards[0].split == "train" else 0))
     assert f"{train_mb / 1e6:,.2f} MB" in text.splitlines()[2]
     assert f"WARNING: 1 shard(s) missing: {m.shards[0].path}" in text
+    # A window no segment holds whole is what training refuses: not counted as if it could be.
+    assert main(["data", "info", str(data), "--window", "17"]) == 2
+    assert capsys.readouterr().err == (
+        f"memae-dist: error: --window 17 is longer than the dataset {data} supports (segments "
+        "overlap by 15 frames: window <= 16, the window length it was prepared for)\n")
     assert main(["data", "info", str(tmp_path)]) == 2
     assert "no manifest.json in dataset" in capsys.readouterr().err
     assert main(["data", "info", str(tmp_path / "typo")]) == 2
