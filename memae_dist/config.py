@@ -80,6 +80,13 @@ class ExperimentConfig:
         return to_plain(self)
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int past the largest float
+        return False
+
+
 def to_plain(obj: Any) -> Any:
     """Dataclasses -> dicts, tuples -> lists: what YAML/JSON and Ray's config passing want."""
     if dataclasses.is_dataclass(obj):
@@ -122,7 +129,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key} must be a number, got {value!r}")
-        if not math.isfinite(value):  # every float setting here is a size, rate or time
+        if not _finite(value):  # every float setting here is a size, rate or time
             raise UserError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:

@@ -62,6 +62,12 @@ def test_overrides_parse_yaml_values():
         ("train.epochs=ten", "train.epochs must be an integer"),
         ("train.lr=fast", "train.lr must be a number"),
         ("data.window=0", "data.window"),
+        ("train.seed=-1", "train.seed must be from 0 to 9223372036854775807, got -1"),
+        (f"train.seed={2**64}", "train.seed must be from 0 to 9223372036854775807"),
+        ("train.weight_decay=-1", "train.weight_decay must be >= 0, got -1.0"),
+        (f"train.lr={10**400}", "train.lr must be a finite number"),
+        (f"model.num_slots={10**13}", "model.num_slots must be <= 1,000,000"),
+        (f"train.precise_bn_batches={10**30}", "train.precise_bn_batches must be <= 100000"),
         # The video net halves time three times: a 12-frame clip would come back 16 long.
         ("data.window=12", "multiple of 8 frames (the paper: 16): data.window=12"),
         ("train.batch_size=15", "train.batch_size (15) must be divisible"),

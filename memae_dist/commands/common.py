@@ -252,7 +252,9 @@ def experiment_config(args: argparse.Namespace):
         value = getattr(args, flag, None)
         if value is not None:
             # Strings are quoted so YAML keeps them strings (--name 2024, --name yes).
-            overrides.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+            # ensure_ascii off: YAML reads JSON's surrogate pairs (an emoji) as two broken chars.
+            text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value
+            overrides.append(f"{key}={text}")
     labels = list(given.values())
     refuse_twice(given, args.set)
     overrides += args.set or []

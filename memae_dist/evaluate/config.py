@@ -9,13 +9,15 @@ from memae_dist.errors import UserError
 
 @dataclass
 class EvalConfig:
-    # Split scored for the test metrics.
+    # Split scored for a sweep's test metrics (`tune`, best trial only); `evaluate` and `score`
+    # take theirs from --split.
     split: str = "test"
     # Window error: "mse" (the training loss; the official AE test code) or "mae" (what the
     # official MemAE test code computes for grey frames; on Ped2 it ranks frames better, see
     # the README).
     error: str = "mse"
-    # Windows per forward pass when scoring.
+    # Windows per forward pass when `tune` scores its best trial; `evaluate` and `score` take
+    # --batch-size.
     batch_size: int = 32
 
     def __post_init__(self) -> None:

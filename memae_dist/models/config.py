@@ -11,6 +11,8 @@ ARCHS = ("video", "image", "mlp")
 VARIANTS = ("memae", "memae_nonsparse", "ae")
 ADDRESSING = ("dot", "cosine")
 QUERIES = ("position", "flatten")
+# The paper uses 2,000 slots; a million (1 GB of memory matrix at 256 wide) is far past use.
+MAX_SLOTS = 1_000_000
 GRID_STEPS = (16, 8, 4)  # frame pixels per memory query of the video net (16: the paper's)
 
 
@@ -63,6 +65,8 @@ class ModelConfig:
             raise UserError("model.grid_step is for arch video; the image and mlp nets have a "
                             "fixed code size")
         _check_int("model.num_slots", self.num_slots)
+        if self.num_slots > MAX_SLOTS:
+            raise UserError(f"model.num_slots must be <= {MAX_SLOTS:,}, got {self.num_slots}")
         _check_int("model.in_channels", self.in_channels)
         _check_int("model.input_dim", self.input_dim)
         self.shrink_threshold = _check_number("model.shrink_threshold", self.shrink_threshold)

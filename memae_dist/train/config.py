@@ -19,6 +19,8 @@ PLACEMENTS = ("PACK", "SPREAD")
 # Epoch metrics a best checkpoint can be chosen by (val_*: with data.val_split).
 CHECKPOINT_METRICS = ("loss", "recon", "entropy", "val_recon", "val_auc")
 LR_SCHEDULES = ("constant", "cosine")
+# Far past any use (the recipes take 0 or a few hundred): a typo, not a request for terabytes.
+MAX_PRECISE_BN_BATCHES = 100_000
 
 
 @dataclass
@@ -97,6 +99,13 @@ class TrainConfig:
                 raise UserError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise UserError(f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.seed < 2**63:  # what torch's and numpy's generators take
+            raise UserError(f"train.seed must be from 0 to {2**63 - 1}, got {self.seed}")
+        if self.precise_bn_batches > MAX_PRECISE_BN_BATCHES:
+            raise UserError(f"train.precise_bn_batches must be <= {MAX_PRECISE_BN_BATCHES} "
+                            f"(each is held in memory), got {self.precise_bn_batches}")
         if self.cpus_per_worker <= 0:
             raise UserError(f"train.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if self.max_failures < -1:
