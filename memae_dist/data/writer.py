@@ -31,6 +31,7 @@ from memae_dist.data.manifest import (
     save_manifest,
 )
 from memae_dist.data.shards import verify_shard, write_video_shard
+from memae_dist.data.stale import remove_unlisted
 from memae_dist.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -272,6 +273,7 @@ def write_dataset(
         raise UserError(f"every {what} was skipped, so no dataset was written to {dst} (the "
                         f"first, {first['split']}/{first['video']}: {first['reason']})")
     save_manifest(dst, manifest, job.storage)
+    remove_unlisted(dst, {s.path for s in manifest.shards}, job.storage)
     return manifest.to_dict()
 
 
