@@ -243,6 +243,13 @@ def given_flags(args: argparse.Namespace) -> dict[str, str]:
             for flag, key in EXPERIMENT_FLAGS if getattr(args, flag, None) is not None}
 
 
+def quoted(text: str) -> str:
+    """A flag's text as a YAML string: quoted, so YAML keeps it a string (--name 2024, --name
+    yes); not ASCII-escaped, as YAML reads JSON's surrogate pairs (an emoji) as two broken
+    characters."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def experiment_config(args: argparse.Namespace):
     """The validated config from ``--config`` plus the flags above and ``--set`` overrides."""
     from memae_dist.config import load_config
@@ -251,10 +258,7 @@ def experiment_config(args: argparse.Namespace):
     for flag, key in EXPERIMENT_FLAGS:
         value = getattr(args, flag, None)
         if value is not None:
-            # Strings are quoted so YAML keeps them strings (--name 2024, --name yes).
-            # ensure_ascii off: YAML reads JSON's surrogate pairs (an emoji) as two broken chars.
-            text = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value
-            overrides.append(f"{key}={text}")
+            overrides.append(f"{key}={quoted(value) if isinstance(value, str) else value}")
     labels = list(given.values())
     refuse_twice(given, args.set)
     overrides += args.set or []

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from memae_dist.commands.common import float_at_least
+from memae_dist.commands.common import float_at_least, quoted
 
 
 def register(sub) -> None:
@@ -58,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if not remote:
         local_folder(args.out)  # then made and checked for other sweeps before any trial
     space = load_space(resolve_space(args.space))
-    overrides = [f"data.path={json.dumps(args.data, ensure_ascii=False)}"] if args.data else []
+    overrides = [f"data.path={quoted(args.data)}"] if args.data else []
     refuse_twice({"data.path": f"--data {args.data}"} if args.data else {}, args.set)
     cfg = load_config(resolve_config_path(args.config), overrides + (args.set or []),
                       labels=[f"--data {args.data}"] if args.data else [])

@@ -7,7 +7,7 @@ stored); no shard is opened and no frame decoded, so it costs the same for 1 MB 
 from __future__ import annotations
 
 from memae_dist.data import storage
-from memae_dist.data.manifest import load_manifest
+from memae_dist.data.manifest import load_manifest, window_too_long
 from memae_dist.errors import UserError
 
 
@@ -18,15 +18,11 @@ def dataset_info(uri: str, window: int | None = None, stride: int = 1,
     ``window`` defaults to the paper's 16 frames, and to 1 for a set of still images.
     """
     manifest = load_manifest(uri, cfg)
-    # Segments overlap by L - 1 frames, so a window longer than that lies in no one segment:
-    # training refuses it (manifest.check_window), and it is not counted here either.
-    longest = manifest.segment_overlap + 1
+    # Windows no segment holds whole are refused by training, and not counted here either.
     if window is None:
-        window = 1 if manifest.content == "images" else min(16, longest)
-    elif window > longest:
-        raise UserError(f"--window {window} is longer than the dataset {uri} supports "
-                        f"(segments overlap by {manifest.segment_overlap} frames: window <= "
-                        f"{longest}, the window length it was prepared for)")
+        window = 1 if manifest.content == "images" else min(16, manifest.segment_overlap + 1)
+    elif too_long := window_too_long(manifest, window, uri, f"--window {window}"):
+        raise UserError(too_long)
     height, width = manifest.size
     sizes = storage.file_sizes(uri, cfg)
     splits = {}

@@ -236,14 +236,21 @@ def check_model_input(manifest, model, data_uri: str) -> None:
                         f"its {height}x{width} images are {height * width} values each")
 
 
+def window_too_long(manifest, window: int, data_uri: str, named: str) -> str | None:
+    """Why no segment holds a ``window``-frame clip whole (they overlap by L - 1 frames), or
+    None; ``named``: how the user gave the length (``data.window=32``, ``--window 32``)."""
+    if window <= manifest.segment_overlap + 1:
+        return None
+    return (f"{named} is longer than the dataset {data_uri} supports (segments overlap by "
+            f"{manifest.segment_overlap} frames: window <= {manifest.segment_overlap + 1}, the "
+            "window length it was prepared for)")
+
+
 def check_window(manifest, cfg: DataConfig, data_uri: str) -> None:
-    if cfg.window > manifest.segment_overlap + 1:
-        raise UserError(
-            f"data.window={cfg.window} is longer than the dataset {data_uri} supports "
-            f"(segments overlap by {manifest.segment_overlap} frames: window <= "
-            f"{manifest.segment_overlap + 1}, the window length it was prepared for); set "
-            f"data.window to at most {manifest.segment_overlap + 1}"
-        )
+    too_long = window_too_long(manifest, cfg.window, data_uri, f"data.window={cfg.window}")
+    if too_long:
+        raise UserError(f"{too_long}; set data.window to at most "
+                        f"{manifest.segment_overlap + 1}")
     shortest = min(v.num_frames for v in manifest.videos(cfg.train_split))
     if cfg.window > shortest:
         raise UserError(

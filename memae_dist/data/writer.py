@@ -31,7 +31,7 @@ from memae_dist.data.manifest import (
     save_manifest,
 )
 from memae_dist.data.shards import verify_shard, write_video_shard
-from memae_dist.data.stale import remove_unlisted
+from memae_dist.data.stale import MARKER_SUFFIX, SHARD_SUFFIX, remove_unlisted
 from memae_dist.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class VideoSpec:
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise UserError(f"video split must be one of {SPLITS}, got {self.split!r}")
-        if not _NAME.fullmatch(self.name) or self.name.endswith(".done.json"):
+        if not _NAME.fullmatch(self.name) or self.name.endswith(MARKER_SUFFIX):
             raise UserError(f"video name {self.name!r} is not safe as a file name")
 
     @property
@@ -214,7 +214,7 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
             raise
         return {"skipped": f"{type(exc).__name__}: {exc}" if not isinstance(exc, UserError)
                 else str(exc), "dropped": dropped}
-    rel = f"{spec.split}/{spec.name}.parquet"
+    rel = f"{spec.split}/{spec.name}{SHARD_SUFFIX}"
     fs, path = storage.pyarrow_fs(storage.join(job.dst, rel), job.storage)
     info = write_video_shard(fs, path, spec.name, spec.split, frames, labels,
                              job.segment_frames, job.segment_overlap)
@@ -321,7 +321,7 @@ def _validate(videos: Sequence[VideoSpec], dst, size, segment_frames, segment_ov
 
 
 def _marker_uri(dst: str, spec: VideoSpec) -> str:
-    return storage.join(dst, spec.split, f"{spec.name}.done.json")
+    return storage.join(dst, spec.split, spec.name + MARKER_SUFFIX)
 
 
 def _valid_marker(spec: VideoSpec, job: _Job) -> dict | None:
