@@ -8,6 +8,7 @@ taken by all workers together and DDP stays in lock-step.
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from dataclasses import dataclass, field
 
@@ -52,11 +53,19 @@ class Worker:
     recent: RecentBatches = field(default_factory=lambda: RecentBatches(0))
 
 
+def seed_everything(seed: int) -> None:
+    """torch, numpy and Python's generators from ``train.seed``: a checkpoint saves all three,
+    so a resumed run's state equals the straight run's however the process was started."""
+    torch.manual_seed(seed)
+    np.random.seed([seed & 0xFFFFFFFF, seed >> 32])  # the legacy seeder takes 32-bit words
+    random.seed(seed)
+
+
 def new_worker(cfg: ExperimentConfig, device: torch.device, rank: int = 0,
                world: int = 1) -> Worker:
     """Model (same initial weights on every rank), optimizer and precision on ``device``;
     ``net`` is the plain model until the caller wraps it (DDP, compile)."""
-    torch.manual_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     model = build_model(cfg.model)
     if world > 1 and cfg.train.sync_batchnorm:
         model = convert_batchnorm(model, device.type)
