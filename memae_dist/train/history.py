@@ -73,8 +73,10 @@ class EpochStats:
 
 
 def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
-                  min_used_slots: int, cosine: bool = False) -> dict:
-    """Reduced statistics -> the metrics row reported to Ray and kept in the history."""
+                  min_used_slots: int, cosine: bool = False, warn: bool = True) -> dict:
+    """Reduced statistics -> the metrics row reported to Ray and kept in the history.
+
+    ``warn``: log a memory collapse; every rank holds the same reduced figures, so one says it."""
     stats.settle()
     clips = max(stats.clips, 1.0)
     # Walls are summed over workers; the epoch took the mean of them.
@@ -94,11 +96,12 @@ def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
         "skipped_batches": int(stats.skipped),
         "workers": world,
     }
-    metrics.update(memory_health(stats, min_used_slots, cosine))
+    metrics.update(memory_health(stats, min_used_slots, cosine, warn))
     return metrics
 
 
-def memory_health(stats: EpochStats, min_used_slots: int, cosine: bool = False) -> dict:
+def memory_health(stats: EpochStats, min_used_slots: int, cosine: bool = False,
+                  warn: bool = True) -> dict:
     mass = stats.slot_mass.cpu()
     if mass.numel() == 0 or not stats.clips:  # no step, no addressing to judge
         return {}
@@ -119,7 +122,7 @@ def memory_health(stats: EpochStats, min_used_slots: int, cosine: bool = False) 
         "top_slot_share": top_share,
         "memory_collapse": bool(used < min_used_slots or total == 0),
     }
-    if health["memory_collapse"]:
+    if health["memory_collapse"] and warn:
         log.warning(
             "memory collapse: %d of %d slots received weight this epoch (threshold %d); %s",
             used, mass.numel(), min_used_slots,

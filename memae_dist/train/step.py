@@ -92,7 +92,7 @@ def run_epoch(w: Worker, shard, epoch: int, state: TrainState) -> dict:
     state.epoch = epoch + 1
     metrics = epoch_metrics(stats, epoch=state.epoch, step=state.step, world=w.world,
                             min_used_slots=cfg.train.min_used_slots,
-                            cosine=cfg.model.addressing == "cosine")
+                            cosine=cfg.model.addressing == "cosine", warn=w.rank == 0)
     metrics["lr"] = lr
     if cfg.train.precise_bn_batches:
         used, seconds = recompute_batchnorm(

@@ -1,0 +1,19 @@
+"""The per-epoch log line a person watches while a run is going."""
+
+import logging
+
+from memae_dist.train.observe import log_epoch
+
+
+def test_the_epoch_line_always_shows_the_data_timers(caplog):
+    row = {"epoch": 3, "loss": 0.012345678, "slots_used": 480, "clips_per_s": 17.25,
+           "time_to_first_batch_s": 2.345, "data_wait_s": 12.34, "data_wait_frac": 0.2,
+           "memory_collapse": False, "lr": 0.0003, "val_auc": None}
+    with caplog.at_level(logging.INFO, "memae_dist.train"):
+        log_epoch(row, epochs=40)
+        log_epoch({**row, "memory_collapse": True}, epochs=40)
+    quiet, collapsed = caplog.messages
+    assert quiet == ("epoch 3/40  loss 0.01235  slots_used 480  clips_per_s 17.2  "
+                     "time_to_first_batch_s 2.35  data_wait_s 12.3  data_wait_frac 0.20  "
+                     "lr 0.0003")
+    assert collapsed == quiet + "  MEMORY COLLAPSE"
