@@ -31,7 +31,12 @@ def register(sub) -> None:
     p.add_argument("--labels", help="folder: labels JSON file or folder of <video>.npy")
     p.add_argument("--split", choices=("train", "test", "val"),
                    help="folder: split of sources outside train/test/val folders (default train)")
-    p.add_argument("--seed", type=int, default=None, help="seed (synthetic; default 0)")
+    p.add_argument("--seed", type=int_at_least(0), default=None,
+                   help="synthetic: seed of the generated set (default 0)")
+    p.add_argument("--videos", type=int_at_least(1), nargs=2, metavar=("TRAIN", "TEST"),
+                   help="synthetic: training and test videos (default 8 6)")
+    p.add_argument("--frames", type=int_at_least(32), default=None,
+                   help="synthetic: frames per video (default 96)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable videos (images: single images), list them")
     add_storage_config_flag(p)
@@ -44,8 +49,15 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.errors import UserError
 
     # Refused, not ignored: a user who passes one expects it to change something.
-    if args.seed is not None and args.kind != "synthetic":
-        raise UserError(f"--seed is for 'prepare synthetic'; {args.kind} reads its frames")
+    given = {"--seed": args.seed, "--videos": args.videos, "--frames": args.frames}
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if given and args.kind != "synthetic":
+        raise UserError(f"{next(iter(given))} is for 'prepare synthetic'; {args.kind} reads "
+                        "its frames")
+    train_videos, test_videos = given.get("--videos", (None, None))
+    synthetic = {key: value for key, value in (
+        ("seed", args.seed), ("train_videos", train_videos), ("test_videos", test_videos),
+        ("frames_per_video", args.frames)) if value is not None}
     if args.skip_bad and args.kind == "synthetic":
         raise UserError("--skip-bad is for imports; 'prepare synthetic' has no bad source")
     # The video nets halve the frame size four times; the image net is fixed at 28x28.
@@ -54,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         manifest = prepare.run_import(
             args.kind, src=args.src, dst=args.dst, size=size, workers=args.workers,
-            seed=args.seed or 0, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
+            synthetic=synthetic, skip_bad=args.skip_bad, labels=args.labels, split=args.split,
             progress=not args.no_progress, storage_cfg=storage_config(args),
         )
     except BaseException:

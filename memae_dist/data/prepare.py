@@ -11,15 +11,16 @@ IMAGES_SIZE = (28, 28)  # the paper's 2D image net (MNIST) takes exactly this si
 
 
 def run_import(kind: str, *, src: str | None, dst: str, size: tuple[int, int] | None,
-               workers: int | None = None, seed: int = 0, skip_bad: bool = False,
-               labels: str | None = None, split: str | None = None, progress: bool = True,
-               storage_cfg: StorageConfig | None = None) -> dict:
+               workers: int | None = None, synthetic: dict | None = None,
+               skip_bad: bool = False, labels: str | None = None, split: str | None = None,
+               progress: bool = True, storage_cfg: StorageConfig | None = None) -> dict:
     """Import dataset ``kind`` from ``src`` into ``dst``; returns the manifest.
 
     ``labels`` and ``split`` apply to ``folder`` only: a labels file / folder, and the split of
-    sources that are not inside train/test/val folders (default train). ``storage_cfg`` is the
-    experiment config's ``storage:`` section (S3 endpoint, region); unset fields come from
-    AWS_* variables.
+    sources that are not inside train/test/val folders (default train). ``synthetic``: settings
+    of the generated set (``SyntheticConfig`` fields: seed, video counts, frames).
+    ``storage_cfg`` is the experiment config's ``storage:`` section (S3 endpoint, region); unset
+    fields come from AWS_* variables.
     """
     if kind not in KINDS:
         raise UserError(f"unknown dataset kind {kind!r} (choose from: {', '.join(KINDS)})")
@@ -32,7 +33,7 @@ def run_import(kind: str, *, src: str | None, dst: str, size: tuple[int, int] | 
 
         if src:  # a user who passes one expects it to be read
             raise UserError("--src is not for 'prepare synthetic': the set is generated")
-        cfg = SyntheticConfig(seed=seed, **({"size": size} if size else {}))
+        cfg = SyntheticConfig(**(synthetic or {}), **({"size": size} if size else {}))
         return generate_synthetic(dst, cfg, workers=workers, progress=progress,
                                   storage_cfg=storage_cfg)
     if not src:

@@ -235,3 +235,16 @@ def test_prepare_synthetic_takes_its_endpoint_from_config(s3_bucket, tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_manifest(s3_bucket).name == "synthetic"
+
+
+def test_the_set_is_sized_from_the_command_line(tmp_path):
+    from memae_dist.cli import main
+    from memae_dist.data.manifest import load_manifest
+
+    dst = tmp_path / "small"
+    assert main(["prepare", "synthetic", "--dst", str(dst), "--videos", "2", "1", "--frames",
+                 "40", "--seed", "3", "--workers", "0", "--no-progress"]) == 0
+    manifest = load_manifest(str(dst))
+    videos = {split: [v.num_frames for v in manifest.videos(split)]
+              for split in ("train", "test")}
+    assert videos == {"train": [40, 40], "test": [40]}
