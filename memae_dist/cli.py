@@ -66,6 +66,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 # a session token): -v leaves them at INFO.
 HTTP_CLIENT_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec",
                        "urllib3")
+# Libraries whose debug records say nothing about a run (matplotlib's font search alone is
+# hundreds of lines): -v leaves them at INFO too.
+CHATTY_LOGGERS = ("matplotlib", "PIL")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in HTTP_CLIENT_LOGGERS:
+    for name in HTTP_CLIENT_LOGGERS + CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _Redacting) for f in handler.filters):

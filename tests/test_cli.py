@@ -81,6 +81,8 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
         (["prepare", "images", "--src", "s", "--dst", "d", "--seed", "5"],
          "--seed is for 'prepare synthetic'; images reads its frames"),
         (["prepare", "synthetic", "--dst", "d", "--skip-bad"], "--skip-bad is for imports"),
+        (["prepare", "folder", "--src", "s", "--dst", "d", "--videos", "2", "1"],
+         "--videos is for 'prepare synthetic'; folder reads its frames"),
         # A check across settings names the flag that broke it, not the recipe.
         (["train", "--config", "demo", "--data", "x", "--workers", "3"],
          "error: --workers 3: train.batch_size (16) must be divisible by train.workers x "),
@@ -141,6 +143,14 @@ def test_usage_errors_are_one_line_too(tmp_path):
         "(see 'memae-dist prepare --help')"]
     assert list(tmp_path.iterdir()) == []
     assert not (tmp_path / "out" / "manifest.json").exists()
+    # The synthetic set's own settings are refused as the flags the user typed.
+    for flag, value in [("--seed", "-1"), ("--frames", "31")]:
+        proc = memae("prepare", "synthetic", "--dst", "out", flag, value, cwd=tmp_path,
+                     timeout=120)
+        low = {"--seed": 0, "--frames": 32}[flag]
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"memae-dist prepare: error: argument {flag}: must be >= {low}, got {value} "
+            "(see 'memae-dist prepare --help')"]
     for flag, value, says in [
             ("--cpus-per-worker", "nan", "must be a finite number > 0, got nan"),
             ("--gpus-per-worker", "inf", "must be a finite number >= 0, got inf")]:
@@ -310,3 +320,28 @@ def test_only_a_verb_that_resumes_says_a_rerun_resumes(monkeypatch, capsys, verb
     err = capsys.readouterr().err.strip()
     assert err == ("memae-dist: interrupted; rerun the same command to resume" if hint
                    else "memae-dist: interrupted")
+
+
+def test_verbose_logging_leaves_out_the_libraries_that_only_chatter():
+    """-v: DEBUG for the product and Ray, not matplotlib's font search nor the storage clients'
+    request dumps."""
+    code = ("import logging; from memae_dist.cli import setup_logging; setup_logging(True); "
+            "import matplotlib.pyplot; matplotlib.pyplot.figure(); "
+            "logging.getLogger('memae_dist.train').debug('product detail')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DEBUG memae_dist.train: product detail" in done.stderr
+    assert "matplotlib" not in done.stderr and "PIL" not in done.stderr
+
+
+def test_every_flag_of_every_verb_says_what_it_does():
+    import argparse
+
+    from memae_dist.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    silent = [f"{name} {action.option_strings[0]}"
+              for name, parser in verbs.choices.items() for action in parser._actions
+              if action.option_strings and not action.help]
+    assert len(verbs.choices) >= 12 and silent == []

@@ -219,15 +219,30 @@ def add_experiment_flags(p: argparse.ArgumentParser, address: bool = True) -> No
     """``train``'s flags: recipe, data, scale, storage, (Ray address,) overrides."""
     p.add_argument("--config", help="YAML recipe or shipped name (demo, ped2, ped2_lite, mnist)")
     p.add_argument("--data", help="prepared dataset URI (data.path)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--workers", type=int, help="0 = in-process debug mode")
-    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True))
-    p.add_argument("--gpus-per-worker", type=float_at_least(0))
+    p.add_argument("--epochs", type=int, help="epochs in all, a resumed run's included "
+                                              "(train.epochs; default: the recipe's)")
+    p.add_argument("--workers", type=int, help="Ray Train workers (train.workers); 0 = "
+                                               "in-process debug mode")
+    add_worker_resource_flags(p)
     p.add_argument("--storage", help="run storage URI (default: run.storage)")
     p.add_argument("--name", help="run name; rerun with the same name to resume")
     if address:
         p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    add_set_flag(p)
+
+
+def add_worker_resource_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True),
+                   help="CPUs each worker reserves, fractions allowed (train.cpus_per_worker; "
+                        "default: the recipe's)")
+    p.add_argument("--gpus-per-worker", type=float_at_least(0),
+                   help="GPUs each worker reserves (train.gpus_per_worker; default: the "
+                        "recipe's)")
+
+
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting; repeatable ('memae-dist config' lists every key)")
 
 
 # The flags of add_experiment_flags that set a config key.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from memae_dist.commands.common import add_set_flag
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -16,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--address", help="Ray cluster GCS address HOST:6379 (default: RAY_ADDRESS, "
                                       "else a running local cluster)")
     p.add_argument("--config", help="YAML recipe or shipped name, for storage and data settings")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    add_set_flag(p)
     p.set_defaults(func=run)
 
 

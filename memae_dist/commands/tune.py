@@ -6,7 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from memae_dist.commands.common import float_at_least, quoted
+from memae_dist.commands.common import (
+    add_set_flag,
+    add_worker_resource_flags,
+    quoted,
+)
 
 
 def register(sub) -> None:
@@ -16,25 +20,26 @@ def register(sub) -> None:
     p.add_argument("--config", help="base experiment YAML or shipped recipe name")
     p.add_argument("--data", help="prepared dataset URI (data.path)")
     p.add_argument("--samples", type=int, help="trials to sample (default: the space's samples)")
-    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"])
-    p.add_argument("--search", default="random", choices=["random", "optuna"])
+    p.add_argument("--scheduler", default="asha", choices=["asha", "fifo"],
+                   help="trial scheduler: asha stops weak trials early (default: asha)")
+    p.add_argument("--search", default="random", choices=["random", "optuna"],
+                   help="search algorithm (default: random)")
     p.add_argument("--max-concurrent", type=int, help="trials at once (default: what fits)")
     p.add_argument("--workers-per-trial", type=int, help="Train workers per trial")
-    p.add_argument("--cpus-per-worker", type=float_at_least(0, above=True))
-    p.add_argument("--gpus-per-worker", type=float_at_least(0))
+    add_worker_resource_flags(p)
     p.add_argument("--storage", help="sweep storage URI (default: run.storage)")
     p.add_argument("--name", help="sweep name; rerun with the same name to resume")
     p.add_argument("--out", default="tune_out",
                    help="folder for trials.csv, plot, best.yaml: a local path or s3:// prefix "
-                        "(published when the sweep ends)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm")
+                        "(published when the sweep ends; default: tune_out)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search algorithm (default: 0)")
     p.add_argument("--val-from-test", metavar="K|NAMES",
                    help="first move K labelled test videos, or the named ones (06 or 01,04; "
                         "6 is a count, 6, a name), into a val split")
     p.add_argument("--no-test", action="store_true",
                    help="skip scoring the test split with the best checkpoint")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    add_set_flag(p)
     p.set_defaults(func=run)
 
 
