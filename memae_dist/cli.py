@@ -18,6 +18,7 @@ import threading
 
 from memae_dist.data.redact import redact_text
 from memae_dist.errors import Terminated, UserError
+from memae_dist.logs import setup_logging
 
 # Verb modules under memae_dist.commands, in the order `--help` lists them.
 COMMANDS = ("demo", "prepare", "data", "config", "train", "tune", "evaluate", "score", "events",
@@ -60,15 +61,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if extra:
         args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
-
-
-# Storage clients whose debug records hold each request's signed headers (the access key id,
-# a session token): -v leaves them at INFO.
-HTTP_CLIENT_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec",
-                       "urllib3")
-# Libraries whose debug records say nothing about a run (matplotlib's font search alone is
-# hundreds of lines): -v leaves them at INFO too.
-CHATTY_LOGGERS = ("matplotlib", "PIL")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,28 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         sys.unraisablehook = previous_hook
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for name in HTTP_CLIENT_LOGGERS + CHATTY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.INFO)
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, _Redacting) for f in handler.filters):
-            handler.addFilter(_Redacting())
-
-
-class _Redacting(logging.Filter):
-    """What any library logs passes the redaction of error lines: no AWS secret, no URL's
-    user:password reaches the terminal or a log file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        clean = redact_text(text)
-        if clean != text:
-            record.msg, record.args = clean, None
-        return True
 
 
 _SIGTERM_SEEN = False

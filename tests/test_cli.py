@@ -325,7 +325,7 @@ def test_only_a_verb_that_resumes_says_a_rerun_resumes(monkeypatch, capsys, verb
 def test_verbose_logging_leaves_out_the_libraries_that_only_chatter():
     """-v: DEBUG for the product and Ray, not matplotlib's font search nor the storage clients'
     request dumps."""
-    code = ("import logging; from memae_dist.cli import setup_logging; setup_logging(True); "
+    code = ("import logging; from memae_dist.logs import setup_logging; setup_logging(True); "
             "import matplotlib.pyplot; matplotlib.pyplot.figure(); "
             "logging.getLogger('memae_dist.train').debug('product detail')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

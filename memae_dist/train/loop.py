@@ -20,6 +20,7 @@ import ray.train.torch
 from memae_dist.config import ExperimentConfig, from_dict
 from memae_dist.data.storage import join, user_errors
 from memae_dist.errors import UserError
+from memae_dist.logs import worker_logging
 from memae_dist.train.checkpoint import (
     TrainState,
     checkpoint_dir_name,
@@ -44,6 +45,7 @@ __all__ = ["NonFiniteLoss", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    worker_logging()
     cfg: ExperimentConfig = from_dict(ExperimentConfig, config["experiment"])
     sweep_orphans()
     w = build_worker(cfg)

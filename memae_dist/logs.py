@@ -1,0 +1,88 @@
+"""How the product's log records look, in the command's process and in Ray's workers.
+
+Every record passes the redaction of error lines (no AWS secret, no URL's user:password
+reaches a terminal or a log file) and carries its time and level, also when it is written by
+a Ray Train worker and relayed to the driver's terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from memae_dist.data.redact import redact_text
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Storage clients whose debug records hold each request's signed headers (the access key id,
+# a session token): -v leaves them at INFO.
+HTTP_CLIENT_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer", "s3fs", "fsspec",
+                       "urllib3")
+# Libraries whose debug records say nothing about a run (matplotlib's font search alone is
+# hundreds of lines): -v leaves them at INFO too.
+CHATTY_LOGGERS = ("matplotlib", "PIL")
+# Ray's logger of ray.init, whose "View the dashboard at" line is coloured.
+RAY_START_LOGGER = "ray._private.worker"
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def setup_logging(verbose: bool) -> None:
+    """The command's process: its records, and how Ray relays its workers' lines."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=FORMAT)
+    for name in HTTP_CLIENT_LOGGERS + CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, Redacting) for f in handler.filters):
+            handler.addFilter(Redacting())
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Ray colours the "(RayTrainWorker pid=…)" prefix it puts before a worker's lines and
+        # the dashboard's address it logs, terminal or not: a log file would hold escape codes.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+        logging.getLogger(RAY_START_LOGGER).addFilter(Uncoloured())
+
+
+def worker_logging() -> None:
+    """In a Ray actor (a Train worker): the product's records in the command's format.
+
+    Ray gives a worker's root logger the bare message, so relayed epoch lines and warnings
+    would reach the terminal without time or level. Not in the command's own process (debug
+    mode, where the records already go the command's way)."""
+    import ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
+    logger = logging.getLogger("memae_dist")
+    if any(isinstance(h, _WorkerHandler) for h in logger.handlers):
+        return
+    handler = _WorkerHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(Redacting())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _WorkerHandler(logging.StreamHandler):
+    """The handler ``worker_logging`` installs, told apart from others so it is installed once."""
+
+
+class Redacting(logging.Filter):
+    """Records whose text holds a secret are rewritten with it masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = redact_text(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+class Uncoloured(logging.Filter):
+    """Records with terminal colour codes are rewritten without them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "\x1b[" in text:
+            record.msg, record.args = _COLOUR.sub("", text), None
+        return True
