@@ -8,6 +8,7 @@ removed by the next run (``drop_cut_off_uploads``).
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from contextlib import suppress
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from memae_dist.data.storage import StorageConfig, join
 from memae_dist.layout import CHECKPOINT_RE, STATE_FILE
+
+log = logging.getLogger("memae_dist.train")
 
 # upload_file's temporary name for a file it streams into a local folder
 _UPLOAD_TEMP = re.compile(r".+\.tmp-[0-9a-f]{32}")
@@ -91,12 +94,52 @@ def download_dir(uri: str, local: Path, storage: StorageConfig | None = None) ->
 
 
 def drop_cut_off_uploads(run_uri: str, storage: StorageConfig | None = None) -> None:
-    """Delete the temporary files of uploads cut off mid-file (a worker killed while it wrote a
-    checkpoint into a folder): nothing removes them later, in a folder that stays. Run under
+    """Delete what uploads cut off mid-file (a worker killed while it wrote a checkpoint) left:
+    a local folder's temporary files, an S3 bucket's unfinished multipart uploads (stored and
+    billed until aborted, though no listing shows them). Nothing removes them later. Run under
     the run's lock, so no upload is under way."""
     from memae_dist.data.storage import delete, file_sizes
+    from memae_dist.data.uri import is_remote
 
+    if is_remote(run_uri):
+        _abort_cut_off_multipart(run_uri, storage)
+        return
     for path in file_sizes(run_uri, storage, missing_ok=True):
         folder, _, name = path.rpartition("/")
         if CHECKPOINT_RE.match(folder) and _UPLOAD_TEMP.fullmatch(name):
             delete(join(run_uri, path), storage)
+
+
+def _abort_cut_off_multipart(run_uri: str, storage: StorageConfig | None) -> None:
+    from memae_dist.data.storage import fsspec_fs
+
+    fs, path = fsspec_fs(run_uri, storage)
+    bucket, _, prefix = path.partition("/")
+    prefix = f"{prefix}/" if prefix else ""
+    try:
+        pages = _multipart_uploads(fs, bucket, prefix)
+        cut_off = [u for page in pages for u in page
+                   if CHECKPOINT_RE.match(u["Key"][len(prefix):].rpartition("/")[0])]
+        for upload in cut_off:
+            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                       UploadId=upload["UploadId"])
+    except OSError as exc:  # a store without the call, or no right to it (PermissionError)
+        log.warning("could not abort the unfinished uploads of %s (%s): a bucket lifecycle "
+                    "rule that aborts incomplete multipart uploads removes them", run_uri,
+                    type(exc).__name__)
+        return
+    if cut_off:
+        log.info("aborted %d unfinished upload(s) of checkpoints cut off mid-file: %s",
+                 len(cut_off), ", ".join(u["Key"][len(prefix):] for u in cut_off))
+
+
+def _multipart_uploads(fs, bucket: str, prefix: str):
+    """Pages of the bucket's unfinished multipart uploads under ``prefix``."""
+    markers: dict[str, str] = {}
+    while True:
+        page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+        yield page.get("Uploads", [])
+        if not page.get("IsTruncated"):
+            return
+        markers = {"KeyMarker": page["NextKeyMarker"],
+                   "UploadIdMarker": page["NextUploadIdMarker"]}

@@ -55,3 +55,27 @@ def test_only_cut_off_upload_temporaries_in_checkpoint_folders_are_dropped(tmp_p
     drop_cut_off_uploads(str(run))
     assert not stray.exists() and all(p.exists() for p in kept)
     drop_cut_off_uploads(str(tmp_path / "no-such-run"))  # a run not started yet: nothing to do
+
+
+def test_unfinished_multipart_uploads_of_checkpoints_are_aborted_on_s3(s3_bucket):
+    """A worker killed mid-upload leaves a multipart upload S3 keeps (and bills) unseen."""
+    import os
+
+    import boto3
+
+    bucket, _, data = s3_bucket[len("s3://"):].partition("/")
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+                          region_name="us-east-1")
+    run = f"{data}/runs/R"
+    keys = [f"{run}/checkpoint_epoch_0002/state.pt", f"{run}/checkpoint_epoch_0002/config.json",
+            f"{run}/notes/draft.bin", f"{data}/runs/Other/checkpoint_epoch_0001/state.pt"]
+    for key in keys:
+        client.create_multipart_upload(Bucket=bucket, Key=key)
+
+    drop_cut_off_uploads(f"s3://{bucket}/{run}")
+    left = sorted(u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get(
+        "Uploads", []))
+    assert left == sorted(keys[2:])  # not what lies outside a checkpoint, nor another run's
+    for upload in client.list_multipart_uploads(Bucket=bucket)["Uploads"]:
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
