@@ -15,7 +15,8 @@ import torch
 log = logging.getLogger("memae_dist.train")
 
 # Scalar fields summed across workers, in their packed order.
-_SUMS = ("clips", "loss", "recon", "entropy", "batches", "skipped", "data_wait", "wall")
+_SUMS = ("clips", "loss", "recon", "entropy", "batches", "skipped", "overflow_steps",
+         "data_wait", "wall")
 _ON_DEVICE = ("loss", "recon", "entropy")  # summed on the device: no host sync per step
 
 
@@ -27,6 +28,7 @@ class EpochStats:
     entropy: float = 0.0
     batches: float = 0.0
     skipped: float = 0.0
+    overflow_steps: float = 0.0  # fp16 steps the gradient scaler dropped (overflow)
     data_wait: float = 0.0   # seconds blocked waiting for the next batch
     wall: float = 0.0
     first_batch_s: float | None = None
@@ -94,6 +96,8 @@ def epoch_metrics(stats: EpochStats, *, epoch: int, step: int, world: int,
         "time_to_first_batch_s": stats.first_batch_s or 0.0,
         "epoch_s": wall,
         "skipped_batches": int(stats.skipped),
+        # Summed over workers, which drop the same steps: DDP all-reduces the gradients first.
+        "overflow_steps": int(stats.overflow_steps) // max(world, 1),
         "workers": world,
     }
     metrics.update(memory_health(stats, min_used_slots, cosine, warn))

@@ -40,9 +40,16 @@ class Precision:
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.scaler.step(optimizer)  # a plain optimizer.step() when scaling is off
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Apply the gradients -> False where fp16's scaler dropped the step: gradients that
+        overflowed its scale leave the weights as they were, and the scale is halved."""
+        if not self.scaler.is_enabled():
+            optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.step(optimizer)
         self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def state_dict(self) -> dict:
         return self.scaler.state_dict() if self.scaler.is_enabled() else {}

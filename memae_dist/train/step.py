@@ -192,7 +192,7 @@ def train_epoch(w: Worker, shard, epoch: int, state: TrainState) -> EpochStats:
             w.recent.add(batch["clip"], flip)
             pending += 1
             if pending == accum:
-                w.precision.step(w.optimizer)
+                stats.overflow_steps += not w.precision.step(w.optimizer)
                 w.optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 steps, pending = steps + 1, 0

@@ -77,3 +77,18 @@ def test_bf16_on_a_cpu_without_amx_warns(monkeypatch, caplog):
         Precision(TrainConfig(precision="bf16"), cpu)
         Precision(TrainConfig(precision="fp32"), cpu)
     assert caplog.text == ""
+
+
+def test_a_step_the_fp16_scaler_drops_is_told_apart():
+    cpu = torch.device("cpu")
+    layer = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    precision = Precision(TrainConfig(precision="fp16"), cpu)
+    before = layer.weight.detach().clone()
+    # A gradient that overflows once scaled (x 65536): the scaler drops the step.
+    precision.backward(layer(torch.full((1, 2), 1e36)).sum())
+    assert not precision.step(optimizer) and torch.equal(layer.weight, before)
+    assert precision.state_dict()["scale"] == 32768.0
+    optimizer.zero_grad()
+    precision.backward(layer(torch.ones(1, 2)).sum())
+    assert precision.step(optimizer) and not torch.equal(layer.weight, before)
