@@ -25,6 +25,8 @@ _LINE = (("loss", ".5f"), ("recon", ".5f"), ("entropy", ".4f"), ("slots_used", "
 def log_epoch(row: dict, epochs: int) -> None:
     parts = [f"epoch {row['epoch']}/{epochs}"]
     for key, fmt in _LINE:
+        if key == "entropy" and "slots_used" not in row:
+            continue  # no memory (the ae variant): its entropy term is no measurement
         value = row.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             parts.append(f"{key} {value:{fmt}}")

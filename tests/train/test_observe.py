@@ -6,14 +6,18 @@ from memae_dist.train.observe import log_epoch
 
 
 def test_the_epoch_line_always_shows_the_data_timers(caplog):
-    row = {"epoch": 3, "loss": 0.012345678, "slots_used": 480, "clips_per_s": 17.25,
-           "time_to_first_batch_s": 2.345, "data_wait_s": 12.34, "data_wait_frac": 0.2,
-           "memory_collapse": False, "lr": 0.0003, "val_auc": None}
+    row = {"epoch": 3, "loss": 0.012345678, "entropy": 0.25, "slots_used": 480,
+           "clips_per_s": 17.25, "time_to_first_batch_s": 2.345, "data_wait_s": 12.34,
+           "data_wait_frac": 0.2, "memory_collapse": False, "lr": 0.0003, "val_auc": None}
+    # The ae variant has no memory: no slot count, and its entropy term is no measurement.
+    no_memory = {k: v for k, v in row.items() if k not in ("slots_used", "memory_collapse")}
     with caplog.at_level(logging.INFO, "memae_dist.train"):
         log_epoch(row, epochs=40)
         log_epoch({**row, "memory_collapse": True}, epochs=40)
-    quiet, collapsed = caplog.messages
-    assert quiet == ("epoch 3/40  loss 0.01235  slots_used 480  clips_per_s 17.2  "
-                     "time_to_first_batch_s 2.35  data_wait_s 12.3  data_wait_frac 0.20  "
-                     "lr 0.0003")
+        log_epoch({**no_memory, "entropy": 0.0}, epochs=40)
+    quiet, collapsed, ae = caplog.messages
+    assert quiet == ("epoch 3/40  loss 0.01235  entropy 0.2500  slots_used 480  "
+                     "clips_per_s 17.2  time_to_first_batch_s 2.35  data_wait_s 12.3  "
+                     "data_wait_frac 0.20  lr 0.0003")
     assert collapsed == quiet + "  MEMORY COLLAPSE"
+    assert ae == quiet.replace("  entropy 0.2500  slots_used 480", "")
