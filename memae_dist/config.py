@@ -20,13 +20,13 @@ from typing import Any
 import yaml
 
 from memae_dist.data.config import DataConfig
+from memae_dist.data.lock import DEFAULT_LOCK_TTL_S
 from memae_dist.data.redact import redact_url
 from memae_dist.data.storage import StorageConfig
 from memae_dist.errors import UserError
 from memae_dist.evaluate.config import EvalConfig
 from memae_dist.models.config import ModelConfig
 from memae_dist.train.config import TrainConfig
-from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S
 
 
 def check_folder_name(name: str, what: str) -> None:

@@ -4,12 +4,14 @@ A rerun of ``prepare`` updates its own dataset (another dataset over it is refus
 gone from the source since, or a test video a benchmark's new copy leaves out, would otherwise
 keep its shard and marker beside the manifest, unlisted, counted by nobody but the bucket's
 bill. Only this writer's own files are touched: ``<split>/<video>.parquet`` and its
-``.done.json`` marker.
+``.done.json`` marker; and, before an import starts, the temporary files of one killed while
+it wrote (``.<name>.tmp-<hex>``, which only the writer makes, under the dataset's lock).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from memae_dist.data import storage
 
@@ -17,6 +19,8 @@ logger = logging.getLogger("memae_dist.data.writer")
 
 SHARD_SUFFIX = ".parquet"
 MARKER_SUFFIX = ".done.json"
+# atomic_local's temporary sibling of a file it writes
+_TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
 
 
 def remove_unlisted(dst: str, shard_paths: set[str],
@@ -36,3 +40,15 @@ def remove_unlisted(dst: str, shard_paths: set[str],
         logger.warning("%s: removed %d file(s) of videos the dataset no longer holds: %s", dst,
                        len(stale), ", ".join(stale[:6]) + (", ..." if len(stale) > 6 else ""))
     return stale
+
+
+def remove_cut_off(dst: str, cfg: storage.StorageConfig | None = None) -> list[str]:
+    """Delete the temporary files a killed import left in ``dst`` and its split folders."""
+    cut_off = [rel for rel in sorted(storage.file_sizes(dst, cfg, missing_ok=True))
+               if rel.count("/") <= 1 and _TEMPORARY.fullmatch(rel.rpartition("/")[2])]
+    for rel in cut_off:
+        storage.delete(storage.join(dst, rel), cfg)
+    if cut_off:
+        logger.info("%s: removed %d temporary file(s) of an import cut off mid-write", dst,
+                    len(cut_off))
+    return cut_off

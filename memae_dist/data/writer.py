@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from memae_dist.data import storage
+from memae_dist.data.lock import DEFAULT_LOCK_TTL_S, RunLock
 from memae_dist.data.manifest import (
     MANIFEST_FILE,
     SPLITS,
@@ -31,7 +32,7 @@ from memae_dist.data.manifest import (
     save_manifest,
 )
 from memae_dist.data.shards import verify_shard, write_video_shard
-from memae_dist.data.stale import MARKER_SUFFIX, SHARD_SUFFIX, remove_unlisted
+from memae_dist.data.stale import MARKER_SUFFIX, SHARD_SUFFIX, remove_cut_off, remove_unlisted
 from memae_dist.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,13 @@ def write_dataset(
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
+    with RunLock(dst, job.storage, DEFAULT_LOCK_TTL_S, what="dataset"):
+        remove_cut_off(dst, job.storage)
+        return _write(videos, dst, job, name, source, workers, skip_bad, progress, content)
+
+
+def _write(videos: list[VideoSpec], dst: str, job: _Job, name: str, source: str,
+           workers: int | None, skip_bad: bool, progress: bool, content: str) -> dict:
     manifest_uri = storage.join(dst, MANIFEST_FILE)
     _refuse_another_dataset(dst, manifest_uri, name, source, job)
     # A shard written under skip_bad without some frames is redone without it, so that the bad

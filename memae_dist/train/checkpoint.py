@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memae_dist.data.lock import DEFAULT_LOCK_TTL_S, read_lock
 from memae_dist.data.storage import (
     StorageConfig,
     check_bucket,
@@ -46,7 +47,6 @@ from memae_dist.layout import (
     RAY_SNAPSHOT,
     STATE_FILE,
 )
-from memae_dist.train.runlock import DEFAULT_LOCK_TTL_S, read_lock
 from memae_dist.train.transfer import upload_dir
 
 CHECKPOINT_FILES = (CONFIG_FILE, HISTORY_FILE, STATE_FILE)

@@ -3,7 +3,7 @@
 A run is ``(run.storage, run.name)``. Rerunning the same command resumes it: Ray Train finds the
 run's checkpoints in storage and hands the latest to the new workers; a worker that dies is
 replaced and the group restarts from the latest checkpoint (up to ``train.max_failures`` times).
-While it trains, the driver holds the run's lock (``runlock.RunLock``): one live process per run.
+While it trains, the driver holds the run's lock (``data.lock.RunLock``): one live process per run.
 """
 
 from __future__ import annotations
@@ -210,8 +210,8 @@ def fit(cfg: ExperimentConfig, address: str | None = None, callbacks=(),
     ``exclusive``: hold the run's lock (``RunLock``) while training; a sweep passes False,
     since Tune already runs each trial once and restarts trials on any node at any time.
     """
+    from memae_dist.data.lock import RunLock
     from memae_dist.doctor import preflight
-    from memae_dist.train.runlock import RunLock
 
     if not cfg.data.path:
         raise UserError("data.path is not set: pass --data URI or set data.path in the config")

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from memae_dist.config import ExperimentConfig, check_folder_name, from_dict
+from memae_dist.data.lock import RunLock
 from memae_dist.data.storage import absolute, join, portable_fs
 from memae_dist.errors import Terminated, UserError
-from memae_dist.train.runlock import RunLock
 from memae_dist.train.validate import check_val_split
 from memae_dist.tune import cleanup
 from memae_dist.tune import results as res

@@ -213,6 +213,37 @@ def test_a_video_gone_from_the_source_leaves_no_file_behind(tmp_path, s3_bucket,
         caplog.clear()
 
 
+def test_one_import_at_a_time_and_a_killed_ones_temporaries_go(tmp_path, s3_bucket):
+    """Two imports into one dataset each wrote a manifest of their own shards over the other's
+    (`data verify`: 12 of 14 shards OK, both exited 0); a killed import's temporary files
+    stayed for good."""
+    from memae_dist.data.lock import RunLock
+
+    dst = tmp_path / "ds"
+    with RunLock(str(dst), None, 120.0, what="dataset"):  # another import, alive
+        with pytest.raises(UserError, match=rf"^dataset {dst} is in use by another process "
+                                            rf"\(host .*, pid {os.getpid()},.*expires in \d+ s$"):
+            write_dataset(_specs(), str(dst), SIZE, name="toy", source="unit", workers=0,
+                          progress=False)
+        assert sorted(p.name for p in dst.iterdir()) == ["run.lock"]
+    assert not dst.exists()
+    write_dataset(_specs(), str(dst), SIZE, name="toy", source="unit", workers=0,
+                  progress=False)
+    cut_off = [dst / "train" / f".a.parquet.tmp-{'0f' * 16}",
+               dst / f".manifest.json.tmp-{'1' * 32}"]
+    mine = [dst / "train" / ".notes.tmp-1", dst / "notes.txt"]
+    for path in cut_off + mine:
+        path.write_bytes(b"x")
+    write_dataset(_specs(), str(dst), SIZE, name="toy", source="unit", workers=0,
+                  progress=False)
+    assert not any(p.exists() for p in cut_off) and all(p.exists() for p in mine)
+    assert not (dst / "run.lock").exists()
+    # On S3 the lock is taken and given back as well.
+    write_dataset(_specs(), s3_bucket, SIZE, name="toy", source="unit", workers=0,
+                  progress=False)
+    assert "run.lock" not in storage.file_sizes(s3_bucket)
+
+
 def test_failure_writes_no_manifest_and_skip_bad_records_it(tmp_path, ray_local):
     dst = str(tmp_path / "ds")
     specs = _specs() + [VideoSpec("test", "mixed", mixed_sizes)]

@@ -139,8 +139,8 @@ def test_best_copy_moves_the_pointer_then_drops_the_old_copy(tmp_path):
 
 
 def test_a_run_without_a_checkpoint_yet_says_who_trains_it(tmp_path):
+    from memae_dist.data.lock import RunLock
     from memae_dist.train.checkpoint import resolve_checkpoint
-    from memae_dist.train.runlock import RunLock
 
     run = str(tmp_path / "R")
     with RunLock(run, None, 120), pytest.raises(UserError) as err:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from memae_dist.data.lock import LOCK_FILE, RunLock
 from memae_dist.data.storage import exists, join, pyarrow_fs, read_bytes
 from memae_dist.train.checkpoint import checkpoint_epoch, ray_registered, restore_point
-from memae_dist.train.runlock import LOCK_FILE, RunLock
 
 pytestmark = pytest.mark.slow
 RECIPE = Path(__file__).parents[2] / "configs" / "ped2_lite.yaml"

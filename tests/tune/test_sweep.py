@@ -17,9 +17,9 @@ from ray import tune
 
 from memae_dist.cli import Terminated, _terminated, main
 from memae_dist.config import load_config
+from memae_dist.data.lock import LOCK_FILE, RunLock
 from memae_dist.data.manifest import load_manifest
 from memae_dist.errors import UserError
-from memae_dist.train.runlock import LOCK_FILE, RunLock
 from memae_dist.tune.record import check_same_sweep
 from memae_dist.tune.space import load_space, parse_space
 from memae_dist.tune.sweep import (

@@ -1,8 +1,9 @@
-"""One live training process per run: a lock file with a heartbeat in the run folder.
+"""One live process per run, sweep or dataset import: a lock file with a heartbeat in its folder.
 
 Two drivers training the same ``(run.storage, run.name)`` (a job submitted twice, a laptop run
 next to a cluster job) would write checkpoints and history into one folder, and each would
-resume from the other's checkpoints. The driver therefore creates ``RUN/run.lock`` with an
+resume from the other's checkpoints; two imports into one dataset would each write a manifest
+of their own shards over the other's. The driver therefore creates ``RUN/run.lock`` with an
 exclusive create (``O_EXCL`` locally, ``If-None-Match: *`` on S3), refreshes its heartbeat
 while it trains and deletes it when it stops, including on Ctrl-C. On S3 every later write is a
 compare-and-swap (``If-Match`` on the version it read), so a heartbeat never overwrites a lock
@@ -159,7 +160,8 @@ class RunLock:
             raise UserError(
                 f"{self.what} {self.run} is in use by another process ({held.holder()}); "
                 f"wait for it to finish, or if it is gone, rerun after its lock expires "
-                f"in {self.ttl_s - held.age():.0f} s (run.lock_ttl_s={self.ttl_s:g})")
+                f"in {self.ttl_s - held.age():.0f} s" + (
+                    f" (run.lock_ttl_s={self.ttl_s:g})" if self.what != "dataset" else ""))
         log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
                     held.holder() if held else "unreadable")
         if etag is None:  # local, under the guard: nobody else judges it meanwhile

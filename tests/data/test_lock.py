@@ -17,9 +17,9 @@ import time
 
 import pytest
 
+from memae_dist.data.lock import LOCK_FILE, RunLock, read_lock
 from memae_dist.data.storage import exists, join, read_bytes, write_bytes_atomic
 from memae_dist.errors import UserError
-from memae_dist.train.runlock import LOCK_FILE, RunLock, read_lock
 
 
 def plant(run: str, *, host: str, pid: int, age: float) -> None:
