@@ -175,7 +175,7 @@ def score_dataset(checkpoint: str, data_uri: str, out_uri: str | None,
     if cfg.workers == 0:
         batches = _local_batches((config, state), kwargs, manifest, data_uri, videos)
     else:
-        batches = _ray_batches(ckpt, kwargs, manifest, data_uri, videos, cfg)
+        batches = _ray_batches(ckpt, (config, state), kwargs, manifest, data_uri, videos, cfg)
     starts = _collect(batches, total, cfg.progress)
     seconds = time.perf_counter() - t0
     table = frames_table(manifest, videos, starts, window)
@@ -215,8 +215,8 @@ def _local_batches(model: tuple[dict, dict], kwargs, manifest: Manifest, data_ur
         yield scorer(segment_items(manifest, data_uri, video))
 
 
-def _ray_batches(ckpt: str, kwargs, manifest: Manifest, data_uri: str, videos,
-                 cfg: ScoreConfig) -> Iterator[dict]:
+def _ray_batches(ckpt: str, model: tuple[dict, dict], kwargs, manifest: Manifest,
+                 data_uri: str, videos, cfg: ScoreConfig) -> Iterator[dict]:
     import ray.data
 
     cpus = cfg.cpus_per_worker or float(cfg.threads())
@@ -227,9 +227,10 @@ def _ray_batches(ckpt: str, kwargs, manifest: Manifest, data_uri: str, videos,
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(
         SegmentScorer,
-        # The resolved checkpoint, not the run: a checkpoint written meanwhile changes nothing.
+        # The weights the driver read, not the checkpoint again: a run still training prunes
+        # its checkpoints, and one written meanwhile changes nothing. ``ckpt`` names them.
         fn_constructor_args=(ckpt,),
-        fn_constructor_kwargs=kwargs,
+        fn_constructor_kwargs={**kwargs, "model": ray.put(model)},
         batch_size=1,  # one segment per call: ~113 windows, chunked by batch_size inside
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=cfg.workers),

@@ -67,8 +67,24 @@ class LoadedModel:
 def read_model_state(uri: str, storage: StorageConfig | None = None
                      ) -> tuple[str, dict, dict, dict]:
     """(checkpoint URI, experiment config dict, model state dict, training data record) of a
-    checkpoint or run URI; the record is empty for checkpoints older than it."""
-    ckpt = _checkpoint_folder(uri, storage)
+    checkpoint or run URI; the record is empty for checkpoints older than it.
+
+    A run still training prunes its old checkpoints: the latest one, gone while it was read,
+    is replaced by the run's new latest (a few times at most)."""
+    for attempt in range(3):
+        ckpt = _checkpoint_folder(uri, storage)
+        try:
+            return _read_checkpoint(ckpt, storage)
+        except UserError:
+            pruned = ckpt.rstrip("/") != uri.rstrip("/") and not exists(
+                join(ckpt, STATE_FILE), storage)
+            if not pruned or attempt == 2:
+                raise
+            log.info("%s was pruned while it was read; reading the run's latest again", ckpt)
+    raise AssertionError("unreachable")
+
+
+def _read_checkpoint(ckpt: str, storage: StorageConfig | None) -> tuple[str, dict, dict, dict]:
     config = read_checkpoint_config(ckpt, storage)
     state_uri = join(ckpt, STATE_FILE)
     blob = read_bytes(state_uri, storage)
@@ -184,6 +200,12 @@ class SegmentScorer:
                 raise ValueError("SegmentScorer needs a checkpoint URI or model=(config, state)")
             checkpoint, config, state, _ = read_model_state(checkpoint, storage)
         else:
+            # The driver's copy, through Ray's object store when it comes from the driver: a
+            # run still training may have pruned the checkpoint since it was read.
+            if not isinstance(model, tuple):
+                import ray
+
+                model = ray.get(model)
             config, state = model
         model, cfg = model_from_state(config, state, checkpoint or "checkpoint")
         self.arch = cfg.model.arch

@@ -206,3 +206,36 @@ def test_scores_never_overwrite_the_dataset_they_read(tmp_path, tiny_checkpoint,
     for _ in range(2):
         assert main(["score", "--checkpoint", tiny_checkpoint, "--data", str(data), "--out",
                      str(data / "scores.parquet"), "--workers", "0", "--no-progress"]) == 0
+
+
+def test_a_run_still_training_is_scored_though_it_prunes_what_was_read(
+        segmented_data, tmp_path, monkeypatch):
+    """`--checkpoint STORAGE/NAME` while the run trains: its latest checkpoint can be pruned
+    between being found and being read (the driver), or after (each Ray actor read it again:
+    "no checkpoint found at RUN/checkpoint_epoch_0002", with the actors' tracebacks)."""
+    from memae_dist.evaluate import batch_score, score
+
+    run = tmp_path / "run"
+    for epoch in (1, 2):
+        make_checkpoint(run / f"checkpoint_epoch_{epoch:04d}", segmented_data)
+    real_config, real_state = score.read_checkpoint_config, batch_score.read_model_state
+
+    def next_epoch_then_prune(ckpt, storage=None):  # the trainer between the two reads
+        if ckpt.endswith("checkpoint_epoch_0002"):
+            shutil.copytree(ckpt, run / "checkpoint_epoch_0003")
+            shutil.rmtree(ckpt)
+        return real_config(ckpt, storage)
+
+    monkeypatch.setattr(score, "read_checkpoint_config", next_epoch_then_prune)
+    assert score.read_model_state(str(run))[0].endswith("checkpoint_epoch_0003")
+
+    def read_then_prune(uri, storage=None):  # pruned once the driver has read it
+        found = real_state(uri, storage)
+        shutil.rmtree(found[0])
+        return found
+
+    monkeypatch.setattr(batch_score, "read_model_state", read_then_prune)
+    result = score_dataset(str(run), segmented_data, None,
+                           ScoreConfig(workers=1, batch_size=8, progress=False))
+    assert result.meta["checkpoint"].endswith("checkpoint_epoch_0003")
+    assert len(result.table) > 0 and not (run / "checkpoint_epoch_0003").exists()
