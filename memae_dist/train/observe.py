@@ -77,15 +77,15 @@ class TensorBoard:
         self._upload()
 
     def _upload(self) -> None:
-        import pyarrow.fs as pafs
-
         from memae_dist.data.storage import pyarrow_fs
+        from memae_dist.train.transfer import upload_file
 
         fs, path = pyarrow_fs(self.target, self.storage)
         fs.create_dir(path, recursive=True)
+        # Whole or not at all: copied in place, a kill mid-copy left an empty event file where
+        # the epochs before it had been.
         for file in Path(self._tmp.name).iterdir():
-            pafs.copy_files(str(file), f"{path}/{file.name}",
-                            source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+            upload_file(fs, file, f"{path}/{file.name}")
 
     def close(self) -> None:
         if self.writer is not None:

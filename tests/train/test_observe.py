@@ -21,3 +21,30 @@ def test_the_epoch_line_always_shows_the_data_timers(caplog):
                      "data_wait_frac 0.20  lr 0.0003")
     assert collapsed == quiet + "  MEMORY COLLAPSE"
     assert ae == quiet.replace("  entropy 0.2500  slots_used 480", "")
+
+
+def test_an_upload_cut_off_keeps_the_events_written_before(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+    import pytest
+
+    from memae_dist.data import storage
+    from memae_dist.train.observe import TensorBoard
+
+    board = TensorBoard(str(tmp_path / "run"))
+    board.write({"epoch": 1, "loss": 0.5})
+    (events,) = (tmp_path / "run" / "tensorboard").iterdir()
+    first = events.read_bytes()
+    real_open = pafs.LocalFileSystem.open_output_stream
+
+    class Dying(pafs.LocalFileSystem):  # the process killed in the middle of the copy
+        def open_output_stream(self, path, *args, **kwargs):
+            stream = real_open(self, path, *args, **kwargs)
+            stream.write(b"half")
+            raise OSError("killed mid-copy")
+
+    monkeypatch.setattr(storage, "pyarrow_fs", lambda uri, cfg=None: (Dying(), uri))
+    with pytest.raises(OSError, match="killed"):
+        board.write({"epoch": 2, "loss": 0.25})
+    assert [p.name for p in events.parent.iterdir()] == [events.name]
+    assert events.read_bytes() == first and len(first) > 0
+    board.close()
