@@ -143,7 +143,7 @@ def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
     run = run_uri(cfg)
     target = join(run, checkpoint_dir_name(state.epoch))
     with (scratch_dir("memae-checkpoint") as tmp,
-          checkpoint_upload(target, cfg)):
+          checkpoint_upload(target, cfg, first=state.epoch == 1)):
         ckpt = None
         if w.rank == 0:
             save_checkpoint(Path(tmp), w.model, w.optimizer, state, config["experiment"],
@@ -167,13 +167,16 @@ def report(w: Worker, state: TrainState, metrics: dict, config: dict) -> None:
 
 
 @contextmanager
-def checkpoint_upload(target: str, cfg: ExperimentConfig) -> Iterator[None]:
+def checkpoint_upload(target: str, cfg: ExperimentConfig, first: bool) -> Iterator[None]:
     """A storage failure while a checkpoint is written (after the client's own retries) ends
     the attempt with one line naming it. The folder is never registered with Ray, so the
-    previous checkpoint stays the one a restart or a rerun restores."""
+    previous checkpoint stays the one a restart or a rerun restores (``first``: there is
+    none)."""
     try:
         with user_errors(target, "write checkpoint", cfg.storage):
             yield
     except UserError as exc:
-        raise UserError(f"{exc}; the previous checkpoint is kept: rerun the same command to "
-                        "resume from it") from None
+        then = ("the run has no checkpoint yet: the same command, rerun, starts it again"
+                if first else "the previous checkpoint is kept: rerun the same command to "
+                              "resume from it")
+        raise UserError(f"{exc}; {then}") from None
