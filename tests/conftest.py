@@ -21,7 +21,8 @@ DUMMY_SECRET = "dummy-secret-key-for-tests"
 @pytest.fixture(scope="session")
 def s3_server():
     """Endpoint URL of an in-process S3 server; AWS_* variables point at it for the session."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    import moto.server as server_mod  # the dev extra installs moto[server]
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no per-request log lines
     server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

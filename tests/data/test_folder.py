@@ -206,6 +206,8 @@ def test_16_bit_frames_keep_their_brightness(tmp_path, ray_local, capsys):
     assert main(["prepare", "folder", "--src", str(src), "--dst", dst, "--size", "32", "32",
                  "--no-progress"]) == 0
     m = load_manifest(dst)
+    assert sorted(v.name for v in m.videos("train")) == [
+        "pgm16", "png16", "seq8", "tif16", "tif16be"]
     for video in m.videos("train"):
         frames, _ = read_video_frames(m.shard_uri(dst, video))
         if video.name == "seq8":  # 8-bit frames are stored as before

@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from memae_dist.cli import main
 from memae_dist.data.manifest import load_manifest
@@ -72,18 +71,6 @@ def test_batch_size_changes_nothing_but_speed(segmented_data, tiny_checkpoint):
                       ScoreConfig(workers=0, batch_size=16, progress=False))
     np.testing.assert_allclose(a.table.column("score").to_numpy(),
                                b.table.column("score").to_numpy(), rtol=1e-5)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the machine has a GPU: torch sees it")
-def test_in_process_gpu_request_without_a_gpu_is_refused(tiny_checkpoint, segmented_data,
-                                                         tmp_path):
-    # Before: it scored on the CPU with a warning and recorded gpus_per_worker 1 in the scores.
-    out = tmp_path / "s.parquet"
-    with pytest.raises(UserError, match=r"^--gpus-per-worker with --workers 0 asks for a GPU in "
-                                        r"this process, and torch sees none"):
-        score_dataset(tiny_checkpoint, segmented_data, str(out),
-                      ScoreConfig(workers=0, gpus_per_worker=1, batch_size=8, progress=False))
-    assert not out.exists()
 
 
 def test_window_error_defaults_to_the_checkpoints_recipe(segmented_data, tiny_checkpoint,

@@ -173,9 +173,10 @@ def test_a_split_of_normal_frames_only_gives_false_positive_thresholds(tmp_path,
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["auc_paper"] is None and metrics["thresholds"]["best_f1"] is None
     raw = pq.read_table(scores).column("score").to_numpy()
-    for point in metrics["thresholds"]["at_fpr"]:
-        if point["threshold"] is not None:
-            assert (raw >= point["threshold"]).mean() <= point["target_fpr"]
+    reached = [p for p in metrics["thresholds"]["at_fpr"] if p["threshold"] is not None]
+    assert reached  # the 5% budget, at least, is within 24 normal frames' reach
+    for point in reached:
+        assert (raw >= point["threshold"]).mean() <= point["target_fpr"]
 
 
 def test_videos_too_short_to_score_are_named_in_the_metrics(tmp_path, capsys):

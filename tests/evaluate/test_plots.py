@@ -2,19 +2,16 @@
 
 import numpy as np
 import pytest
+from PIL import Image as PIL_Image
 
-from memae_dist.evaluate.protocol import VideoScores
-
-pytest.importorskip("matplotlib")
-PIL_Image = pytest.importorskip("PIL.Image")
-
-from memae_dist.evaluate.plots import (  # noqa: E402
+from memae_dist.evaluate.plots import (
     _abnormal_runs,
     plot_group,
     plot_roc,
     plot_score_curves,
     plot_score_histograms,
 )
+from memae_dist.evaluate.protocol import VideoScores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
