@@ -19,6 +19,8 @@ LOCK_FILE = "run.lock"
 # A run's checkpoint folders: checkpoint_epoch_NNNN, numbered by the epochs they finished.
 CHECKPOINT_RE = re.compile(r"^checkpoint_epoch_(\d+)$")
 MANIFEST_FILE = "manifest.json"
+# A run's TensorBoard event files, copied there after every epoch.
+TENSORBOARD_DIR = "tensorboard"
 
 # What a checkpoint or run folder holds at its top level, and a dataset at its own.
 RUN_FILES = (STATE_FILE, CONFIG_FILE, HISTORY_FILE, HISTORY_CSV, BEST_POINTER, RAY_SNAPSHOT,

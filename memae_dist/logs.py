@@ -45,9 +45,10 @@ def setup_logging(verbose: bool) -> None:
 def worker_logging() -> None:
     """In a Ray actor (a Train worker): the product's records in the command's format.
 
-    Ray gives a worker's root logger the bare message, so relayed epoch lines and warnings
-    would reach the terminal without time or level. Not in the command's own process (debug
-    mode, where the records already go the command's way)."""
+    Ray gives a worker's root logger a console handler that writes the bare message, so
+    relayed epoch lines and warnings would reach the terminal without time or level. Ours
+    writes them instead; they still reach the root's other handlers (Ray Train's worker log
+    files). Not in the command's own process (debug mode: records already go its way)."""
     import ray
 
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
@@ -55,12 +56,22 @@ def worker_logging() -> None:
     logger = logging.getLogger("memae_dist")
     if any(isinstance(h, _WorkerHandler) for h in logger.handlers):
         return
+    for console in logging.getLogger().handlers:
+        if isinstance(console, logging.StreamHandler) and not isinstance(
+                console, logging.FileHandler):
+            console.addFilter(_NotOurs())
     handler = _WorkerHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.addFilter(Redacting())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False
+
+
+class _NotOurs(logging.Filter):
+    """On a console that ``worker_logging``'s handler already writes the product's records to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("memae_dist")
 
 
 class _WorkerHandler(logging.StreamHandler):

@@ -42,6 +42,7 @@ from memae_dist.models.fuse import for_inference, inference_layout
 from memae_dist.train.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
+    is_complete,
     read_checkpoint_config,
     resolve_checkpoint,
     torch_load,
@@ -72,12 +73,13 @@ def read_model_state(uri: str, storage: StorageConfig | None = None
     A run still training prunes its old checkpoints: the latest one, gone while it was read,
     is replaced by the run's new latest (a few times at most)."""
     for attempt in range(3):
-        ckpt = _checkpoint_folder(uri, storage)
+        ckpt = _resolved(uri, storage)
         try:
+            _check_complete(ckpt, storage)
             return _read_checkpoint(ckpt, storage)
         except UserError:
-            pruned = ckpt.rstrip("/") != uri.rstrip("/") and not exists(
-                join(ckpt, STATE_FILE), storage)
+            # Pruning deletes a checkpoint's files in no fixed order: any of them gone counts.
+            pruned = ckpt.rstrip("/") != uri.rstrip("/") and not is_complete(ckpt, storage)
             if not pruned or attempt == 2:
                 raise
             log.info("%s was pruned while it was read; reading the run's latest again", ckpt)
@@ -100,18 +102,20 @@ def _read_checkpoint(ckpt: str, storage: StorageConfig | None) -> tuple[str, dic
     return ckpt, config, weights, trained_on if isinstance(trained_on, dict) else {}
 
 
-def _checkpoint_folder(uri: str, storage: StorageConfig | None) -> str:
+def _resolved(uri: str, storage: StorageConfig | None) -> str:
     """The checkpoint ``uri`` means, or one line saying what a checkpoint is."""
     if is_file(uri, storage):
         if uri.rstrip("/").rsplit("/", 1)[-1] != STATE_FILE:
             raise UserError(f"{uri} is a file, not a checkpoint: {CHECKPOINT_IS}")
         if "/" not in uri:
             uri = f"./{uri}"  # a bare "state.pt" still names the folder it is in
-    ckpt = resolve_checkpoint(uri, storage)
+    return resolve_checkpoint(uri, storage)
+
+
+def _check_complete(ckpt: str, storage: StorageConfig | None) -> None:
     if not exists(join(ckpt, CONFIG_FILE), storage):
         raise UserError(f"{ckpt} has {STATE_FILE} but no {CONFIG_FILE}, so it is not a "
                         f"complete checkpoint: {CHECKPOINT_IS}")
-    return ckpt
 
 
 def model_from_state(config: dict, state: dict, where: str = "checkpoint"

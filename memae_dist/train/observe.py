@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from memae_dist.data.storage import StorageConfig, join
+from memae_dist.layout import TENSORBOARD_DIR
 from memae_dist.train.scratch import scratch_dir
 
 log = logging.getLogger("memae_dist.train")
@@ -55,7 +56,7 @@ class TensorBoard:
 
     def __init__(self, run_uri: str, storage: StorageConfig | None = None):
         self.writer = None
-        self.target = join(run_uri, "tensorboard")
+        self.target = join(run_uri, TENSORBOARD_DIR)
         self.storage = storage
         cls = _summary_writer_class()
         if cls is None:

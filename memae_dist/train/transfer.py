@@ -15,7 +15,7 @@ from contextlib import suppress
 from pathlib import Path
 
 from memae_dist.data.storage import StorageConfig, join
-from memae_dist.layout import CHECKPOINT_RE, STATE_FILE
+from memae_dist.layout import CHECKPOINT_RE, STATE_FILE, TENSORBOARD_DIR
 
 log = logging.getLogger("memae_dist.train")
 
@@ -94,43 +94,56 @@ def download_dir(uri: str, local: Path, storage: StorageConfig | None = None) ->
 
 
 def drop_cut_off_uploads(run_uri: str, storage: StorageConfig | None = None) -> None:
-    """Delete what uploads cut off mid-file (a worker killed while it wrote a checkpoint) left:
-    a local folder's temporary files, an S3 bucket's unfinished multipart uploads (stored and
-    billed until aborted, though no listing shows them). Nothing removes them later. Run under
-    the run's lock, so no upload is under way."""
+    """Delete what uploads cut off mid-file (a worker killed while it wrote a checkpoint or
+    its TensorBoard events) left: a local folder's temporary files, an S3 bucket's unfinished
+    multipart uploads (stored and billed until aborted, though no listing shows them). Nothing
+    removes them later. Run under the run's lock, so no upload is under way."""
     from memae_dist.data.storage import delete, file_sizes
     from memae_dist.data.uri import is_remote
 
+    files = file_sizes(run_uri, storage, missing_ok=True)
     if is_remote(run_uri):
-        _abort_cut_off_multipart(run_uri, storage)
+        _abort_cut_off_multipart(run_uri, files, storage)
         return
-    for path in file_sizes(run_uri, storage, missing_ok=True):
+    for path in files:
         folder, _, name = path.rpartition("/")
-        if CHECKPOINT_RE.match(folder) and _UPLOAD_TEMP.fullmatch(name):
+        if _uploaded_to(folder) and _UPLOAD_TEMP.fullmatch(name):
             delete(join(run_uri, path), storage)
 
 
-def _abort_cut_off_multipart(run_uri: str, storage: StorageConfig | None) -> None:
+def _uploaded_to(folder: str) -> bool:
+    """A folder of the run that ``upload_file`` writes into."""
+    return bool(CHECKPOINT_RE.match(folder)) or folder == TENSORBOARD_DIR
+
+
+def _abort_cut_off_multipart(run_uri: str, files: dict[str, int],
+                             storage: StorageConfig | None) -> None:
     from memae_dist.data.storage import fsspec_fs
 
     fs, path = fsspec_fs(run_uri, storage)
     bucket, _, prefix = path.partition("/")
     prefix = f"{prefix}/" if prefix else ""
+    # MinIO lists uploads only under a whole key: the state.pt a checkpoint folder lacks is
+    # asked for by name, besides the listing of the run's prefix that AWS S3 answers.
+    folders = {p.rpartition("/")[0] for p in files if CHECKPOINT_RE.match(p.rpartition("/")[0])}
+    lacking = [f"{prefix}{f}/{STATE_FILE}" for f in sorted(folders) if f"{f}/{STATE_FILE}"
+               not in files]
+    aborted = []
     try:
-        pages = _multipart_uploads(fs, bucket, prefix)
-        cut_off = [u for page in pages for u in page
-                   if CHECKPOINT_RE.match(u["Key"][len(prefix):].rpartition("/")[0])]
-        for upload in cut_off:
-            fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
-                       UploadId=upload["UploadId"])
-    except OSError as exc:  # a store without the call, or no right to it (PermissionError)
+        found = {u["UploadId"]: u["Key"] for key in [prefix, *lacking]
+                 for page in _multipart_uploads(fs, bucket, key) for u in page
+                 if _uploaded_to(u["Key"][len(prefix):].rpartition("/")[0])}
+        for upload_id, key in found.items():
+            with suppress(FileNotFoundError):  # finished or aborted meanwhile
+                fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+                aborted.append(key[len(prefix):])
+    except OSError as exc:  # a store without the calls, or no right to them (PermissionError)
         log.warning("could not abort the unfinished uploads of %s (%s): a bucket lifecycle "
                     "rule that aborts incomplete multipart uploads removes them", run_uri,
                     type(exc).__name__)
-        return
-    if cut_off:
-        log.info("aborted %d unfinished upload(s) of checkpoints cut off mid-file: %s",
-                 len(cut_off), ", ".join(u["Key"][len(prefix):] for u in cut_off))
+    if aborted:
+        log.info("aborted %d unfinished upload(s) cut off mid-file: %s", len(aborted),
+                 ", ".join(sorted(aborted)))
 
 
 def _multipart_uploads(fs, bucket: str, prefix: str):

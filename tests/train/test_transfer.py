@@ -48,12 +48,16 @@ def test_only_cut_off_upload_temporaries_in_checkpoint_folders_are_dropped(tmp_p
     run = tmp_path / "run"
     ckpt = run / "checkpoint_epoch_0002"
     ckpt.mkdir(parents=True)
-    stray = ckpt / f"state.pt.tmp-{'0f' * 16}"
+    (run / "tensorboard").mkdir()
+    # TensorBoard reads every file with "tfevents" in its name: a cut-off copy would be read
+    # beside the whole one.
+    strays = [ckpt / f"state.pt.tmp-{'0f' * 16}",
+              run / "tensorboard" / f"events.out.tfevents.1.vm.tmp-{'0f' * 16}"]
     kept = [ckpt / "state.pt", ckpt / "notes.tmp-1", run / f"history.json.tmp-{'0f' * 16}"]
-    for path in [stray, *kept]:
+    for path in [*strays, *kept]:
         path.write_bytes(b"x")
     drop_cut_off_uploads(str(run))
-    assert not stray.exists() and all(p.exists() for p in kept)
+    assert not any(p.exists() for p in strays) and all(p.exists() for p in kept)
     drop_cut_off_uploads(str(tmp_path / "no-such-run"))  # a run not started yet: nothing to do
 
 
@@ -67,15 +71,19 @@ def test_unfinished_multipart_uploads_of_checkpoints_are_aborted_on_s3(s3_bucket
     client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
                           region_name="us-east-1")
     run = f"{data}/runs/R"
-    keys = [f"{run}/checkpoint_epoch_0002/state.pt", f"{run}/checkpoint_epoch_0002/config.json",
-            f"{run}/notes/draft.bin", f"{data}/runs/Other/checkpoint_epoch_0001/state.pt"]
+    keys = [f"{run}/checkpoint_epoch_0002/state.pt", f"{run}/checkpoint_epoch_0003/config.json",
+            f"{run}/tensorboard/events.out.tfevents.1.vm", f"{run}/notes/draft.bin",
+            f"{data}/runs/Other/checkpoint_epoch_0001/state.pt",
+            f"{data}/runs/R2/checkpoint_epoch_0001/state.pt"]
     for key in keys:
         client.create_multipart_upload(Bucket=bucket, Key=key)
+    # The folder whose state.pt was cut off holds the files uploaded before it.
+    client.put_object(Bucket=bucket, Key=f"{run}/checkpoint_epoch_0002/config.json", Body=b"{}")
 
     drop_cut_off_uploads(f"s3://{bucket}/{run}")
     left = sorted(u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get(
         "Uploads", []))
-    assert left == sorted(keys[2:])  # not what lies outside a checkpoint, nor another run's
+    assert left == sorted(keys[3:])  # not what lies elsewhere in the run, nor another run's
     for upload in client.list_multipart_uploads(Bucket=bucket)["Uploads"]:
         client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
                                       UploadId=upload["UploadId"])
