@@ -12,6 +12,7 @@ replace the special file itself with ours.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,9 @@ from contextlib import contextmanager, suppress
 from typing import IO
 
 from memae_dist.errors import UserError
+
+# The temporary sibling atomic_local writes (a killed writer leaves it behind).
+TEMPORARY_NAME = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
 
 
 @contextmanager

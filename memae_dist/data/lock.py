@@ -106,11 +106,13 @@ class RunLock:
 
     Raises ``UserError`` naming the run and the holder when another live process has it.
     ``ttl_s == 0`` turns the check off (the heartbeat period is a quarter of ``ttl_s``).
+    ``setting``: the setting ``ttl_s`` comes from, named in that error (None: a fixed TTL).
     """
 
     def __init__(self, run_uri: str, storage: StorageConfig | None, ttl_s: float,
-                 what: str = "run"):
+                 what: str = "run", setting: str | None = "run.lock_ttl_s"):
         self.run, self.storage, self.ttl_s, self.what = run_uri, storage, ttl_s, what
+        self.setting = setting
         self.uri = join(run_uri, LOCK_FILE)
         now = time.time()
         self.info = LockInfo(uuid.uuid4().hex, socket.gethostname(), os.getpid(), now, now)
@@ -161,7 +163,7 @@ class RunLock:
                 f"{self.what} {self.run} is in use by another process ({held.holder()}); "
                 f"wait for it to finish, or if it is gone, rerun after its lock expires "
                 f"in {self.ttl_s - held.age():.0f} s" + (
-                    f" (run.lock_ttl_s={self.ttl_s:g})" if self.what != "dataset" else ""))
+                    f" ({self.setting}={self.ttl_s:g})" if self.setting else ""))
         log.warning("taking over the stale lock of %s %s (%s)", self.what, self.run,
                     held.holder() if held else "unreadable")
         if etag is None:  # local, under the guard: nobody else judges it meanwhile

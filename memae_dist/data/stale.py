@@ -11,16 +11,14 @@ it wrote (``.<name>.tmp-<hex>``, which only the writer makes, under the dataset'
 from __future__ import annotations
 
 import logging
-import re
 
 from memae_dist.data import storage
+from memae_dist.data.atomic import TEMPORARY_NAME
 
 logger = logging.getLogger("memae_dist.data.writer")
 
 SHARD_SUFFIX = ".parquet"
 MARKER_SUFFIX = ".done.json"
-# atomic_local's temporary sibling of a file it writes
-_TEMPORARY = re.compile(r"\..+\.tmp-[0-9a-f]{32}")
 
 
 def remove_unlisted(dst: str, shard_paths: set[str],
@@ -45,7 +43,7 @@ def remove_unlisted(dst: str, shard_paths: set[str],
 def remove_cut_off(dst: str, cfg: storage.StorageConfig | None = None) -> list[str]:
     """Delete the temporary files a killed import left in ``dst`` and its split folders."""
     cut_off = [rel for rel in sorted(storage.file_sizes(dst, cfg, missing_ok=True))
-               if rel.count("/") <= 1 and _TEMPORARY.fullmatch(rel.rpartition("/")[2])]
+               if rel.count("/") <= 1 and TEMPORARY_NAME.fullmatch(rel.rpartition("/")[2])]
     for rel in cut_off:
         storage.delete(storage.join(dst, rel), cfg)
     if cut_off:

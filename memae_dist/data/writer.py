@@ -254,7 +254,7 @@ def write_dataset(
     job = _validate(videos, dst, size, segment_frames, segment_overlap, workers, storage_cfg)
     videos = [replace(spec, origin=source_origin(spec.load)) for spec in videos]
     storage.makedirs(dst, job.storage)  # fails early on a missing bucket / dead endpoint
-    with RunLock(dst, job.storage, DEFAULT_LOCK_TTL_S, what="dataset"):
+    with RunLock(dst, job.storage, DEFAULT_LOCK_TTL_S, what="dataset", setting=None):
         remove_cut_off(dst, job.storage)
         return _write(videos, dst, job, name, source, workers, skip_bad, progress, content)
 
