@@ -78,22 +78,29 @@ class _WorkerHandler(logging.StreamHandler):
     """The handler ``worker_logging`` installs, told apart from others so it is installed once."""
 
 
-class Redacting(logging.Filter):
-    """Records whose text holds a secret are rewritten with it masked."""
+class _Rewriting(logging.Filter):
+    """Records whose text ``rewrite`` changes are given the rewritten text."""
+
+    def rewrite(self, text: str) -> str:
+        raise NotImplementedError
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        clean = redact_text(text)
+        clean = self.rewrite(text)
         if clean != text:
             record.msg, record.args = clean, None
         return True
 
 
-class Uncoloured(logging.Filter):
-    """Records with terminal colour codes are rewritten without them."""
+class Redacting(_Rewriting):
+    """Secrets masked."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if "\x1b[" in text:
-            record.msg, record.args = _COLOUR.sub("", text), None
-        return True
+    def rewrite(self, text: str) -> str:
+        return redact_text(text)
+
+
+class Uncoloured(_Rewriting):
+    """Terminal colour codes removed."""
+
+    def rewrite(self, text: str) -> str:
+        return _COLOUR.sub("", text) if "\x1b[" in text else text
