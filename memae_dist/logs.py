@@ -35,6 +35,10 @@ def setup_logging(verbose: bool) -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, Redacting) for f in handler.filters):
             handler.addFilter(Redacting())
+    if not sys.stdout.isatty() and hasattr(sys.stdout, "reconfigure"):
+        # Tune's progress table and the lines Ray relays from workers' stdout are printed: a
+        # redirected log would get them in 8 KiB blocks, minutes late, or only at exit.
+        sys.stdout.reconfigure(line_buffering=True)
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         # Ray colours the "(RayTrainWorker pid=…)" prefix it puts before a worker's lines and
         # the dashboard's address it logs, terminal or not: a log file would hold escape codes.

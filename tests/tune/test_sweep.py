@@ -1,5 +1,6 @@
 """Sweeps end to end on a tiny synthetic set: ASHA, exported config, divergence, resumption."""
 
+import contextlib
 import copy
 import csv
 import json
@@ -302,8 +303,12 @@ def test_a_sigterm_to_the_whole_process_group_ends_the_sweep_at_once(tiny_data, 
          "--no-test"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True)
     deadline = time.monotonic() + 300
-    while "Trial status" not in (tmp_path / "tune.log").read_text(errors="replace"):
-        assert proc.poll() is None and time.monotonic() < deadline, "the sweep did not start"
+    while "Trial status" not in (text := (tmp_path / "tune.log").read_text(errors="replace")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no trial started (exit code {proc.poll()}); the log ends:\n"
+                        + text[-3000:])
         time.sleep(1)
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGTERM)
