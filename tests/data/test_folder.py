@@ -263,6 +263,32 @@ def test_a_video_damaged_in_the_middle_or_cut_short_is_refused_not_renumbered(tm
     assert (video.name, video.num_frames) == ("good", 30)
 
 
+def test_h264_webm_and_matroska_files_cut_short_are_refused_too(tmp_path):
+    """Cut at a packet boundary, these decode without an error (and H.264 with frame threads
+    conceals a cut mid-packet): the container's declared length tells."""
+    cases = {"h264.mkv": ("libx264", None, "cut short: its frames end at"),
+             "vp9.webm": ("vp9", None, "cut short: its frames end at"),
+             "h264.mp4": ("libx264", {"movflags": "faststart"}, "damaged data after frame")}
+    for name, (codec, options, why) in cases.items():
+        whole = write_video(tmp_path / name, 60, codec, options=options)
+        assert video_io.decode_video(whole, SIZE).shape == (60, *SIZE)
+        data = whole.read_bytes()
+        cut = tmp_path / f"cut_{name}"
+        cut.write_bytes(data[: len(data) * 9 // 10])
+        with pytest.raises(UserError, match=rf"cannot read video .*cut_{name}: {why}"):
+            video_io.decode_video(cut, SIZE)
+
+
+def test_a_video_whose_frame_size_changes_is_refused(tmp_path):
+    """Recordings joined byte for byte (MPEG-TS segments of a recorder) can change size."""
+    parts = [write_video(tmp_path / f"{i}.ts", 20, "libx264", height=h, width=w).read_bytes()
+             for i, (h, w) in enumerate([(48, 64), (64, 96)])]
+    (tmp_path / "joined.ts").write_bytes(b"".join(parts))
+    with pytest.raises(UserError, match=r"joined\.ts: frame 20 is 96x64, but the frames before "
+                                        r"it are 64x48 .*mixed frame sizes"):
+        video_io.decode_video(tmp_path / "joined.ts", SIZE)
+
+
 def test_broken_links_are_bad_sources_not_ignored(tmp_path, ray_local, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -38,13 +38,14 @@ def frame(i: int, height: int = 48, width: int = 64) -> np.ndarray:
 
 
 def write_video(path: Path, n: int, codec: str = "mpeg4", height: int = 48, width: int = 64,
-                rotation: int = 0) -> Path:
-    """Encode n frames; ``rotation`` sets the display matrix like a phone does."""
+                rotation: int = 0, options: dict | None = None) -> Path:
+    """Encode n frames; ``rotation`` sets the display matrix like a phone does; ``options``
+    go to the muxer (``{"movflags": "faststart"}``: an MP4's index before its frames)."""
     import av
 
     encoder = "libx264" if codec == "h264_mov" else codec
     pix_fmt = CODECS[codec][1]
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options=options or {}) as container:
         stream = container.add_stream(encoder, rate=25)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.bit_rate = 4_000_000  # plenty for tiny frames: grey levels survive the codec
