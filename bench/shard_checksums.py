@@ -31,12 +31,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucsd_ped2"
 
 def encode(frames, checksum: bool) -> bytes:
     """``shards.encode_video_shard`` with the page checksums on or off."""
-    write = pq.write_table
+    writer = pq.ParquetWriter
 
     def with_flag(*args, **kwargs):
-        return write(*args, **{**kwargs, "write_page_checksum": checksum})
+        return writer(*args, **{**kwargs, "write_page_checksum": checksum})
 
-    with mock.patch.object(shards.pq, "write_table", with_flag):
+    with mock.patch.object(shards.pq, "ParquetWriter", with_flag):
         data, _ = shards.encode_video_shard("v", "train", frames, frames[:, 0, 0] * 0,
                                             128, 15)
     return data

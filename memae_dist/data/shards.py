@@ -128,31 +128,22 @@ def encode_video_shard(
     if labels.shape != (frames.shape[0],):
         raise ValueError(f"labels must be ({frames.shape[0]},), got {labels.shape}")
     num, height, width = frames.shape
-    frames = np.ascontiguousarray(frames)
     labels = np.ascontiguousarray(labels, dtype=np.uint8)
     bounds = segment_bounds(num, segment_frames, overlap)
-    columns = {
-        "video": [video] * len(bounds),
-        "split": [split] * len(bounds),
-        "start": [s for s, _ in bounds],
-        "num_frames": [n for _, n in bounds],
-        "video_frames": [num] * len(bounds),
-        "height": [height] * len(bounds),
-        "width": [width] * len(bounds),
-        "frames": [frames[s : s + n].tobytes() for s, n in bounds],
-        "labels": [labels[s : s + n].tobytes() for s, n in bounds],
-    }
-    table = pa.table(columns, schema=SCHEMA)
     buf = io.BytesIO()
-    pq.write_table(
-        table,
-        buf,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
-        row_group_size=1,  # one segment per row group: readers fetch segments independently
-        use_dictionary=["video", "split"],
-        write_page_checksum=True,  # see open_shard
-    )
+    # Segment by segment: only one segment's frames are held uncompressed at a time, beside
+    # the compressed file (the frames may be a memory map of a long video).
+    with pq.ParquetWriter(buf, SCHEMA, compression=COMPRESSION,
+                          compression_level=COMPRESSION_LEVEL,
+                          use_dictionary=["video", "split"],
+                          write_page_checksum=True) as writer:  # checksums: see open_shard
+        for start, n in bounds:
+            row = {"video": [video], "split": [split], "start": [start], "num_frames": [n],
+                   "video_frames": [num], "height": [height], "width": [width],
+                   "frames": [np.ascontiguousarray(frames[start : start + n]).tobytes()],
+                   "labels": [labels[start : start + n].tobytes()]}
+            # One segment per row group: readers fetch segments independently.
+            writer.write_table(pa.table(row, schema=SCHEMA))
     return buf.getvalue(), len(bounds)
 
 

@@ -128,7 +128,13 @@ def _hw(shape: tuple) -> str:
 
 
 def to_gray_resized(frames, size: tuple[int, int], where: str) -> np.ndarray:
-    """(N, H, W) uint8: grayscale, Pillow bilinear (antialiased) resize to ``size`` = (H, W)."""
+    """(N, H, W) uint8: grayscale, Pillow bilinear (antialiased) resize to ``size`` = (H, W).
+
+    Frames already so (what the video and frame-folder loaders return) come back as they are:
+    a long video is not copied."""
+    if (isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and len(frames)
+            and frames.shape[1:] == tuple(size)):
+        return frames
     seq = list(frames) if not isinstance(frames, np.ndarray) else frames
     if len(seq) == 0:
         raise UserError(f"video {where} has no frames")

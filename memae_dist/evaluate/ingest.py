@@ -8,6 +8,7 @@ and ``report`` reads its frames for the reconstruction pictures.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -81,14 +82,35 @@ def _staging(src: str) -> Iterator[Path]:
     """
     where = src if is_remote(src) else local_path(src)
     folder = Path(tempfile.gettempdir()) / f"memae-videos-{sha256(where.encode()).hexdigest()[:16]}"
-    with open(f"{folder}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _locked(f"{folder}.lock"):
         shutil.rmtree(folder, ignore_errors=True)  # left by a run that was killed
         folder.mkdir()
         try:
             yield folder
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _locked(path: str) -> Iterator[None]:
+    """An exclusive lock on the file ``path``, removed on the way out (one source scored after
+    another leaves no lock files behind). A run that waited on a file the holder has since
+    removed locks the new one instead, so two runs never hold different files."""
+    while True:
+        lock = open(path, "a")  # noqa: SIM115 (held across the yield)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(lock.fileno()), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        lock.close()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        lock.close()
 
 
 def _local_source(src: str, tmp: Path, storage: StorageConfig | None) -> tuple[Path, str]:

@@ -279,6 +279,24 @@ def test_h264_webm_and_matroska_files_cut_short_are_refused_too(tmp_path):
             video_io.decode_video(cut, SIZE)
 
 
+def test_a_long_video_is_held_on_disk_not_in_memory(tmp_path, monkeypatch):
+    """Decoded frames go to an unlinked temporary file and come back mapped from it, and the
+    writer takes them as they are: an hour of footage does not have to fit in memory
+    (bench/import_memory.py measures it)."""
+    import tempfile
+
+    from memae_dist.data.writer import to_gray_resized
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    frames = video_io.decode_video(write_video(tmp_path / "v.mp4", 30, "libx264"), SIZE)
+    assert isinstance(frames, np.memmap) and frames.shape == (30, *SIZE)
+    assert list(spool.iterdir()) == []  # no name: gone with the array, or a killed process
+    assert to_gray_resized(frames, SIZE, "v") is frames
+    assert abs(float(frames[29].mean()) - float(frames[0].mean())) > 50  # frames 0 and 29 differ
+
+
 def test_a_video_whose_frame_size_changes_is_refused(tmp_path):
     """Recordings joined byte for byte (MPEG-TS segments of a recorder) can change size."""
     parts = [write_video(tmp_path / f"{i}.ts", 20, "libx264", height=h, width=w).read_bytes()

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -242,23 +243,32 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
 
     Phones store portrait footage sideways with a rotation in the display matrix; like the
     ``ffmpeg`` tool, the frame is turned the way a player shows it before it is resized.
+
+    The frames are spooled to an unlinked temporary file as they are decoded and come back
+    memory-mapped from it (read-only): an hour of footage takes its stored size in temporary
+    disk, paged in as the shard writer reads it, not in memory. Gone with the array, or with
+    the process if it is killed.
     """
-    frames, first = [], None  # first: (W0, H0) of frame 0, as decoded
-    for frame in iter_video_frames(path):
-        first = first or (frame.width, frame.height)
-        if (frame.width, frame.height) != first:  # joined recordings: each part stretched
-            raise UserError(f"video {path}: frame {len(frames)} is {frame.width}x"
-                            f"{frame.height}, but the frames before it are {first[0]}x"
-                            f"{first[1]} (width x height): mixed frame sizes; re-encode it "
-                            "at one size or split it")
-        gray = frame.to_ndarray(format="gray")  # (H0, W0) uint8, full-range luma
-        turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
-        if turns:
-            gray = np.ascontiguousarray(np.rot90(gray, turns))
-        frames.append(gray_resized(Image.fromarray(gray), size, str(path)))
-    if not frames:
-        raise UserError(f"video {path} has no decodable frames")
-    return np.stack(frames)  # (N, H, W)
+    first, n = None, 0  # first: (W0, H0) of frame 0, as decoded
+    with tempfile.TemporaryFile(prefix="memae-frames-") as spool:
+        for frame in iter_video_frames(path):
+            first = first or (frame.width, frame.height)
+            if (frame.width, frame.height) != first:  # joined recordings: each part stretched
+                raise UserError(f"video {path}: frame {n} is {frame.width}x{frame.height}, "
+                                f"but the frames before it are {first[0]}x{first[1]} (width x "
+                                "height): mixed frame sizes; re-encode it at one size or "
+                                "split it")
+            gray = frame.to_ndarray(format="gray")  # (H0, W0) uint8, full-range luma
+            turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
+            if turns:
+                gray = np.ascontiguousarray(np.rot90(gray, turns))
+            spool.write(gray_resized(Image.fromarray(gray), size, str(path)).tobytes())
+            n += 1
+        if not n:
+            raise UserError(f"video {path} has no decodable frames")
+        spool.flush()
+        # The map holds its own descriptor: closing the spool leaves the frames readable.
+        return np.memmap(spool, dtype=np.uint8, mode="r", shape=(n, *size))  # (N, H, W)
 
 
 # ------------------------------------------------------------------------------ frame folders
