@@ -1,8 +1,9 @@
 """Reading video sources for the importers: video files (any codec FFmpeg decodes, via PyAV)
 and folders of frame images, converted on the fly to grayscale frames of the target size.
 
-Frames are converted one at a time while decoding, so a loader holds the video at its stored
-size, never at the camera's resolution. Conversion matches ``writer.to_gray_resized``: upright
+Frames are converted one at a time while decoding, so a video is held at its stored size,
+never at the camera's resolution (and a video file's frames on temporary disk, not in memory:
+``decode_video``). Conversion matches ``writer.to_gray_resized``: upright
 (a video's display rotation, an image's EXIF orientation), then grayscale (``writer.to_gray8``:
 16-bit grey scaled, not clipped), then a Pillow bilinear (antialiased) resize. Frame counts
 always come from decoding: container headers often lie (variable frame rate, packed B-frames,
