@@ -33,7 +33,7 @@ from memae_dist.data.manifest import (
 )
 from memae_dist.data.shards import verify_shard, write_video_shard
 from memae_dist.data.stale import MARKER_SUFFIX, SHARD_SUFFIX, remove_cut_off, remove_unlisted
-from memae_dist.errors import UserError
+from memae_dist.errors import ScratchSpaceError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def convert_video(spec: VideoSpec, job: _Job, skip_bad: bool) -> dict:
         frames = to_gray_resized(frames, job.size, spec.key)  # (N, H, W)
         labels = labels_from_ranges(ranges, len(frames), spec.key)
     except Exception as exc:
-        if not skip_bad:
+        if not skip_bad or isinstance(exc, ScratchSpaceError):
             if isinstance(exc, UserError):
                 return {"error": str(exc)}
             raise

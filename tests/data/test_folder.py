@@ -16,6 +16,7 @@ from memae_dist.data.manifest import load_manifest
 from memae_dist.data.shards import read_video_frames
 from memae_dist.errors import UserError
 from tests.data.videos import (
+    frame,
     frame_indices,
     sideways_jpeg,
     video_path,
@@ -295,6 +296,52 @@ def test_a_long_video_is_held_on_disk_not_in_memory(tmp_path, monkeypatch):
     assert list(spool.iterdir()) == []  # no name: gone with the array, or a killed process
     assert to_gray_resized(frames, SIZE, "v") is frames
     assert abs(float(frames[29].mean()) - float(frames[0].mean())) > 50  # frames 0 and 29 differ
+
+
+def test_a_last_frame_shown_for_seconds_is_no_cut(tmp_path):
+    """A variable-rate recording (a screen capture, a motion-triggered camera) may hold its
+    last frame for seconds: its declared length runs to that frame's end, and it is whole."""
+    import fractions
+
+    import av
+
+    path = tmp_path / "held.mp4"
+    tb = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = tb
+        packets = []
+        for i in range(30):
+            rgb = np.repeat(frame(i)[..., None], 3, axis=2)
+            image = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            image.pts, image.time_base = 40 * i, tb
+            packets += stream.encode(image)
+        packets += stream.encode()
+        last = max(packets, key=lambda p: p.pts)
+        for packet in packets:
+            packet.duration = 3000 if packet is last else 40
+            container.mux(packet)
+    assert video_io.decode_video(path, SIZE).shape == (30, *SIZE)
+
+
+def test_no_room_for_the_frames_is_said_and_skips_no_video(tmp_path, monkeypatch, capsys):
+    """A full temporary disk is this machine's problem, not the footage's: --skip-bad must not
+    leave the video out as if it were damaged."""
+    import tempfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    write_video(src / "cam.mp4", 20)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_such_folder"))
+    argv = ["prepare", "folder", "--src", str(src), "--dst", str(tmp_path / "store"),
+            "--size", "32", "32", "--workers", "0", "--no-progress", "--skip-bad"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"memae-dist: error: cannot hold the frames of video {src}/cam.mp4 "
+                          f"in the temporary folder {tmp_path}/no_such_folder (")
+    assert "set TMPDIR" in err
+    assert not (tmp_path / "store" / "manifest.json").exists()
 
 
 def test_a_video_whose_frame_size_changes_is_refused(tmp_path):

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from memae_dist.data.writer import to_gray8
-from memae_dist.errors import UserError
+from memae_dist.errors import ScratchSpaceError, UserError
 
 VIDEO_EXTS = frozenset({
     ".avi", ".mp4", ".m4v", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts",
@@ -186,7 +186,7 @@ def iter_video_frames(path: str | Path):
             try:
                 for frame in packet.decode():  # an empty packet at the end flushes the decoder
                     decoded += 1
-                    end = None if frame.time is None else frame.time + _frame_seconds(stream)
+                    end = _frame_end(frame, stream)
                     yield frame
             except av.error.InvalidDataError as exc:
                 if decoded:
@@ -211,13 +211,23 @@ def _frame_seconds(stream) -> float:
     return 1 / float(rate) if rate else 0.0
 
 
+def _frame_end(frame, stream) -> float | None:
+    """When the frame stops being shown: its own duration where the file gives one (the last
+    frame of a variable-rate recording may stay seconds), else the average frame's."""
+    if frame.time is None:
+        return None
+    if frame.duration and frame.time_base:
+        return frame.time + float(frame.duration * frame.time_base)
+    return frame.time + _frame_seconds(stream)
+
+
 def check_not_cut_short(path: Path, container, stream, end: float | None) -> None:
     """Refuses a video whose decoded frames stop well before the end its container declares.
 
     A file cut off at a packet boundary decodes without an error: only the duration written
     in its header tells. The stream's own duration is used, else the container's when the
     video is its only stream (an audio track may run longer). Healthy files end within a
-    frame of it; the slack (3 frames or 2%) keeps variable frame rates from being refused."""
+    frame of it; the slack (3 frames, at least 0.25 s) is for containers that round."""
     if end is None:
         return
     if stream.duration is not None and stream.time_base is not None:
@@ -227,7 +237,7 @@ def check_not_cut_short(path: Path, container, stream, end: float | None) -> Non
         declared = container.duration / 1e6
     else:
         return
-    slack = max(3 * _frame_seconds(stream), 0.02 * declared)
+    slack = max(3 * _frame_seconds(stream), 0.25)
     if declared - end > slack:
         raise UserError(f"cannot read video {path}: cut short: its frames end at {end:.2f} s, "
                         f"but the file declares {declared:.2f} s; remux or re-encode it to "
@@ -251,7 +261,7 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     the process if it is killed.
     """
     first, n = None, 0  # first: (W0, H0) of frame 0, as decoded
-    with tempfile.TemporaryFile(prefix="memae-frames-") as spool:
+    with _spool(path) as spool:
         for frame in iter_video_frames(path):
             first = first or (frame.width, frame.height)
             if (frame.width, frame.height) != first:  # joined recordings: each part stretched
@@ -270,6 +280,21 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         spool.flush()
         # The map holds its own descriptor: closing the spool leaves the frames readable.
         return np.memmap(spool, dtype=np.uint8, mode="r", shape=(n, *size))  # (N, H, W)
+
+
+@contextlib.contextmanager
+def _spool(path: Path):
+    """An unlinked temporary file for a video's frames; a full or unwritable temporary
+    folder is said as such (never a bad video that --skip-bad would leave out)."""
+    try:
+        with tempfile.TemporaryFile(prefix="memae-frames-") as spool:
+            yield spool
+    except OSError as exc:
+        raise ScratchSpaceError(
+            f"cannot hold the frames of video {path} in the temporary folder "
+            f"{tempfile.gettempdir()} ({exc.strerror or exc}): an import needs room there for "
+            "a video's stored frames (N x H x W bytes); free some, or set TMPDIR to a folder "
+            "on a disk with room") from None
 
 
 # ------------------------------------------------------------------------------ frame folders
