@@ -261,7 +261,7 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     the process if it is killed.
     """
     first, n = None, 0  # first: (W0, H0) of frame 0, as decoded
-    with _spool(path) as spool:
+    with _scratch(path, tempfile.TemporaryFile, prefix="memae-frames-") as spool:
         for frame in iter_video_frames(path):
             first = first or (frame.width, frame.height)
             if (frame.width, frame.height) != first:  # joined recordings: each part stretched
@@ -273,22 +273,21 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
             turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4
             if turns:
                 gray = np.ascontiguousarray(np.rot90(gray, turns))
-            spool.write(gray_resized(Image.fromarray(gray), size, str(path)).tobytes())
+            converted = gray_resized(Image.fromarray(gray), size, str(path))  # (H, W)
+            _scratch(path, spool.write, converted.tobytes())
             n += 1
         if not n:
             raise UserError(f"video {path} has no decodable frames")
-        spool.flush()
+        _scratch(path, spool.flush)
         # The map holds its own descriptor: closing the spool leaves the frames readable.
         return np.memmap(spool, dtype=np.uint8, mode="r", shape=(n, *size))  # (N, H, W)
 
 
-@contextlib.contextmanager
-def _spool(path: Path):
-    """An unlinked temporary file for a video's frames; a full or unwritable temporary
+def _scratch(path: Path, call, *args, **kwargs):
+    """``call`` on the temporary file of a video's frames; a full or unwritable temporary
     folder is said as such (never a bad video that --skip-bad would leave out)."""
     try:
-        with tempfile.TemporaryFile(prefix="memae-frames-") as spool:
-            yield spool
+        return call(*args, **kwargs)
     except OSError as exc:
         raise ScratchSpaceError(
             f"cannot hold the frames of video {path} in the temporary folder "
