@@ -76,6 +76,9 @@ def test_overrides_parse_yaml_values():
         # The name is one folder under run.storage: '..' would put the run beside it.
         ("run.name=..", "run.name must be one folder name"),
         ("run.name=a/b", "run.name must be one folder name"),
+        # Ray Train tags its metrics with the name and fails on a non-ASCII one, after start-up.
+        ("run.name=my run é", "run.name must be ASCII (Ray tags its metrics with it), got "
+                              "'my run é'"),
         ("run.lock_ttl_s=0.5", "run.lock_ttl_s must be 0 (no lock) or 1..86400 seconds"),
     ],
 )
@@ -153,3 +156,17 @@ def test_mnist_is_the_papers_image_recipe():
         "image", 100, "flatten")
     assert 1 / 100 <= cfg.model.shrink_threshold <= 3 / 100
     assert (cfg.data.window, cfg.model.entropy_weight) == (1, 0.0002)
+
+
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """Data folders are naturally called `ped2` or `mnist`; `--config ped2` still means the
+    recipe, and a file of that name (the user's own) still wins."""
+    from memae_dist.commands.common import resolve_config_path, resolve_yaml
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ped2").mkdir()
+    (tmp_path / "smoke").mkdir()
+    assert resolve_config_path("ped2") == CONFIGS / "ped2.yaml"
+    assert resolve_yaml("smoke", "memae_dist.tune_spaces", "search space").name == "smoke.yaml"
+    (tmp_path / "mnist").write_text("train:\n  epochs: 2\n")
+    assert resolve_config_path("mnist") == Path("mnist")

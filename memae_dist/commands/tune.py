@@ -39,6 +39,8 @@ def register(sub) -> None:
     p.add_argument("--no-test", action="store_true",
                    help="skip scoring the test split with the best checkpoint")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--show-space", action="store_true",
+                   help="print the search space's YAML (a shipped one to copy and edit) and exit")
     add_set_flag(p)
     p.set_defaults(func=run)
 
@@ -58,6 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from memae_dist.tune.results import BEST_JSON, OUT_FILES
     from memae_dist.tune.space import load_space
 
+    if args.show_space:  # an installed package has no tune_spaces/ folder to look in
+        path = resolve_space(args.space)
+        load_space(path)
+        print(f"# {path}\n{path.read_text(encoding='utf-8')}", end="")
+        return 0
     remote = bool(args.out.strip()) and is_remote(args.out)
     if not remote:
         local_folder(args.out)  # then made and checked for other sweeps before any trial

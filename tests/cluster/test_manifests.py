@@ -161,11 +161,11 @@ def test_dockerfile_builds_on_the_same_ray_and_installs_the_package():
     assert lines[0] == f"FROM rayproject/ray:{ray.__version__}-py311-gpu"
     copied = {src for ln in lines if ln.startswith("COPY")
               for src in shlex.split(ln)[1:-1] if not src.startswith("--")}
-    # What pip needs to build the package: pyproject.toml, its readme, and the folder of every
-    # package (setuptools stops at a missing package-dir folder).
+    # What pip needs to build the package: pyproject.toml, its readme and license files, and the
+    # folder of every package (setuptools stops at a missing package-dir folder or license file).
     meta = tomllib.loads((REPO / "pyproject.toml").read_text())
     dirs = meta["tool"]["setuptools"].get("package-dir", {})
-    needed = {"pyproject.toml", meta["project"]["readme"]}
+    needed = {"pyproject.toml", meta["project"]["readme"], *meta["project"]["license-files"]}
     needed |= {dirs.get(pkg, pkg.replace(".", "/")).split("/")[0]
                for pkg in meta["tool"]["setuptools"]["packages"]}
     assert needed - copied == set(), "cluster/Dockerfile does not copy these"
