@@ -57,10 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """Like ``parse_args``, but a stray argument points at the verb's ``--help``, not the top's."""
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if extra:
         args.verbs[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    _refuse_empty_values(parser, args)
     return args
+
+
+def _refuse_empty_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """An unset shell variable gives "": as a path that is the working folder (``--dst ""``
+    would import into it), and never what was meant for any flag."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(action, argparse._SubParsersAction):
+            _refuse_empty_values(action.choices[value], args)
+        elif value != action.default and any(
+                isinstance(v, str) and not v.strip()
+                for v in (value if isinstance(value, list) else [value])):
+            name = "/".join(action.option_strings) or action.metavar or action.dest
+            parser.error(f"argument {name}: must not be empty")
 
 
 def main(argv: list[str] | None = None) -> int:

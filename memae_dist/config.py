@@ -35,6 +35,8 @@ def check_folder_name(name: str, what: str) -> None:
             or any(c in "/\\" or not c.isprintable() for c in name)):
         raise UserError(f"{what} must be one folder name (not '.' or '..', no '/', '\\', "
                         f"control characters or surrounding spaces), got {name!r}")
+    if not name.isascii():  # Ray Train tags its metrics with the name, in ASCII only
+        raise UserError(f"{what} must be ASCII (Ray tags its metrics with it), got {name!r}")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The real `memae-dist` command in a subprocess: user errors, Ped2 import, the demo."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -77,7 +78,6 @@ def memae(*args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None =
          "--size must be two multiples of 16 from 16 to 4096, got 100000 100000"),
         (["prepare", "images", "--src", "s", "--dst", "d", "--size", "0", "28"],
          "--size must be two numbers from 1 to 4096, got 0 28"),
-        (["tune", "--space", "smoke", "--out", ""], "--out is empty"),
         (["prepare", "images", "--src", "s", "--dst", "d", "--seed", "5"],
          "--seed is for 'prepare synthetic'; images reads its frames"),
         (["prepare", "synthetic", "--dst", "d", "--skip-bad"], "--skip-bad is for imports"),
@@ -158,12 +158,34 @@ def test_usage_errors_are_one_line_too(tmp_path):
                      value, cwd=tmp_path, timeout=120)
         assert proc.returncode == 2 and proc.stderr.splitlines() == [
             f"memae-dist score: error: argument {flag}: {says} (see 'memae-dist score --help')"]
+    # An unset shell variable: "" would be the working folder (--dst "" imported into it).
+    for args, verb, flag in [(["tune", "--space", "smoke", "--out", ""], "tune", "--out"),
+                             (["prepare", "synthetic", "--dst", " "], "prepare", "--dst"),
+                             (["data", "info", ""], "data info", "uri")]:
+        proc = memae(*args, cwd=tmp_path, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [
+            f"memae-dist {verb}: error: argument {flag}: must not be empty "
+            f"(see 'memae-dist {verb} --help')"]
+    assert list(tmp_path.iterdir()) == []
     # A stray flag is the verb's to explain, not the top-level parser's.
     proc = memae("score", "--checkpoint", "c", "--data", "d", "--out", "s.parquet", "--epochs",
                  "3", cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         "memae-dist score: error: unrecognized arguments: --epochs 3 "
         "(see 'memae-dist score --help')"]
+
+
+def test_a_shipped_search_space_is_shown_to_copy_and_edit(tmp_path):
+    """An installed package has no tune_spaces/ folder: the verb itself hands the file out."""
+    from memae_dist.tune.space import load_space
+
+    proc = memae("tune", "--space", "memae_video", "--show-space", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(proc.stdout)
+    shipped = load_space(REPO / "tune_spaces" / "memae_video.yaml")
+    assert load_space(mine) == dataclasses.replace(shipped, source=str(mine))
+    assert list(tmp_path.iterdir()) == [mine]  # no sweep folder, no --out made
 
 
 def test_prepare_ucsd_ped2_imports_the_whole_benchmark(shared_ped2, tmp_path):

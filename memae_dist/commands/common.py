@@ -66,8 +66,9 @@ def local_folder(value: str, flag: str = "--out") -> Path:
                         "figures and tables on this machine)")
     from memae_dist.data.storage import local_path
 
-    local_path(value)  # a mistyped "s3:/..." is refused, not made a folder named "s3:"
-    path = Path(value)
+    # A mistyped "s3:/..." is refused, not made a folder named "s3:"; "~" and file:// are
+    # resolved as every other path is (the shell leaves "--out=~/x" as it is).
+    path = Path(local_path(value))
     try:
         exists = path.exists()  # a name too long for the filesystem raises here
     except OSError as exc:
@@ -199,12 +200,15 @@ def shipped_folder(package: str):
 def resolve_yaml(name: str, package: str, what: str) -> Path:
     """A YAML path, or the name of one shipped in ``package`` (installed with memae-dist)."""
     path = Path(name)
-    if path.exists() or path.suffix in (".yaml", ".yml"):
+    if path.is_file() or path.suffix in (".yaml", ".yml"):
         return path
     folder = shipped_folder(package)
     shipped = folder / f"{name}.yaml"
+    # A data folder named like a recipe (`ped2`, `mnist`) must not hide the recipe.
     if shipped.is_file():
         return Path(str(shipped))
+    if path.exists():  # a pipe or a folder: its reader says what is wrong with it
+        return path
     names = sorted(e.name[:-5] for e in folder.iterdir() if e.name.endswith(".yaml"))
     raise UserError(f"{what} not found: {name} (a YAML file, or a shipped name: "
                     f"{', '.join(names)})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from memae_dist.data.redact import redact_text
 from memae_dist.errors import UserError
@@ -29,7 +29,7 @@ def is_remote(uri: str) -> bool:
                             "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
         if not netloc:
             raise UserError(f"S3 URI must name a bucket: {uri!r} (s3://BUCKET/PATH)")
-        if "//" in urlsplit(uri).path.rstrip("/"):
+        if "//" in uri[len("s3://"):].rstrip("/"):  # '?' and '#' are key characters here
             # S3 keys may hold "//", but pyarrow refuses them, and it is a slip far more often.
             raise UserError(f"{uri!r} has an empty path component ('//'); write "
                             "s3://BUCKET/PREFIX/... with single slashes")
@@ -60,7 +60,11 @@ def local_path(uri: str) -> str:
         parts = urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise UserError(f"file:// URI must be local (file:///abs/path), got {uri!r}")
-        return os.path.abspath(parts.path)
+        if "?" in uri or "#" in uri:
+            # In a URI they end the path, so "runs#2" would silently be "runs".
+            raise UserError(f"{uri!r}: '?' and '#' end a file:// URI's path; write them as %3F "
+                            "and %23, or give a plain path")
+        return os.path.abspath(unquote(parts.path))  # file:///a%20b is the folder "a b"
     if scheme == "":
         _refuse_mistyped_uri(uri)
         return os.path.abspath(os.path.expanduser(uri))

@@ -169,7 +169,22 @@ def test_unreachable_endpoint_fails_fast_without_secrets(s3_server, monkeypatch)
     assert "unreachable" in msg and DUMMY_SECRET not in msg
 
 
-@pytest.mark.parametrize("uri", ["s3://b//x", "s3://b/x//y", "s3://b/x//y/"])
+def test_a_file_uri_is_read_the_standard_way(tmp_path):
+    """Percent escapes decode (what pathlib's as_uri() writes and pyarrow reads); '?' and '#'
+    would end the path, so "file:///runs#2" would silently name "runs": refused."""
+    spaced = tmp_path / "raw space" / "東口"
+    assert storage.local_path(spaced.as_uri()) == str(spaced)
+    assert storage.local_path(f"file://{tmp_path}/a%23b") == f"{tmp_path}/a#b"
+    for uri in (f"file://{tmp_path}/runs#2", f"file://{tmp_path}/q?x=1", f"file://{tmp_path}/q?"):
+        with pytest.raises(UserError, match=r"'\?' and '#' end a file:// URI's path; write them "
+                                            r"as %3F and %23"):
+            storage.local_path(uri)
+    # Plain paths keep them as they are.
+    assert storage.local_path(f"{tmp_path}/runs#2?") == f"{tmp_path}/runs#2?"
+
+
+@pytest.mark.parametrize("uri", ["s3://b//x", "s3://b/x//y", "s3://b/x//y/", "s3://b/q?x//z",
+                                 "s3://b/a#b//c"])
 def test_an_s3_uri_with_an_empty_path_component_is_refused(uri):
     with pytest.raises(UserError, match=r"empty path component \('//'\)"):
         storage.is_remote(uri)

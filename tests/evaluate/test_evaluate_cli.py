@@ -113,10 +113,12 @@ def test_evaluate_refuses_bad_input(tmp_path, tiny_checkpoint, tiny_data, capsys
         assert why in capsys.readouterr().err
     assert not Path("s3:").exists()  # the URI was not taken for a relative path
     # No name (the working folder), a file's name: refused, not taken for a folder.
-    for bad, why in (("", "--out is empty"), (str(tmp_path / "ev" / "metrics.json"),
-                                               "names a file; give a folder")):
-        assert main(["evaluate", "--scores", "any.parquet", "--out", bad]) == 2
-        assert why in capsys.readouterr().err
+    assert main(["evaluate", "--scores", "any.parquet", "--out",
+                 str(tmp_path / "ev" / "metrics.json")]) == 2
+    assert "names a file; give a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["evaluate", "--scores", "any.parquet", "--out", ""])
+    assert "argument --out: must not be empty" in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
     # A scores file is scored already: flags that steer scoring are refused, not ignored.
     assert main(["evaluate", "--scores", "any.parquet", "--out", str(tmp_path / "ev"),
@@ -191,6 +193,18 @@ def test_videos_too_short_to_score_are_named_in_the_metrics(tmp_path, capsys):
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["unscored_videos"] == ["03"]
     assert [v["name"] for v in metrics["per_video"]] == ["01", "02"]
+
+
+def test_a_home_folder_out_is_the_same_folder_as_for_every_other_flag(tmp_path, monkeypatch):
+    """The shell leaves "--out=~/ev" as it is; the scores went to $HOME/ev and the rest to a
+    folder named "~" under the working one, with metrics.json pointing at a missing file."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    scores = write_scores_file(tmp_path / "scores.parquet")
+    assert main(["evaluate", "--scores", scores, "--out=~/ev"]) == 0
+    assert (tmp_path / "home" / "ev" / "metrics.json").is_file()
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 def test_a_reused_folder_keeps_no_scores_of_another_evaluation(tmp_path):

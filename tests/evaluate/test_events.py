@@ -95,10 +95,12 @@ def test_cli_refuses_bad_input_before_writing(tmp_path, capsys):
     # The input itself (however spelled), no name, a folder-to-be: each refused, not written.
     for out, why in ((scores, "is the input file"),
                      (str(tmp_path / "folder" / ".." / "scores.parquet"), "is the input file"),
-                     ("", "--out is empty"),
                      (str(tmp_path / "new") + "/", "names a folder; give the file's name")):
         assert main(["events", "--scores", scores, "--threshold", "0.5", "--out", out]) == 2
         assert why in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["events", "--scores", scores, "--threshold", "0.5", "--out", ""])
+    assert "argument --out: must not be empty" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "scores.parquet"]
     assert read_scores(scores)[0].num_rows == 24
 
