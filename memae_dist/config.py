@@ -41,7 +41,8 @@ def check_folder_name(name: str, what: str) -> None:
 
 @dataclass
 class RunConfig:
-    # Stable run name; rerunning with the same name and storage resumes from the last checkpoint.
+    # Stable run name (one ASCII folder name); rerunning with the same name and storage resumes
+    # from the last checkpoint.
     name: str = "memae"
     # Where checkpoints and history go: a local folder, file:// or s3://bucket/prefix.
     storage: str = "runs"
