@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -16,6 +17,9 @@ from memae_dist.errors import UserError
 # laptop Ray's default (30% of RAM per node) would take memory training needs.
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 TCP_TIMEOUT_S = 3.0
+# Free space a local Ray needs in its session folder (logs, sockets, spilled objects): with
+# less its dashboard failed to start after a minute, as a traceback of Ray's.
+MIN_RAY_SCRATCH_BYTES = 64 * 2**20
 
 
 def ensure_ray(cpus_needed: float = 0.0, address: str | None = None,
@@ -113,6 +117,7 @@ def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:
     """
     import ray
 
+    _check_ray_scratch()
     port = free_port()
     # Only for the processes ray.init spawns (they keep a copy of this environment): left in
     # this process it would also redirect its own `ray job submit` or state calls.
@@ -135,6 +140,19 @@ def start_local_ray(num_cpus: int, object_store_bytes: int, **kwargs) -> None:
             os.environ.pop("RAY_API_SERVER_ADDRESS", None)
         else:
             os.environ["RAY_API_SERVER_ADDRESS"] = saved
+
+
+def _check_ray_scratch() -> None:
+    # Where Ray puts its session folder (ray._common.utils.get_default_system_temp_dir).
+    folder = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):  # Ray makes the folders it needs
+        existing = os.path.dirname(existing)
+    free = shutil.disk_usage(existing).free
+    if free < MIN_RAY_SCRATCH_BYTES:
+        raise UserError(f"cannot start a local Ray: its session folder {folder}/ray has "
+                        f"{free / 2**20:.1f} MiB free ({MIN_RAY_SCRATCH_BYTES // 2**20} MiB "
+                        "needed); free some, or set RAY_TMPDIR to a folder on a disk with room")
 
 
 @contextmanager

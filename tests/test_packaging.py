@@ -41,3 +41,11 @@ def test_shipped_names_resolve_inside_an_uploaded_checkout(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.split() == [str(tmp_path / "configs" / "ped2.yaml"),
                                   str(tmp_path / "tune_spaces" / "smoke.yaml")]
+
+
+def test_the_doctor_checks_the_ray_version_the_package_declares():
+    from memae_dist.doctor.cluster import MIN_RAY
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    ray = [d for d in deps if d.startswith("ray[")]
+    assert ray == [f"ray[default,train,tune,data]>={'.'.join(map(str, MIN_RAY))}"]

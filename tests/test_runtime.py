@@ -52,6 +52,24 @@ def test_a_sigterm_inside_ray_init_ends_as_any_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+def test_a_full_session_folder_is_said_before_ray_starts(tmp_path, monkeypatch):
+    """Before: a full TMPDIR let Ray's dashboard fail to start after a minute, as Ray's own
+    traceback. The folder may not exist yet (Ray makes it): the disk under it is measured."""
+    import shutil
+
+    from memae_dist import runtime
+    from memae_dist.errors import UserError
+
+    free = shutil.disk_usage(tmp_path).free
+    monkeypatch.setattr(runtime, "MIN_RAY_SCRATCH_BYTES", free + 2**30)  # more than there is
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "not" / "made"))
+    with pytest.raises(UserError, match=rf"cannot start a local Ray: its session folder "
+                                        rf"{tmp_path}/not/made/ray has [0-9.]+ MiB free "
+                                        rf"\(\d+ MiB needed\); free some, or set RAY_TMPDIR"):
+        runtime.start_local_ray(1, 10**8)
+    assert not (tmp_path / "not").exists()
+
+
 def test_gpus_a_local_ray_cannot_have_are_refused_not_waited_for(tiny_data, tmp_path):
     # Before: Ray waited forever for a GPU that no autoscaler would ever bring.
     ckpt = make_checkpoint(tmp_path / "checkpoint_epoch_0001", tiny_data)

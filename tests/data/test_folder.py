@@ -325,15 +325,21 @@ def test_a_last_frame_shown_for_seconds_is_no_cut(tmp_path):
     assert video_io.decode_video(path, SIZE).shape == (30, *SIZE)
 
 
-def test_no_room_for_the_frames_is_said_and_skips_no_video(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("scratch", ["missing", "full"])
+def test_no_room_for_the_frames_is_said_and_skips_no_video(tmp_path, monkeypatch, capsys,
+                                                           scratch):
     """A full temporary disk is this machine's problem, not the footage's: --skip-bad must not
-    leave the video out as if it were damaged."""
+    leave the video out as if it were damaged. On a full one (/dev/full: every write that
+    reaches it fails for want of space) the spool's close retried the write and its OSError
+    hid the one that says so."""
     import tempfile
 
     src = tmp_path / "src"
     src.mkdir()
     write_video(src / "cam.mp4", 20)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no_such_folder"))
+    if scratch == "full":
+        monkeypatch.setattr(tempfile, "TemporaryFile", lambda **_: open("/dev/full", "w+b"))
     argv = ["prepare", "folder", "--src", str(src), "--dst", str(tmp_path / "store"),
             "--size", "32", "32", "--workers", "0", "--no-progress", "--skip-bad"]
     assert main(argv) == 2

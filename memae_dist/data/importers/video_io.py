@@ -261,7 +261,8 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     the process if it is killed.
     """
     first, n = None, 0  # first: (W0, H0) of frame 0, as decoded
-    with _scratch(path, tempfile.TemporaryFile, prefix="memae-frames-") as spool:
+    spool = _scratch(path, tempfile.TemporaryFile, prefix="memae-frames-")
+    try:
         for frame in iter_video_frames(path):
             first = first or (frame.width, frame.height)
             if (frame.width, frame.height) != first:  # joined recordings: each part stretched
@@ -281,6 +282,11 @@ def decode_video(path: str | Path, size: tuple[int, int]) -> np.ndarray:
         _scratch(path, spool.flush)
         # The map holds its own descriptor: closing the spool leaves the frames readable.
         return np.memmap(spool, dtype=np.uint8, mode="r", shape=(n, *size))  # (N, H, W)
+    finally:
+        # After a failed write, closing retries the buffered rest: that second error must not
+        # hide the first (a full temporary disk, or a bad video). After the flush it has none.
+        with contextlib.suppress(OSError):
+            spool.close()
 
 
 def _scratch(path: Path, call, *args, **kwargs):
