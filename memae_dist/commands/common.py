@@ -66,9 +66,8 @@ def local_folder(value: str, flag: str = "--out") -> Path:
                         "figures and tables on this machine)")
     from memae_dist.data.storage import local_path
 
-    # A mistyped "s3:/..." is refused, not made a folder named "s3:"; "~" and file:// are
-    # resolved as every other path is (the shell leaves "--out=~/x" as it is).
-    path = Path(local_path(value))
+    local_path(value)  # a mistyped "s3:/..." is refused, not made a folder named "s3:"
+    path = Path(value).expanduser()  # as every other path is: the shell leaves "--out=~/x"
     try:
         exists = path.exists()  # a name too long for the filesystem raises here
     except OSError as exc:
