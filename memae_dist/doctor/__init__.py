@@ -43,7 +43,9 @@ def run_doctor(cfg: ExperimentConfig, address: str | None = None) -> list[Check]
     cluster, nodes = connect(address, log_to_driver=False, required=False)
     checks.append(cluster)
     if nodes:
-        checks.append(resources_check(nodes, cfg))
+        import ray
+
+        checks.append(resources_check(nodes, cfg, ray.available_resources().get("CPU", 0.0)))
     checks += storage_and_node_checks(cfg, nodes, system=True)
     return checks
 

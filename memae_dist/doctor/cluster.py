@@ -7,7 +7,7 @@ import os
 
 from memae_dist.config import ExperimentConfig
 from memae_dist.doctor.checks import FAIL, PASS, SKIP, WARN, Check
-from memae_dist.runtime import address_problem
+from memae_dist.runtime import address_problem, keeping_sigterm_handler
 
 TOKEN_AUTH = ("export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN here (`ray get-auth-token` on the "
               "head prints the token)")
@@ -37,8 +37,11 @@ def connect(address: str | None, *, log_to_driver: bool, required: bool):
         if problem:
             return Check("cluster", FAIL, problem[0], problem[1]), []
         try:
-            ray.init(address=target or started_cluster(), log_to_driver=log_to_driver,
-                     logging_level=logging.WARNING)
+            # Train's preflight connects here first: without the CLI's handler put back, a
+            # SIGTERM (`ray job stop`) became Ray's exit, reported as an interrupt (130).
+            with keeping_sigterm_handler():
+                ray.init(address=target or started_cluster(), log_to_driver=log_to_driver,
+                         logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             if not (target or required) and "Could not find any running Ray" in reason:
@@ -85,7 +88,9 @@ def node_label(node: dict) -> str:
     return f"{node['NodeManagerAddress']}/{node['NodeID'][:6]}"
 
 
-def resources_check(nodes: list[dict], cfg: ExperimentConfig) -> Check:
+def resources_check(nodes: list[dict], cfg: ExperimentConfig,
+                    free_cpus: float | None = None) -> Check:
+    """``free_cpus``: what other jobs on the cluster leave free now."""
     t = cfg.train
     cpus = sum(n["Resources"].get("CPU", 0) for n in nodes)
     gpus = sum(n["Resources"].get("GPU", 0) for n in nodes)
@@ -95,8 +100,14 @@ def resources_check(nodes: list[dict], cfg: ExperimentConfig) -> Check:
     detail = (f"the run needs {need_cpu + 1:g} CPUs ({workers} x {t.cpus_per_worker:g} CPU, "
               f"+ 1 for reading data) and {need_gpu:g} GPUs; the cluster has {cpus:g} CPUs, "
               f"{gpus:g} GPUs now")
-    if cpus >= need_cpu + 1 and gpus >= need_gpu:
+    if cpus >= need_cpu + 1 and gpus >= need_gpu and (free_cpus is None
+                                                      or free_cpus >= need_cpu + 1):
         return Check("resources", PASS, detail)
+    if cpus >= need_cpu + 1 and gpus >= need_gpu:
+        return Check("resources", WARN, f"{detail}, {free_cpus:g} CPUs free (other jobs hold "
+                     "the rest)", "on a cluster of fixed size the run waits for them, and two "
+                     "runs that leave no CPU free for reading wait on each other for ever: wait, "
+                     "or lower --workers / --cpus-per-worker (docs/CLUSTER.md)")
     return Check("resources", WARN, detail, "an autoscaling cluster adds nodes on demand; "
                  "otherwise add nodes or lower --workers / --cpus-per-worker / --gpus-per-worker")
 

@@ -236,3 +236,9 @@ def test_resources_row_says_what_the_run_needs_against_what_is_there():
         "cluster has 2 CPUs, 0 GPUs now")
     fits = resources_check(two_cpus, load_config(None, ["train.workers=1"]))
     assert fits.status == PASS and fits.detail.startswith("the run needs 2 CPUs (1 worker x")
+    # Room on the cluster, but other jobs hold it: two runs that leave no CPU to read with
+    # wait on each other for ever on a cluster of fixed size.
+    busy = resources_check(two_cpus, load_config(None, ["train.workers=1"]), free_cpus=1.0)
+    assert busy.status == WARN and busy.detail.endswith("the cluster has 2 CPUs, 0 GPUs now, "
+                                                        "1 CPUs free (other jobs hold the rest)")
+    assert "wait on each other for ever" in busy.fix

@@ -92,6 +92,7 @@ def test_jobs_train_resume_and_fail_fast_on_a_two_node_cluster(cluster, s3_serve
     # Resubmitting with the same --name (and a new submission id) resumes.
     logs = submit_ok(cluster, [*train, "--epochs", "2"], "train-2")
     assert "resuming" in logs and "after epoch 1" in logs
+    stop_a_train_job(cluster, train)
     assert "runs/job/checkpoint_epoch_0002/state.pt" in keys(s3_server, bucket, "runs/job/")
 
     # A broken storage URI fails in seconds, before any training worker starts.
@@ -115,6 +116,24 @@ def test_jobs_train_resume_and_fail_fast_on_a_two_node_cluster(cluster, s3_serve
     assert DUMMY_SECRET not in logs
 
     stop_a_sweep_job(cluster, s3_server, bucket, data)
+
+
+def stop_a_train_job(cluster: LocalCluster, train: list[str]) -> None:
+    """`ray job stop` during training ends it as a SIGTERM, like a sweep's: it was taken for a
+    Ctrl-C (exit 130, "interrupted"), Ray's handler having replaced the CLI's in the preflight."""
+    run = cluster.submit([*train, "--name", "stopped", "--epochs", "100"], REPO,
+                         runtime_env=RUNTIME_ENV, submission_id="train-stop", wait=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    deadline = time.monotonic() + 300
+    while "epoch 1/100" not in cluster.logs("train-stop"):
+        assert cluster.job("train-stop")["status"] in ("PENDING", "RUNNING"), \
+            cluster.logs("train-stop")[-3000:]
+        assert time.monotonic() < deadline, "no epoch ended within 5 minutes"
+        time.sleep(2)
+    assert cluster.stop("train-stop").returncode == 0
+    logs = cluster.logs("train-stop")
+    assert cluster.job("train-stop")["status"] == "STOPPED", logs[-3000:]
+    assert "memae-dist: terminated; rerun the same command to resume" in logs, logs[-3000:]
 
 
 def stop_a_sweep_job(cluster: LocalCluster, s3_server: str, bucket: str, data: str) -> None:
