@@ -100,10 +100,10 @@ def resources_check(nodes: list[dict], cfg: ExperimentConfig,
     detail = (f"the run needs {need_cpu + 1:g} CPUs ({workers} x {t.cpus_per_worker:g} CPU, "
               f"+ 1 for reading data) and {need_gpu:g} GPUs; the cluster has {cpus:g} CPUs, "
               f"{gpus:g} GPUs now")
-    if cpus >= need_cpu + 1 and gpus >= need_gpu and (free_cpus is None
-                                                      or free_cpus >= need_cpu + 1):
+    fits = cpus >= need_cpu + 1 and gpus >= need_gpu
+    if fits and (free_cpus is None or free_cpus >= need_cpu + 1):
         return Check("resources", PASS, detail)
-    if cpus >= need_cpu + 1 and gpus >= need_gpu:
+    if fits:
         return Check("resources", WARN, f"{detail}, {free_cpus:g} CPUs free (other jobs hold "
                      "the rest)", "on a cluster of fixed size the run waits for them, and two "
                      "runs that leave no CPU free for reading wait on each other for ever: wait, "
