@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test test-floors lint setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,13 +23,25 @@ demo: $(STAMP)
 # Ray daemon that dies can end its driver with no word. The controller then names the test, and
 # --reruns 1 runs a test that took its worker down once more on a fresh worker; ordinary failures
 # are never rerun (--only-rerun matches only the crash report).
+PYTEST_ARGS := -q -m "not soak" --timeout=1800 -n 1 --reruns 1 --only-rerun "crashed while running"
+
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not soak" --timeout=1800 -n 1 --reruns 1 \
-		--only-rerun "crashed while running"
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The same suite at the lowest versions pyproject.toml declares (.ci/floors.py pins them; torch
+# stays the CPU build), in a venv of its own. Not part of `make test`: it doubles the time.
+FLOORS := .venv-floors
+test-floors: $(STAMP)
+	rm -rf $(FLOORS)
+	$(PYTHON) -m venv $(FLOORS)
+	$(BIN)/python .ci/floors.py $(TORCH) > $(FLOORS)/floors.txt
+	$(FLOORS)/bin/pip install -q -c $(FLOORS)/floors.txt $(TORCH)
+	$(FLOORS)/bin/pip install -q -c $(FLOORS)/floors.txt -e ".[dev,export,tune]"
+	$(FLOORS)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo_out runs
+	rm -rf $(VENV) $(FLOORS) demo_out runs

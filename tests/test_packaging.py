@@ -49,3 +49,16 @@ def test_the_doctor_checks_the_ray_version_the_package_declares():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     ray = [d for d in deps if d.startswith("ray[")]
     assert ray == [f"ray[default,train,tune,data]>={'.'.join(map(str, MIN_RAY))}"]
+
+
+def test_make_test_floors_pins_every_runtime_dependency_to_its_floor():
+    """`make test-floors` installs these pins; a dependency without a '>=' floor would escape it."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + [
+        d for extra in ("export", "tune") for d in project["optional-dependencies"][extra]]
+    run = subprocess.run([sys.executable, str(REPO / ".ci" / "floors.py"), "torch==2.13.0"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    pins = run.stdout.split()
+    assert len(pins) == len(declared) and "torch==2.13.0" in pins
+    assert "numpy==1.24.2" in pins and "s3fs==2024.12.0" in pins
+    assert all(pin.count("==") == 1 for pin in pins), pins

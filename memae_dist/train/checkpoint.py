@@ -143,7 +143,10 @@ def torch_load(source) -> Any:
     (an exported model in a checkpoint's place) is left to ``unreadable_state`` to say."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*TorchScript archive", category=UserWarning)
-        return torch.load(source, map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True)
+    if isinstance(state, torch.jit.ScriptModule):  # torch < 2.6 hands the archive to jit.load
+        raise ValueError("the file is a TorchScript archive")
+    return state
 
 
 def unreadable_state(path, exc: Exception) -> UserError:

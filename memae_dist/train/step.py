@@ -105,7 +105,8 @@ def run_epoch(w: Worker, shard, epoch: int, state: TrainState) -> dict:
 
 def seed_for(*parts: int) -> int:
     """A 63-bit seed derived from (seed, epoch, rank...): resumable without saved RNG streams."""
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> 1)
+    # int() before the shift: numpy 1.x has no >> for a uint64 and a Python int
+    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0]) >> 1
 
 
 def all_finite(loss: torch.Tensor, world: int) -> bool:
