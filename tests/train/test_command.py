@@ -35,8 +35,10 @@ def upload_folder(local: str, uri: str) -> None:
     import pyarrow.fs as pafs
 
     fs, path = pyarrow_fs(uri)
+    # use_threads=False: pyarrow < 19 deadlocks copying more files than it has IO threads to
+    # S3 (apache/arrow#15233); the product's own uploads go file by file (train/transfer.py).
     pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
+                    destination_filesystem=fs, use_threads=False)
 
 
 def train_command(data: str, storage: str) -> list[str]:
