@@ -38,4 +38,6 @@ def floor_pins(torch_pin: str) -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(floor_pins(sys.argv[1] if len(sys.argv) > 1 else "torch==2.13.0")))
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: floors.py TORCH_PIN (the Makefile's, e.g. torch==2.13.0)")
+    print("\n".join(floor_pins(sys.argv[1])))
