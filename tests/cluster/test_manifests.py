@@ -72,7 +72,7 @@ def test_runtime_envs_are_valid_and_carry_no_secrets(name):
     assert env["env_vars"]["PYTHONUNBUFFERED"] == "1"
     assert env["env_vars"]["RAY_JOB_STOP_WAIT_TIME_S"] == "60"  # see test_job_submit.py
     assert not [k for k in env["env_vars"] if SECRET_NAME.search(k) or k.startswith("AWS_")]
-    for must in ("/.venv", "/.git", "/runs", "/demo_out", "/data", "*.parquet"):
+    for must in ("/.venv", "/.venv-floors", "/.git", "/runs", "/demo_out", "/data", "*.parquet"):
         assert must in env["excludes"], must
 
 
